@@ -1,0 +1,222 @@
+//! The agent's one door to device-mapper: typed ioctls through the
+//! devicemapper crate, never `dmsetup`. Every call re-reads what it needs;
+//! nothing here caches kernel state.
+
+use std::path::PathBuf;
+
+use devicemapper::{DevId, Device, DmError, DmFlags, DmName, DmOptions, DM};
+
+use crate::error::AgentError;
+use crate::table::{PoolUsage, ThinTable};
+
+/// What the kernel says of one dm device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevState {
+    /// Its block device number.
+    pub dev: Device,
+    /// Suspended: I/O is queued. Roomy never leaves a device like this.
+    pub suspended: bool,
+    /// A table is staged but not swapped in (`dmsetup info`: `LI-`... `I`).
+    pub inactive_table: bool,
+    /// How many openers hold it (mounts count as one).
+    pub open_count: i32,
+    /// Marked for deferred removal: it vanishes when the last opener closes.
+    pub deferred_remove: bool,
+}
+
+/// A handle on /dev/mapper/control.
+pub struct DeviceMapper {
+    dm: DM,
+}
+
+fn name(device: &str) -> Result<&DmName, AgentError> {
+    DmName::new(device).map_err(|e| AgentError::Internal(format!("bad dm name {device:?}: {e}")))
+}
+
+fn is_errno(err: &DmError, errno: nix::errno::Errno) -> bool {
+    matches!(err, DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, e)) if **e == errno)
+}
+
+impl DeviceMapper {
+    /// Open the control device. Fails without root or without dm-mod.
+    pub fn new() -> Result<Self, AgentError> {
+        let dm = DM::new().map_err(|e| {
+            AgentError::kernel(
+                "open",
+                "/dev/mapper/control",
+                format!("{e}: run as root on a kernel with device-mapper (modprobe dm-thin-pool)"),
+            )
+        })?;
+        Ok(DeviceMapper { dm })
+    }
+
+    /// The device's state, or `None` when no such device is active.
+    pub fn state(&self, device: &str) -> Result<Option<DevState>, AgentError> {
+        match self.dm.device_info(&DevId::Name(name(device)?)) {
+            Ok(info) => {
+                let flags = info.flags();
+                Ok(Some(DevState {
+                    dev: info.device(),
+                    suspended: flags.contains(DmFlags::DM_SUSPEND),
+                    inactive_table: flags.contains(DmFlags::DM_INACTIVE_PRESENT),
+                    open_count: info.open_count(),
+                    deferred_remove: flags.contains(DmFlags::DM_DEFERRED_REMOVE),
+                }))
+            }
+            Err(e) if is_errno(&e, nix::errno::Errno::ENXIO) => Ok(None),
+            Err(e) => Err(AgentError::kernel("info", device, e)),
+        }
+    }
+
+    /// The live thin table of a device.
+    pub fn thin_table(&self, device: &str) -> Result<ThinTable, AgentError> {
+        let options = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE);
+        let (_, lines) = self
+            .dm
+            .table_status(&DevId::Name(name(device)?), options)
+            .map_err(|e| AgentError::kernel("table", device, e))?;
+        ThinTable::from_lines(device, &lines)
+    }
+
+    /// Stage `table` as the device's inactive table. The live table is
+    /// untouched until [`Self::resume`] (DESIGN.md F7).
+    pub fn load(&self, device: &str, table: &ThinTable) -> Result<(), AgentError> {
+        self.dm
+            .table_load(
+                &DevId::Name(name(device)?),
+                &table.to_lines(),
+                DmOptions::default(),
+            )
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("load", device, e))
+    }
+
+    /// Swap in the staged table and resume: suspend, swap and resume in one
+    /// ioctl. Also resumes a device left suspended.
+    pub fn resume(&self, device: &str) -> Result<(), AgentError> {
+        self.dm
+            .device_suspend(&DevId::Name(name(device)?), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("resume", device, e))
+    }
+
+    /// Drop a staged table nobody will swap in.
+    pub fn clear_inactive(&self, device: &str) -> Result<(), AgentError> {
+        self.dm
+            .table_clear(&DevId::Name(name(device)?))
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("clear", device, e))
+    }
+
+    /// Create and activate a device with `table`, and make sure
+    /// `/dev/mapper/<name>` exists (where no udev runs, nobody else makes it;
+    /// Docker mounts by that path).
+    pub fn create(
+        &self,
+        device: &str,
+        table: &ThinTable,
+        read_only: bool,
+    ) -> Result<Device, AgentError> {
+        let dm_name = name(device)?;
+        let info = self
+            .dm
+            .device_create(dm_name, None, DmOptions::default())
+            .map_err(|e| AgentError::kernel("create", device, e))?;
+        let options = if read_only {
+            DmOptions::default().set_flags(DmFlags::DM_READONLY)
+        } else {
+            DmOptions::default()
+        };
+        let activated = self
+            .dm
+            .table_load(&DevId::Name(dm_name), &table.to_lines(), options)
+            .map_err(|e| AgentError::kernel("load", device, e))
+            .and_then(|_| self.resume(device));
+        if let Err(e) = activated {
+            // Leave nothing half-made behind.
+            let _ = self
+                .dm
+                .device_remove(&DevId::Name(dm_name), DmOptions::default());
+            return Err(e);
+        }
+        let dev = info.device();
+        ensure_node(device, dev)?;
+        Ok(dev)
+    }
+
+    /// Remove a device now (not deferred).
+    pub fn remove(&self, device: &str) -> Result<(), AgentError> {
+        self.dm
+            .device_remove(&DevId::Name(name(device)?), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("remove", device, e))
+    }
+
+    /// Undo Docker's deferred removal so the device stays active after its
+    /// last opener closes (DESIGN.md F5, F9).
+    pub fn cancel_deferred_remove(&self, device: &str) -> Result<(), AgentError> {
+        self.dm
+            .target_msg(&DevId::Name(name(device)?), None, "@cancel_deferred_remove")
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("cancel deferred remove", device, e))
+    }
+
+    /// Data and metadata use of a thin pool.
+    pub fn pool_usage(&self, pool: &str) -> Result<PoolUsage, AgentError> {
+        let id = DevId::Name(name(pool)?);
+        let (_, table) = self
+            .dm
+            .table_status(
+                &id,
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| AgentError::kernel("table", pool, e))?;
+        let (_, status) = self
+            .dm
+            .table_status(&id, DmOptions::default().set_flags(DmFlags::DM_NOFLUSH))
+            .map_err(|e| AgentError::kernel("status", pool, e))?;
+        PoolUsage::from_lines(pool, &table, &status)
+    }
+
+    /// Block device number of an active device.
+    pub fn device_number(&self, device: &str) -> Result<Device, AgentError> {
+        self.state(device)?
+            .map(|s| s.dev)
+            .ok_or_else(|| AgentError::kernel("info", device, "not active"))
+    }
+
+    /// Names of all active dm devices.
+    pub fn list(&self) -> Result<Vec<String>, AgentError> {
+        Ok(self
+            .dm
+            .list_devices()
+            .map_err(|e| AgentError::kernel("list", "all devices", e))?
+            .into_iter()
+            .map(|(name, _, _)| name.to_string())
+            .collect())
+    }
+}
+
+/// `/dev/mapper/<name>`.
+pub fn mapper_path(device: &str) -> PathBuf {
+    PathBuf::from("/dev/mapper").join(device)
+}
+
+/// Make `/dev/mapper/<name>` if it is missing, as libdevmapper does when
+/// udev is not running. With udev the node is there already.
+fn ensure_node(device: &str, dev: Device) -> Result<(), AgentError> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let path = mapper_path(device);
+    if path.exists() {
+        return Ok(());
+    }
+    match mknod(
+        &path,
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o600),
+        makedev(dev.major.into(), dev.minor.into()),
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(AgentError::io("mknod", &path, e.into())),
+    }
+}

@@ -1,0 +1,258 @@
+//! The agent's one error type, and the one table that maps it to gRPC
+//! status codes. Messages name the thing and the next step.
+
+use roomy_proto::{format_bytes, SizeError};
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No container by that name or id.
+    #[error(
+        "no container {0:?} on this host: check the name with `docker ps -a` or `roomyctl ls`"
+    )]
+    NotFound(String),
+
+    /// An id prefix that matches several containers.
+    #[error("{prefix:?} matches several containers ({}): give more of the id or the name", candidates.join(", "))]
+    Ambiguous {
+        /// What was asked for.
+        prefix: String,
+        /// Names of the matches.
+        candidates: Vec<String>,
+    },
+
+    /// A container on a storage driver this agent does not manage.
+    #[error("container {container} uses the {driver} storage driver; this agent grows devicemapper containers only")]
+    NotDevicemapper {
+        /// Container name.
+        container: String,
+        /// Its storage driver.
+        driver: String,
+    },
+
+    /// A size string that is not a size.
+    #[error("{0}")]
+    Size(#[from] SizeError),
+
+    /// A size that is a number but not one the kernel can take.
+    #[error("{0}")]
+    InvalidSize(String),
+
+    /// A request below the current size: Roomy only grows.
+    #[error("container {container} is {} and Roomy only grows: ask for more than {}, e.g. +1G", format_bytes(*current), format_bytes(*current))]
+    Shrink {
+        /// Container name.
+        container: String,
+        /// Its current size.
+        current: u64,
+        /// What was asked for.
+        requested: u64,
+    },
+
+    /// The pool could not back the growth with its safety margin left.
+    #[error("pool {pool} has {} free of {}; growing {container} by {} would leave less than the {margin_percent}% safety margin: grow the pool first, or free space in it", format_bytes(*free), format_bytes(*total), format_bytes(*growth))]
+    PoolTooFull {
+        /// Pool name.
+        pool: String,
+        /// Container name.
+        container: String,
+        /// Free data bytes in the pool.
+        free: u64,
+        /// Pool data bytes in total.
+        total: u64,
+        /// Bytes the growth may need.
+        growth: u64,
+        /// The agent's margin, percent of the pool.
+        margin_percent: u64,
+    },
+
+    /// The pool is not in a state that takes writes.
+    #[error("pool {pool} is {mode}: repair or grow the pool before growing containers on it")]
+    PoolUnhealthy {
+        /// Pool name.
+        pool: String,
+        /// Its mode word.
+        mode: String,
+    },
+
+    /// A dm table Roomy refuses to rewrite.
+    #[error("device {device} does not have the table Roomy expects ({why}); it was left as it is")]
+    UnexpectedTable {
+        /// Device name.
+        device: String,
+        /// What was unexpected.
+        why: String,
+    },
+
+    /// The Docker daemon did not answer or refused.
+    #[error("docker: {0}: is dockerd running, and is --docker-host right?")]
+    Docker(String),
+
+    /// A device-mapper ioctl failed.
+    #[error("device-mapper {op} on {device} failed: {detail}")]
+    Kernel {
+        /// The operation (load, resume, create, ...).
+        op: &'static str,
+        /// Device name.
+        device: String,
+        /// What the kernel said.
+        detail: String,
+    },
+
+    /// Reading or growing a filesystem failed.
+    #[error("filesystem on {device}: {detail}")]
+    Filesystem {
+        /// Device name.
+        device: String,
+        /// What failed.
+        detail: String,
+    },
+
+    /// Docker's metadata file could not be read or written.
+    #[error("docker metadata {path}: {detail}")]
+    Metadata {
+        /// Path of the file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+
+    /// An I/O error on one of the agent's own files.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+
+    /// Anything else; a bug if seen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    /// An I/O error with its path.
+    pub fn io(
+        what: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        AgentError::Io {
+            what,
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// A device-mapper error on a device.
+    pub fn kernel(op: &'static str, device: &str, err: impl std::fmt::Display) -> Self {
+        AgentError::Kernel {
+            op,
+            device: device.to_string(),
+            detail: err.to_string(),
+        }
+    }
+
+    /// A filesystem error on a device.
+    pub fn fs(device: &str, detail: impl std::fmt::Display) -> Self {
+        AgentError::Filesystem {
+            device: device.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<bollard::errors::Error> for AgentError {
+    fn from(err: bollard::errors::Error) -> Self {
+        AgentError::Docker(err.to_string())
+    }
+}
+
+/// The one place where agent errors become gRPC codes.
+impl From<AgentError> for tonic::Status {
+    fn from(err: AgentError) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            AgentError::NotFound(_) => Code::NotFound,
+            AgentError::Ambiguous { .. }
+            | AgentError::NotDevicemapper { .. }
+            | AgentError::Size(_)
+            | AgentError::InvalidSize(_)
+            | AgentError::Shrink { .. } => Code::InvalidArgument,
+            AgentError::PoolTooFull { .. }
+            | AgentError::PoolUnhealthy { .. }
+            | AgentError::UnexpectedTable { .. } => Code::FailedPrecondition,
+            AgentError::Docker(_) => Code::Unavailable,
+            AgentError::Kernel { .. }
+            | AgentError::Filesystem { .. }
+            | AgentError::Metadata { .. }
+            | AgentError::Io { .. }
+            | AgentError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn refusals_map_to_the_codes_clients_act_on() {
+        let cases = [
+            (AgentError::NotFound("x".into()), Code::NotFound),
+            (
+                AgentError::Shrink {
+                    container: "node".into(),
+                    current: 4 << 30,
+                    requested: 1 << 30,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::Size(SizeError::Unparsable("x".into())),
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::NotDevicemapper {
+                    container: "c".into(),
+                    driver: "overlay2".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::PoolTooFull {
+                    pool: "p".into(),
+                    container: "c".into(),
+                    free: 1,
+                    total: 2,
+                    growth: 3,
+                    margin_percent: 10,
+                },
+                Code::FailedPrecondition,
+            ),
+            (AgentError::Docker("down".into()), Code::Unavailable),
+        ];
+        for (err, code) in cases {
+            assert_eq!(tonic::Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn shrink_message_names_sizes_and_next_step() {
+        let msg = AgentError::Shrink {
+            container: "node".into(),
+            current: 4 << 30,
+            requested: 1 << 30,
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            "container node is 4 GiB and Roomy only grows: ask for more than 4 GiB, e.g. +1G"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! Filesystems on thin devices: what size they are (superblock or live
+//! geometry), where they are mounted, how full they are, and growing them
+//! online with the kernel's own ioctls (the ones `xfs_growfs` and
+//! `resize2fs` use), through a private mount when the container is stopped.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use devicemapper::Device;
+
+use crate::error::AgentError;
+
+/// A filesystem Roomy can grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// XFS: grows only while mounted (XFS_IOC_FSGROWFSDATA).
+    Xfs,
+    /// ext4: grown online while mounted (EXT4_IOC_RESIZE_FS).
+    Ext4,
+}
+
+impl FsKind {
+    /// `xfs` / `ext4`, as mount(8) and Docker's `dm.fs` spell them.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Xfs => "xfs",
+            FsKind::Ext4 => "ext4",
+        }
+    }
+}
+
+/// What a superblock says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    /// Which filesystem.
+    pub kind: FsKind,
+    /// Filesystem block size in bytes.
+    pub block_size: u64,
+    /// Blocks in the filesystem.
+    pub blocks: u64,
+}
+
+impl Superblock {
+    /// Size of the filesystem in bytes: what the device must at least hold.
+    pub fn bytes(&self) -> u64 {
+        self.blocks * self.block_size
+    }
+
+    /// Parse the first 4 KiB of a device. `None` when neither XFS nor ext4.
+    pub fn parse(head: &[u8]) -> Option<Superblock> {
+        let be32 = |at: usize| {
+            head.get(at..at + 4)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+        };
+        let be64 = |at: usize| {
+            head.get(at..at + 8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        };
+        let le32 = |at: usize| {
+            head.get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
+        let le16 = |at: usize| {
+            head.get(at..at + 2)
+                .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        };
+
+        // XFS: "XFSB", sb_blocksize (be32 @4), sb_dblocks (be64 @8).
+        if head.get(0..4) == Some(b"XFSB") {
+            return Some(Superblock {
+                kind: FsKind::Xfs,
+                block_size: u64::from(be32(4)?),
+                blocks: be64(8)?,
+            });
+        }
+        // ext2/3/4 superblock at 1024: s_magic 0xEF53 @0x38,
+        // s_blocks_count_lo @0x04, s_log_block_size @0x18,
+        // s_blocks_count_hi @0x150 when INCOMPAT_64BIT (0x80) is set.
+        const SB: usize = 1024;
+        if le16(SB + 0x38)? == 0xEF53 {
+            let log = le32(SB + 0x18)?;
+            if log > 6 {
+                return None;
+            }
+            let lo = u64::from(le32(SB + 0x04)?);
+            let incompat = le32(SB + 0x60)?;
+            let hi = if incompat & 0x80 != 0 {
+                u64::from(le32(SB + 0x150)?)
+            } else {
+                0
+            };
+            return Some(Superblock {
+                kind: FsKind::Ext4,
+                block_size: 1024 << log,
+                blocks: (hi << 32) | lo,
+            });
+        }
+        None
+    }
+}
+
+/// The block device node of a dm device. devtmpfs creates `/dev/dm-N` for
+/// every dm device without udev, unlike `/dev/mapper/<name>`.
+pub fn dev_node(dev: Device) -> PathBuf {
+    PathBuf::from(format!("/dev/dm-{}", dev.minor))
+}
+
+/// Read the superblock of a device. `direct` bypasses the page cache, for
+/// devices no filesystem has mounted (their cache may be stale); a mounted
+/// ext4 keeps its superblock in the block device's cache, so read it
+/// buffered.
+pub fn read_superblock(node: &Path, direct: bool) -> Result<Option<Superblock>, AgentError> {
+    let device = node.display().to_string();
+    let mut options = OpenOptions::new();
+    options.read(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let mut file = options
+        .open(node)
+        .map_err(|e| AgentError::fs(&device, format!("open: {e}")))?;
+    let mut buf = AlignedBuf::new();
+    file.read_exact(buf.bytes_mut())
+        .map_err(|e| AgentError::fs(&device, format!("read superblock: {e}")))?;
+    Ok(Superblock::parse(buf.bytes_mut()))
+}
+
+/// 4 KiB aligned to 4 KiB, as O_DIRECT wants.
+#[repr(C, align(4096))]
+struct AlignedBuf([u8; 4096]);
+
+impl AlignedBuf {
+    fn new() -> Box<Self> {
+        Box::new(AlignedBuf([0; 4096]))
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// Where a device is mounted in this mount namespace, if it is.
+pub fn mountpoint_of(dev: Device) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    find_mount(&text, dev)
+}
+
+/// Find `dev` in mountinfo text (first match).
+pub fn find_mount(mountinfo: &str, dev: Device) -> Option<PathBuf> {
+    let want = format!("{}:{}", dev.major, dev.minor);
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let devno = fields.nth(2)?;
+        let _root = fields.next()?;
+        let point = fields.next()?;
+        (devno == want).then(|| PathBuf::from(unescape_mountinfo(point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Space and inodes of a mounted filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in the filesystem as df shows them.
+    pub total: u64,
+    /// Bytes used.
+    pub used: u64,
+    /// Bytes available to unprivileged writers.
+    pub avail: u64,
+    /// Inodes in total.
+    pub inodes_total: u64,
+    /// Inodes used.
+    pub inodes_used: u64,
+}
+
+/// statvfs of a mount point.
+pub fn usage(mountpoint: &Path) -> Result<Usage, AgentError> {
+    let st = nix::sys::statvfs::statvfs(mountpoint)
+        .map_err(|e| AgentError::fs(&mountpoint.display().to_string(), format!("statvfs: {e}")))?;
+    let frsize = st.fragment_size() as u64;
+    let total = st.blocks() as u64 * frsize;
+    let free = st.blocks_free() as u64 * frsize;
+    Ok(Usage {
+        total,
+        used: total.saturating_sub(free),
+        avail: st.blocks_available() as u64 * frsize,
+        inodes_total: st.files() as u64,
+        inodes_used: (st.files() as u64).saturating_sub(st.files_free() as u64),
+    })
+}
+
+/// struct xfs_fsop_geom_v1 (xfs_fs.h): stable since Linux 2.6.
+#[repr(C)]
+#[derive(Default)]
+struct XfsGeomV1 {
+    blocksize: u32,
+    rtextsize: u32,
+    agblocks: u32,
+    agcount: u32,
+    logblocks: u32,
+    sectsize: u32,
+    inodesize: u32,
+    imaxpct: u32,
+    datablocks: u64,
+    rtblocks: u64,
+    rtextents: u64,
+    logstart: u64,
+    uuid: [u8; 16],
+    sunit: u32,
+    swidth: u32,
+    version: i32,
+    flags: u32,
+    logsectsize: u32,
+    rtsectsize: u32,
+    dirblocksize: u32,
+}
+
+/// struct xfs_growfs_data (xfs_fs.h).
+#[repr(C)]
+struct XfsGrowfsData {
+    newblocks: u64,
+    imaxpct: u32,
+}
+
+/// ioctl numbers from xfs_fs.h and ext4.h.
+#[allow(missing_docs)]
+mod ioctl {
+    use super::{XfsGeomV1, XfsGrowfsData};
+    nix::ioctl_read!(xfs_fsgeometry_v1, b'X', 100, XfsGeomV1);
+    nix::ioctl_write_ptr!(xfs_growfs_data, b'X', 110, XfsGrowfsData);
+    nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
+}
+use ioctl::{ext4_resize_fs, xfs_fsgeometry_v1, xfs_growfs_data};
+
+fn xfs_geometry(mount: &File) -> nix::Result<XfsGeomV1> {
+    let mut geom = XfsGeomV1::default();
+    // SAFETY: the fd is an open directory on an XFS mount and `geom` is a
+    // properly sized xfs_fsop_geom_v1 the kernel fills in.
+    unsafe { xfs_fsgeometry_v1(mount.as_raw_fd(), &mut geom) }?;
+    Ok(geom)
+}
+
+/// Size in bytes of the mounted filesystem at `mountpoint`, read from the
+/// live filesystem (XFS geometry) or its superblock in the block device's
+/// cache (ext4), both current even before the log is checkpointed.
+pub fn mounted_size(kind: FsKind, mountpoint: &Path, node: &Path) -> Result<u64, AgentError> {
+    let device = mountpoint.display().to_string();
+    match kind {
+        FsKind::Xfs => {
+            let dir = File::open(mountpoint)
+                .map_err(|e| AgentError::fs(&device, format!("open: {e}")))?;
+            let geom = xfs_geometry(&dir)
+                .map_err(|e| AgentError::fs(&device, format!("XFS geometry: {e}")))?;
+            Ok(geom.datablocks * u64::from(geom.blocksize))
+        }
+        FsKind::Ext4 => read_superblock(node, false)?
+            .map(|sb| sb.bytes())
+            .ok_or_else(|| AgentError::fs(&device, "no ext4 superblock")),
+    }
+}
+
+/// Grow the filesystem mounted at `mountpoint` to fill `device_bytes`.
+/// Idempotent: a filesystem that already fills the device is left alone.
+/// Returns the filesystem's size afterwards.
+pub fn grow_mounted(
+    kind: FsKind,
+    mountpoint: &Path,
+    node: &Path,
+    device_bytes: u64,
+) -> Result<u64, AgentError> {
+    let device = mountpoint.display().to_string();
+    let dir = File::open(mountpoint).map_err(|e| AgentError::fs(&device, format!("open: {e}")))?;
+    match kind {
+        FsKind::Xfs => {
+            let geom = xfs_geometry(&dir)
+                .map_err(|e| AgentError::fs(&device, format!("XFS geometry: {e}")))?;
+            let block = u64::from(geom.blocksize);
+            let newblocks = device_bytes / block;
+            if newblocks > geom.datablocks {
+                let arg = XfsGrowfsData {
+                    newblocks,
+                    imaxpct: geom.imaxpct,
+                };
+                // SAFETY: valid fd on the XFS mount and a valid argument.
+                unsafe { xfs_growfs_data(dir.as_raw_fd(), &arg) }.map_err(|e| {
+                    AgentError::fs(&device, format!("XFS grow to {newblocks} blocks: {e}"))
+                })?;
+            }
+            mounted_size(kind, mountpoint, node)
+        }
+        FsKind::Ext4 => {
+            let sb = read_superblock(node, false)?
+                .ok_or_else(|| AgentError::fs(&device, "no ext4 superblock"))?;
+            let newblocks = device_bytes / sb.block_size;
+            if newblocks > sb.blocks {
+                // SAFETY: valid fd on the ext4 mount; the kernel reads one u64.
+                unsafe { ext4_resize_fs(dir.as_raw_fd(), &newblocks) }.map_err(|e| {
+                    AgentError::fs(&device, format!("ext4 resize to {newblocks} blocks: {e}"))
+                })?;
+            }
+            mounted_size(kind, mountpoint, node)
+        }
+    }
+}
+
+/// Grow an unmounted filesystem: mount it privately at `scratch`, grow,
+/// unmount. XFS only grows while mounted; ext4 is treated the same way so
+/// both take one path. Returns the filesystem's size afterwards.
+pub fn grow_unmounted(
+    kind: FsKind,
+    node: &Path,
+    scratch: &Path,
+    device_bytes: u64,
+) -> Result<u64, AgentError> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let device = node.display().to_string();
+    std::fs::create_dir_all(scratch)
+        .map_err(|e| AgentError::io("create mount point", scratch, e))?;
+    // Docker mounts its thin devices with nouuid: every snapshot of the base
+    // device carries the same XFS UUID.
+    let options = match kind {
+        FsKind::Xfs => Some("nouuid"),
+        FsKind::Ext4 => None,
+    };
+    mount(
+        Some(node),
+        scratch,
+        Some(kind.name()),
+        MsFlags::MS_NOATIME,
+        options,
+    )
+    .map_err(|e| AgentError::fs(&device, format!("mount at {}: {e}", scratch.display())))?;
+    let grown = grow_mounted(kind, scratch, node, device_bytes);
+    let unmounted = umount2(scratch, MntFlags::empty());
+    let size = grown?;
+    unmounted
+        .map_err(|e| AgentError::fs(&device, format!("unmount {}: {e}", scratch.display())))?;
+    let _ = std::fs::remove_dir(scratch);
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_device_in_mountinfo_and_unescapes_the_path() {
+        let text = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    95 22 253:3 / /var/lib/docker/devicemapper/mnt/ab\\040cd rw - xfs /dev/mapper/x rw,nouuid\n";
+        assert_eq!(
+            find_mount(
+                text,
+                Device {
+                    major: 253,
+                    minor: 3
+                }
+            ),
+            Some(PathBuf::from("/var/lib/docker/devicemapper/mnt/ab cd"))
+        );
+        assert_eq!(
+            find_mount(
+                text,
+                Device {
+                    major: 253,
+                    minor: 4
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_hand_made_superblocks() {
+        let mut xfs = vec![0u8; 4096];
+        xfs[0..4].copy_from_slice(b"XFSB");
+        xfs[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        xfs[8..16].copy_from_slice(&524288u64.to_be_bytes());
+        let sb = Superblock::parse(&xfs).unwrap();
+        assert_eq!((sb.kind, sb.bytes()), (FsKind::Xfs, 2 << 30));
+
+        let mut ext4 = vec![0u8; 4096];
+        ext4[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        ext4[1024 + 0x18..1024 + 0x1c].copy_from_slice(&2u32.to_le_bytes());
+        ext4[1024 + 0x04..1024 + 0x08].copy_from_slice(&1000u32.to_le_bytes());
+        ext4[1024 + 0x150..1024 + 0x154].copy_from_slice(&1u32.to_le_bytes());
+        // Without INCOMPAT_64BIT the high word is ignored.
+        assert_eq!(Superblock::parse(&ext4).unwrap().bytes(), 1000 * 4096);
+        ext4[1024 + 0x60..1024 + 0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        assert_eq!(Superblock::parse(&ext4).unwrap().blocks, (1 << 32) | 1000);
+
+        assert_eq!(Superblock::parse(&[0u8; 4096]), None);
+        assert_eq!(Superblock::parse(b"XFSB"), None);
+    }
+
+    /// Real superblocks from the real mkfs tools, on image files (no root).
+    #[test]
+    fn reads_superblocks_made_by_mkfs() {
+        for (mkfs, args, kind) in [
+            ("mkfs.xfs", &["-q", "-f"][..], FsKind::Xfs),
+            ("mkfs.ext4", &["-q", "-F"][..], FsKind::Ext4),
+        ] {
+            let Some(tool) = ["/usr/sbin/", "/sbin/"]
+                .iter()
+                .map(|d| format!("{d}{mkfs}"))
+                .find(|p| Path::new(p).exists())
+            else {
+                panic!("{mkfs} is missing: run tests/vm/install-deps.sh (xfsprogs, e2fsprogs)");
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("fs.img");
+            File::create(&image).unwrap().set_len(512 << 20).unwrap();
+            let status = std::process::Command::new(tool)
+                .args(args)
+                .arg(&image)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{mkfs} failed");
+            let sb = read_superblock(&image, false).unwrap().unwrap();
+            assert_eq!(sb.kind, kind);
+            assert_eq!(sb.bytes(), 512 << 20, "{mkfs}");
+        }
+    }
+}

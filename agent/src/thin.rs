@@ -1,0 +1,317 @@
+//! The devicemapper backend: containers on Docker's `devicemapper` storage
+//! driver, each on a thin device in Docker's pool. This module observes a
+//! container's storage in all the places its size lives (dm table, dockerd's
+//! memory, Docker's metadata file, the filesystem); `resize` changes it and
+//! `guard` keeps grown containers startable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use roomy_proto::v1::{ContainerStorage, Health};
+
+use crate::backend::{health, RepairOutcome, ResizeOutcome, Sizes, StorageBackend};
+use crate::devmapper::{DevState, DeviceMapper};
+use crate::docker::{ContainerView, DaemonInfo, DockerClient};
+use crate::error::AgentError;
+use crate::fs::{self, FsKind, Usage};
+use crate::guard::Guard;
+use crate::journal::Journal;
+use crate::metadata::DeviceMetadata;
+use crate::table::ThinTable;
+
+/// Settings of the devicemapper backend.
+#[derive(Debug, Clone)]
+pub struct ThinConfig {
+    /// Where intent records and private mount points live.
+    pub state_dir: PathBuf,
+    /// Refuse growth that would leave the pool with less free data space
+    /// than this share of its size.
+    pub pool_margin_percent: u64,
+}
+
+/// The devicemapper backend.
+#[derive(Clone)]
+pub struct ThinBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) docker: DockerClient,
+    pub(crate) dm: DeviceMapper,
+    pub(crate) journal: Journal,
+    pub(crate) guard: Guard,
+    pub(crate) config: ThinConfig,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Everything known about one devicemapper container's disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Observed {
+    pub view: ContainerView,
+    pub device: String,
+    pub device_id: u64,
+    pub mount_id: String,
+    pub pool: String,
+    pub meta: DeviceMetadata,
+    pub sizes: Sizes,
+    pub dev: Option<DevState>,
+    pub table: Option<ThinTable>,
+    pub mountpoint: Option<PathBuf>,
+    pub fs_kind: Option<FsKind>,
+    pub usage: Option<Usage>,
+}
+
+impl ThinBackend {
+    /// Connect the backend to dockerd and device-mapper.
+    pub fn new(docker: DockerClient, config: ThinConfig) -> Result<Self, AgentError> {
+        let journal = Journal::open(&config.state_dir.join("intents"))?;
+        Ok(ThinBackend {
+            inner: Arc::new(Inner {
+                docker,
+                dm: DeviceMapper::new()?,
+                journal,
+                guard: Guard::default(),
+                config,
+                locks: Default::default(),
+            }),
+        })
+    }
+
+    /// The lock that serializes changes to one container.
+    pub(crate) fn lock_for(&self, container_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().expect("lock table poisoned");
+        locks.entry(container_id.to_string()).or_default().clone()
+    }
+
+    /// A devicemapper container, or why not.
+    pub(crate) async fn find(
+        &self,
+        query: &str,
+    ) -> Result<(ContainerView, DaemonInfo), AgentError> {
+        let view = self.inner.docker.container(query).await?;
+        let info = self.inner.docker.info().await?;
+        if view.driver != "devicemapper" || view.device_name.is_none() {
+            return Err(AgentError::NotDevicemapper {
+                container: view.name,
+                driver: view.driver,
+            });
+        }
+        Ok((view, info))
+    }
+
+    /// Read a container's disk from every place its size lives. Blocking.
+    pub(crate) fn observe(
+        &self,
+        view: &ContainerView,
+        info: &DaemonInfo,
+    ) -> Result<Observed, AgentError> {
+        let device = view
+            .device_name
+            .clone()
+            .ok_or_else(|| AgentError::NotDevicemapper {
+                container: view.name.clone(),
+                driver: view.driver.clone(),
+            })?;
+        let pool = info
+            .pool
+            .clone()
+            .ok_or_else(|| AgentError::Docker("dockerd reports no thin pool (Pool Name)".into()))?;
+        let mount_id = view.mount_id(&info.root_dir).ok_or_else(|| {
+            AgentError::Internal(format!("no mount id for container {}", view.name))
+        })?;
+        let meta = DeviceMetadata::new(&info.root_dir, &mount_id);
+        let persisted = meta.size()?;
+        let device_id = match view.device_id {
+            Some(id) => id,
+            None => meta.device_id()?,
+        };
+        let dm = &self.inner.dm;
+        let dev = dm.state(&device)?;
+        let mut out = Observed {
+            view: view.clone(),
+            device: device.clone(),
+            device_id,
+            mount_id,
+            pool,
+            meta,
+            sizes: Sizes {
+                table: None,
+                docker: view.docker_size.unwrap_or(persisted),
+                persisted,
+                fs: None,
+            },
+            dev,
+            table: None,
+            mountpoint: None,
+            fs_kind: None,
+            usage: None,
+        };
+        match dev {
+            Some(state) => {
+                let table = dm.thin_table(&device)?;
+                out.sizes.table = Some(table.bytes());
+                out.table = Some(table);
+                let node = fs::dev_node(state.dev);
+                out.mountpoint = fs::mountpoint_of(state.dev);
+                match &out.mountpoint {
+                    Some(mp) => {
+                        if let Some(sb) = fs::read_superblock(&node, false)? {
+                            out.fs_kind = Some(sb.kind);
+                            out.sizes.fs = Some(fs::mounted_size(sb.kind, mp, &node)?);
+                        }
+                        out.usage = fs::usage(mp).ok();
+                    }
+                    None => {
+                        if let Some(sb) = fs::read_superblock(&node, true)? {
+                            out.fs_kind = Some(sb.kind);
+                            out.sizes.fs = Some(sb.bytes());
+                        }
+                    }
+                }
+            }
+            None => {
+                if let Some(sb) = self.probe_superblock(&out)? {
+                    out.fs_kind = Some(sb.kind);
+                    out.sizes.fs = Some(sb.bytes());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the superblock of a device that is not active, through a
+    /// short-lived read-only activation under a private name. dm-thin lets
+    /// two devices map one thin id, so a concurrent `docker start` is safe.
+    fn probe_superblock(&self, obs: &Observed) -> Result<Option<fs::Superblock>, AgentError> {
+        let dm = &self.inner.dm;
+        let pool_dev = dm.device_number(&obs.pool)?;
+        let name = format!(
+            "roomy-probe-{}",
+            &obs.mount_id[..obs.mount_id.len().min(24)]
+        );
+        if dm.state(&name)?.is_some() {
+            // Left by an agent killed mid-probe.
+            dm.remove(&name)?;
+        }
+        let table = ThinTable::new(pool_dev, obs.device_id, obs.sizes.docker.max(4096))?;
+        let dev = dm.create(&name, &table, true)?;
+        let sb = fs::read_superblock(&fs::dev_node(dev), true);
+        let removed = dm.remove(&name);
+        let _ = std::fs::remove_file(crate::devmapper::mapper_path(&name));
+        let sb = sb?;
+        removed?;
+        Ok(sb)
+    }
+
+    /// Whether the grown device outlives a stop/start: held open with
+    /// deferred removal on (or watched by events where it is off) while
+    /// running; left active, not marked for removal, while stopped.
+    pub(crate) fn protected(&self, obs: &Observed, info: &DaemonInfo) -> bool {
+        let held = self.inner.guard.holds(&obs.view.id);
+        let covers = |s: u64| obs.sizes.fs.is_none_or(|fs| s >= fs);
+        match obs.dev {
+            _ if obs.view.running => held || !info.deferred_removal,
+            Some(state) => (!state.deferred_remove || held) && obs.sizes.table.is_some_and(covers),
+            None => false,
+        }
+    }
+
+    /// The wire form of an observation.
+    pub(crate) fn describe(&self, obs: &Observed, info: &DaemonInfo) -> ContainerStorage {
+        let (word, sentence) = health(&obs.sizes, self.protected(obs, info));
+        let usage = obs.usage.unwrap_or_default();
+        ContainerStorage {
+            id: obs.view.id.clone(),
+            name: obs.view.name.clone(),
+            state: obs.view.state.clone(),
+            driver: obs.view.driver.clone(),
+            device_name: obs.device.clone(),
+            device_id: obs.device_id,
+            pool_name: obs.pool.clone(),
+            device_active: obs.dev.is_some(),
+            table_size_bytes: obs.sizes.table.unwrap_or(0),
+            docker_size_bytes: obs.sizes.docker,
+            persisted_size_bytes: obs.sizes.persisted,
+            fs_type: obs
+                .fs_kind
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
+            fs_size_bytes: obs.sizes.fs.unwrap_or(0),
+            fs_total_bytes: usage.total,
+            fs_used_bytes: usage.used,
+            fs_avail_bytes: usage.avail,
+            inodes_total: usage.inodes_total,
+            inodes_used: usage.inodes_used,
+            health: word as i32,
+            health_message: sentence,
+            guarded: self.inner.guard.holds(&obs.view.id),
+        }
+    }
+
+    async fn inspect_one(
+        &self,
+        view: ContainerView,
+        info: &DaemonInfo,
+    ) -> Result<ContainerStorage, AgentError> {
+        if view.driver != "devicemapper" || view.device_name.is_none() {
+            return Ok(unmanaged(&view));
+        }
+        let this = self.clone();
+        let info2 = info.clone();
+        let obs =
+            tokio::task::spawn_blocking(move || this.observe(&view, &info2).map(|o| (this, o)))
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))??;
+        Ok(obs.0.describe(&obs.1, info))
+    }
+
+    /// Private mount point for growing a stopped container's filesystem.
+    pub(crate) fn scratch_dir(&self, mount_id: &str) -> PathBuf {
+        self.inner.config.state_dir.join("mnt").join(mount_id)
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.config.state_dir
+    }
+}
+
+fn unmanaged(view: &ContainerView) -> ContainerStorage {
+    ContainerStorage {
+        id: view.id.clone(),
+        name: view.name.clone(),
+        state: view.state.clone(),
+        driver: view.driver.clone(),
+        health: Health::Unmanaged as i32,
+        health_message: format!(
+            "{} storage is not managed by this agent (devicemapper only)",
+            view.driver
+        ),
+        ..Default::default()
+    }
+}
+
+impl StorageBackend for ThinBackend {
+    async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
+        let info = self.inner.docker.info().await?;
+        let views = match container {
+            Some(query) => vec![self.inner.docker.container(query).await?],
+            None => self.inner.docker.list().await?,
+        };
+        let mut out = Vec::with_capacity(views.len());
+        for view in views {
+            out.push(self.inspect_one(view, &info).await?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn resize(&self, container: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
+        self.resize_container(container, size).await
+    }
+
+    async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
+        self.repair_container(container).await
+    }
+}

@@ -1,0 +1,227 @@
+//! How roomyctl shows answers: tables for people, JSON for scripts.
+
+use roomy_proto::format_bytes;
+use roomy_proto::v1::{ContainerStorage, Health, RepairResponse, ResizeAction, ResizeResponse};
+use serde_json::{json, Value};
+
+/// Print JSON, pretty, on one document.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values always serialize")
+    );
+}
+
+fn used_percent(c: &ContainerStorage) -> Option<f64> {
+    (c.fs_total_bytes > 0).then(|| c.fs_used_bytes as f64 * 100.0 / c.fs_total_bytes as f64)
+}
+
+/// The size users think of: the filesystem's, else Docker's.
+fn size(c: &ContainerStorage) -> u64 {
+    if c.fs_size_bytes > 0 {
+        c.fs_size_bytes
+    } else {
+        c.docker_size_bytes
+    }
+}
+
+/// `ls`: one row per container.
+pub fn table(rows: &[ContainerStorage]) -> String {
+    let mut lines = vec![[
+        "NAME".to_string(),
+        "STATE".into(),
+        "DRIVER".into(),
+        "SIZE".into(),
+        "FS".into(),
+        "USED".into(),
+        "HEALTH".into(),
+    ]];
+    for c in rows {
+        lines.push([
+            c.name.clone(),
+            c.state.clone(),
+            c.driver.clone(),
+            if c.health() == Health::Unmanaged {
+                "-".into()
+            } else {
+                format_bytes(size(c))
+            },
+            if c.fs_type.is_empty() {
+                "-".into()
+            } else {
+                c.fs_type.clone()
+            },
+            used_percent(c)
+                .map(|p| format!("{p:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            c.health().word().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `inspect`: one container, field by field.
+pub fn details(c: &ContainerStorage) -> String {
+    let bytes = |b: u64| {
+        if b == 0 {
+            "-".to_string()
+        } else {
+            format!("{} ({b} bytes)", format_bytes(b))
+        }
+    };
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
+    field("name", c.name.clone());
+    field("id", c.id.clone());
+    field("state", c.state.clone());
+    field("driver", c.driver.clone());
+    if c.health() != Health::Unmanaged {
+        field(
+            "device",
+            format!("{} (thin id {})", c.device_name, c.device_id),
+        );
+        field("pool", c.pool_name.clone());
+        field("device active", c.device_active.to_string());
+        field("table size", bytes(c.table_size_bytes));
+        field("docker size", bytes(c.docker_size_bytes));
+        field("persisted size", bytes(c.persisted_size_bytes));
+        field(
+            "filesystem",
+            if c.fs_type.is_empty() {
+                "-".into()
+            } else {
+                format!("{} {}", c.fs_type, bytes(c.fs_size_bytes))
+            },
+        );
+        if c.fs_total_bytes > 0 {
+            field(
+                "used",
+                format!(
+                    "{} of {} ({:.0}%), {} inodes of {}",
+                    format_bytes(c.fs_used_bytes),
+                    format_bytes(c.fs_total_bytes),
+                    used_percent(c).unwrap_or(0.0),
+                    c.inodes_used,
+                    c.inodes_total
+                ),
+            );
+        }
+        field("guarded", c.guarded.to_string());
+    }
+    field(
+        "health",
+        format!("{}: {}", c.health().word(), c.health_message),
+    );
+    out
+}
+
+/// JSON of one container.
+pub fn storage_json(c: &ContainerStorage) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "state": c.state,
+        "driver": c.driver,
+        "device_name": c.device_name,
+        "device_id": c.device_id,
+        "pool_name": c.pool_name,
+        "device_active": c.device_active,
+        "table_size_bytes": c.table_size_bytes,
+        "docker_size_bytes": c.docker_size_bytes,
+        "persisted_size_bytes": c.persisted_size_bytes,
+        "fs_type": c.fs_type,
+        "fs_size_bytes": c.fs_size_bytes,
+        "fs_total_bytes": c.fs_total_bytes,
+        "fs_used_bytes": c.fs_used_bytes,
+        "fs_avail_bytes": c.fs_avail_bytes,
+        "inodes_total": c.inodes_total,
+        "inodes_used": c.inodes_used,
+        "health": c.health().word(),
+        "health_message": c.health_message,
+        "guarded": c.guarded,
+    })
+}
+
+/// JSON of a resize answer.
+pub fn resize_json(r: &ResizeResponse) -> Value {
+    json!({
+        "action": match r.action() { ResizeAction::Grown => "grown", ResizeAction::Unchanged => "unchanged", ResizeAction::Unspecified => "unknown" },
+        "from_bytes": r.from_bytes,
+        "to_bytes": r.to_bytes,
+        "message": r.message,
+        "container": r.container.as_ref().map(storage_json),
+    })
+}
+
+/// JSON of a repair answer.
+pub fn repair_json(r: &RepairResponse) -> Value {
+    json!({
+        "action": if r.action == roomy_proto::v1::RepairAction::Repaired as i32 { "repaired" } else { "unchanged" },
+        "message": r.message,
+        "container": r.container.as_ref().map(storage_json),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> ContainerStorage {
+        ContainerStorage {
+            name: "node".into(),
+            state: "running".into(),
+            driver: "devicemapper".into(),
+            fs_type: "xfs".into(),
+            fs_size_bytes: 4 << 30,
+            fs_total_bytes: 4 << 30,
+            fs_used_bytes: 1 << 30,
+            health: Health::Pending as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_shows_health_words() {
+        let web = ContainerStorage {
+            name: "web".into(),
+            state: "exited".into(),
+            driver: "overlay2".into(),
+            health: Health::Unmanaged as i32,
+            ..Default::default()
+        };
+        let text = table(&[node(), web]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME  STATE    DRIVER        SIZE   FS   USED  HEALTH"
+        );
+        assert_eq!(
+            lines[1],
+            "node  running  devicemapper  4 GiB  xfs  25%   pending"
+        );
+        assert_eq!(
+            lines[2],
+            "web   exited   overlay2      -      -    -     unmanaged"
+        );
+    }
+
+    #[test]
+    fn json_uses_words_and_bytes() {
+        let v = storage_json(&node());
+        assert_eq!(v["health"], "pending");
+        assert_eq!(v["fs_size_bytes"], 4u64 << 30);
+    }
+}
