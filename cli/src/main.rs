@@ -88,6 +88,11 @@ impl From<tonic::Status> for Failure {
             | Code::PermissionDenied
             | Code::Unauthenticated => Failure::Refused(message),
             Code::Unavailable | Code::DeadlineExceeded => Failure::Unreachable(message),
+            // The connection broke mid-request: the agent may have died
+            // half-way; it finishes interrupted resizes when it restarts.
+            Code::Unknown if message.contains("transport error") => Failure::Unreachable(format!(
+                "lost the connection to the agent during the request ({message}); a resize it had started is finished when the agent restarts: check with `roomyctl inspect`"
+            )),
             _ => Failure::Failed(message),
         }
     }

@@ -1,0 +1,290 @@
+#!/bin/bash
+# The agent's real-kernel tier (issue: devicemapper agent). Runs inside the
+# VM (tests/vm/boot.sh): real dm-thin, real XFS/ext4, Debian's dockerd 20.10
+# on devicemapper (loop-lvm), roomy-agent driven over gRPC by roomyctl.
+# Every scenario checks what a user would: df inside the container, a
+# checksum of data written before, exit codes and messages of refusals, and
+# that a refusal changed nothing.
+#
+# Env: ROOMY_BIN (dir with roomy-agent built with --features failpoints, and
+# roomyctl), ROOMY_SCENARIOS (space-separated subset, default all).
+set -uo pipefail
+cd "$(dirname "$0")" || exit 1
+# shellcheck source=lib.sh
+. ./lib.sh
+
+BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding roomy-agent and roomyctl}
+GiB=$((1 << 30))
+NAME=""   # the dockerd (and agent) in use
+
+# ---------------------------------------------------------------- helpers
+
+dev_of() { D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1"; }
+table_bytes() { dmsetup table "$(dev_of "$1")" 2>/dev/null | awk '{printf "%d\n", $2 * 512}'; }
+meta_file() {
+    local hash
+    hash=$(dev_of "$1")
+    echo "$LAB/$NAME/root/devicemapper/metadata/${hash##*-}"
+}
+meta_bytes() { grep -o '"size":[0-9]*' "$(meta_file "$1")" | cut -d: -f2; }
+# What df inside the container says the filesystem holds, in bytes.
+df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 {printf "%d\n", $2 * 1024}'; }
+json_field() { grep -o "\"$1\": [^,}]*" <<<"$OUT" | head -1 | cut -d' ' -f2- | tr -d '"'; }
+
+# df shows the filesystem less its log and metadata (ext4: journal and inode
+# tables, ~3.5%): within 5% below.
+df_near() {
+    local got=$1 want=$2
+    [[ $got -le $want && $got -ge $((want * 95 / 100)) ]]
+}
+
+# check NAME CONDITION-COMMAND...: pass/fail one assertion.
+check() {
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name" "$* (last output: ${OUT:-})"; fi
+}
+
+write_data() { D exec "$1" sh -c 'dd if=/dev/urandom of=/data.bin bs=1M count=32 2>/dev/null && sync && md5sum /data.bin' | cut -d' ' -f1; }
+data_sum() { D exec "$1" md5sum /data.bin | cut -d' ' -f1; }
+
+run_box() { D run -d --name "$1" roomy/busybox sleep 1d >/dev/null; }
+
+# Everything that would show a half-done resize: suspended devices or
+# staged tables.
+no_stray_dm_state() {
+    ! dmsetup info -c --noheadings -o name,attr | awk '$2 ~ /s/ || $2 ~ /i$/ {print; bad=1} END {exit !bad}'
+}
+
+# --------------------------------------------------------------- scenarios
+
+# 1. running xfs 2G -> 4G: df shows it, data intact, 3G more fits.
+s1_running_xfs() {
+    run_box s1
+    local sum
+    sum=$(write_data s1)
+    check "s1 starts at 2G" df_near "$(df_bytes s1)" $((2 * GiB))
+    R resize s1 4G
+    check "s1 resize exit 0" test "$RC" -eq 0
+    check "s1 message says grown online" grep -q "grew s1 from 2 GiB to 4 GiB online" <<<"$OUT"
+    check "s1 df shows 4G" df_near "$(df_bytes s1)" $((4 * GiB))
+    check "s1 data intact" test "$(data_sum s1)" = "$sum"
+    check "s1 table 4G" test "$(table_bytes s1)" -eq $((4 * GiB))
+    check "s1 metadata 4G" test "$(meta_bytes s1)" -eq $((4 * GiB))
+    check "s1 writes 3G more" D exec s1 dd if=/dev/zero of=/big bs=1M count=3072 conv=fsync
+    D exec s1 rm -f /big
+    R inspect s1 -o json
+    check "s1 pending until dockerd restarts" test "$(json_field health)" = pending
+    check "s1 guarded" test "$(json_field guarded)" = true
+    R resize s1 4G
+    check "s1 same size again is a no-op" grep -q "already 4 GiB: nothing changed" <<<"$OUT"
+}
+
+# 2. the grown container survives stop/start, restart and a dockerd restart.
+s2_survives_restarts() {
+    local sum
+    sum=$(data_sum s1)
+    D stop -t 1 s1 >/dev/null
+    sleep 3 # let the guard see the stop
+    check "s2 stop+start" D start s1
+    check "s2 df 4G after stop+start" df_near "$(df_bytes s1)" $((4 * GiB))
+    check "s2 data after stop+start" test "$(data_sum s1)" = "$sum"
+    check "s2 restart" D restart -t 1 s1
+    check "s2 df 4G after restart" df_near "$(df_bytes s1)" $((4 * GiB))
+    D stop -t 1 s1 >/dev/null
+    check "s2 start right after stop" D start s1
+    check "s2 df 4G after quick stop+start" df_near "$(df_bytes s1)" $((4 * GiB))
+    dockerd_restart "$NAME" >/dev/null
+    sleep 3
+    check "s2 start after dockerd restart" D start s1
+    check "s2 df 4G after dockerd restart" df_near "$(df_bytes s1)" $((4 * GiB))
+    check "s2 data after dockerd restart" test "$(data_sum s1)" = "$sum"
+    check "s2 dockerd adopted 4G" test "$(D inspect -f '{{.GraphDriver.Data.DeviceSize}}' s1)" -eq $((4 * GiB))
+    R inspect s1 -o json
+    check "s2 settled: ok" test "$(json_field health)" = ok
+}
+
+# 3 and 4b. a stopped container grows without being started.
+stopped_case() {
+    local c=$1 fs=$2 sum dev
+    run_box "$c"
+    sum=$(write_data "$c")
+    D stop -t 1 "$c" >/dev/null
+    sleep 3
+    R resize "$c" 4G
+    check "$c stopped resize exit 0" test "$RC" -eq 0
+    check "$c says while stopped" grep -q "while stopped" <<<"$OUT"
+    check "$c still stopped" test "$(D inspect -f '{{.State.Running}}' "$c")" = false
+    dev=/dev/mapper/$(dev_of "$c")
+    if [[ $fs == xfs ]]; then
+        check "$c xfs_repair -n clean" xfs_repair -n "$dev"
+    else
+        check "$c e2fsck -n clean" e2fsck -fn "$dev"
+    fi
+    check "$c starts" D start "$c"
+    check "$c df 4G" df_near "$(df_bytes "$c")" $((4 * GiB))
+    check "$c data intact" test "$(data_sum "$c")" = "$sum"
+    D restart -t 1 "$c" >/dev/null
+    check "$c df 4G after restart" df_near "$(df_bytes "$c")" $((4 * GiB))
+}
+s3_stopped_xfs() { stopped_case s3 xfs; }
+
+# 4. ext4 running.
+s4_running_ext4() {
+    run_box e1
+    local sum
+    sum=$(write_data e1)
+    R resize e1 +2G
+    check "e1 ext4 resize exit 0" test "$RC" -eq 0
+    check "e1 ext4 df 4G" df_near "$(df_bytes e1)" $((4 * GiB))
+    check "e1 ext4 data intact" test "$(data_sum e1)" = "$sum"
+    check "e1 metadata 4G" test "$(meta_bytes e1)" -eq $((4 * GiB))
+    D stop -t 1 e1 >/dev/null
+    sleep 3
+    check "e1 ext4 starts after stop" D start e1
+    check "e1 ext4 df 4G after stop+start" df_near "$(df_bytes e1)" $((4 * GiB))
+}
+
+# 5. refusals change nothing.
+snapshot() {
+    local c=$1
+    echo "$(dmsetup table "$(dev_of "$c")") $(md5sum <"$(meta_file "$c")") $(df_bytes "$c") $(data_sum "$c")"
+}
+s5_refusals() {
+    run_box s5
+    write_data s5 >/dev/null
+    R resize s5 3G
+    local before
+    before=$(snapshot s5)
+    R resize s5 1G
+    check "s5 shrink exit 3" test "$RC" -eq 3
+    check "s5 shrink message" grep -q "Roomy only grows: ask for more than 3 GiB" <<<"$OUT"
+    R resize nosuch 8G
+    check "s5 unknown exit 3" test "$RC" -eq 3
+    check "s5 unknown message" grep -q 'no container "nosuch"' <<<"$OUT"
+    R resize s5 lots
+    check "s5 bad size exit 3" test "$RC" -eq 3
+    check "s5 bad size message" grep -q 'is not a size: write a number with a unit' <<<"$OUT"
+    R resize s5 0
+    check "s5 zero exit 3" test "$RC" -eq 3
+    R resize s5 +100T
+    check "s5 pool too full exit 3" test "$RC" -eq 3
+    check "s5 pool message has numbers" grep -q "grow the pool first" <<<"$OUT"
+    check "s5 nothing changed" test "$(snapshot s5)" = "$before"
+}
+
+# 6. two concurrent resizes end at the larger, consistently.
+s6_concurrent() {
+    run_box s6
+    local sum rc_a rc_b
+    sum=$(write_data s6)
+    "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" resize s6 3G >/dev/null 2>&1 &
+    local a=$!
+    "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" resize s6 5G >/dev/null 2>&1 &
+    local b=$!
+    wait $a
+    rc_a=$?
+    wait $b
+    rc_b=$?
+    check "s6 larger succeeded" test "$rc_b" -eq 0
+    # The smaller one either ran first or was refused as a shrink.
+    check "s6 smaller ran or was refused" test "$rc_a" -eq 0 -o "$rc_a" -eq 3
+    check "s6 table 5G" test "$(table_bytes s6)" -eq $((5 * GiB))
+    check "s6 metadata 5G" test "$(meta_bytes s6)" -eq $((5 * GiB))
+    check "s6 df 5G" df_near "$(df_bytes s6)" $((5 * GiB))
+    check "s6 data intact" test "$(data_sum s6)" = "$sum"
+}
+
+# 7. the plain recipe's trap (F2): at_risk, then Repair makes it start.
+s7_plain_recipe_repair() {
+    run_box s7
+    local sum dev sectors pool id
+    sum=$(write_data s7)
+    dev=$(dev_of s7)
+    read -r _ sectors _ pool id < <(dmsetup table "$dev")
+    echo "0 $((sectors * 2)) thin $pool $id" | dmsetup load "$dev"
+    dmsetup resume "$dev"
+    xfs_growfs -d "$(awk -v d="$(dmsetup info -c --noheadings -o major,minor "$dev")" '$3 == d {print $5}' /proc/self/mountinfo | head -1)" >/dev/null
+    check "s7 recipe grew it" df_near "$(df_bytes s7)" $((4 * GiB))
+    R inspect s7 -o json
+    check "s7 running recipe container is at_risk" test "$(json_field health)" = at_risk
+    D stop -t 1 s7 >/dev/null
+    sleep 3
+    R inspect s7 -o json
+    check "s7 stopped recipe container is at_risk" test "$(json_field health)" = at_risk
+    check "s7 fs size read while stopped" test "$(json_field fs_size_bytes)" -eq $((4 * GiB))
+    # The trap itself: Docker cannot start it.
+    check "s7 docker start fails as F2 says" bash -c "! /usr/bin/docker start s7 >/dev/null 2>&1"
+    R repair s7
+    check "s7 repair exit 0" test "$RC" -eq 0
+    check "s7 repair message" grep -q "repaired s7" <<<"$OUT"
+    check "s7 starts after repair" D start s7
+    check "s7 df 4G" df_near "$(df_bytes s7)" $((4 * GiB))
+    check "s7 data intact" test "$(data_sum s7)" = "$sum"
+    R repair s7
+    check "s7 second repair changes nothing" grep -q "nothing to repair" <<<"$OUT"
+}
+
+# 8. the agent SIGKILLed at each step: the restarted agent finishes the job.
+s8_killed_agent() {
+    local step c size=2 sum
+    run_box s8
+    sum=$(write_data s8)
+    for step in after-intent after-load after-resume after-grow after-persist; do
+        size=$((size + 1))
+        agent_stop
+        agent_start ROOMY_FAILPOINT=$step
+        R resize s8 ${size}G
+        check "s8 $step: agent died mid-resize" bash -c "! kill -0 $(<"$LAB/$NAME/agent.pid") 2>/dev/null && test $RC -ne 0"
+        check "s8 $step: nothing left suspended" no_stray_dm_state
+        agent_start
+        sleep 1
+        check "s8 $step: table ${size}G" test "$(table_bytes s8)" -eq $((size * GiB))
+        check "s8 $step: metadata ${size}G" test "$(meta_bytes s8)" -eq $((size * GiB))
+        check "s8 $step: df ${size}G" df_near "$(df_bytes s8)" $((size * GiB))
+        check "s8 $step: no intent left" test -z "$(ls "$LAB/$NAME/state/intents")"
+        check "s8 $step: recovery logged" grep -q "finished the resize of s8 to $size GiB" "$LAB/$NAME/agent.log"
+    done
+    check "s8 stop+start after crashes" bash -c "/usr/bin/docker stop -t 1 s8 >/dev/null && sleep 3 && /usr/bin/docker start s8 >/dev/null"
+    check "s8 df after restart" df_near "$(df_bytes s8)" $((size * GiB))
+    check "s8 data intact" test "$(data_sum s8)" = "$sum"
+}
+
+# ------------------------------------------------------------------- main
+
+want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
+
+lab_init || exit 1
+NAME=xfs
+dockerd_start xfs xfs || exit 1
+image_import
+agent_start || exit 1
+for s in s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent; do
+    want "$s" || continue
+    t0=$(lab_now)
+    echo "=== $s"
+    "$s"
+    lab_time "$s" "$t0"
+done
+check "xfs: no suspended device or staged table" no_stray_dm_state
+agent_stop
+dockerd_stop xfs
+
+if want s4_running_ext4 || want s4_stopped_ext4; then
+    NAME=ext4
+    dockerd_start ext4 ext4 || exit 1
+    image_import
+    agent_start || exit 1
+    echo "=== s4 ext4"
+    want s4_running_ext4 && s4_running_ext4
+    want s4_stopped_ext4 && stopped_case e2 ext4
+    check "ext4: no suspended device or staged table" no_stray_dm_state
+    agent_stop
+    dockerd_stop ext4
+fi
+
+check_dmesg
+for d in "$LAB"/*/; do
+    [[ -f $d/agent.log ]] && cp "$d/agent.log" "$ROOMY_VM_OUT/agent-$(basename "$d").log"
+done
+summary

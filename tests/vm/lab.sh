@@ -1,0 +1,34 @@
+#!/bin/bash
+# Roomy's main job, shown on a local lab (runs inside the VM; started by
+# scripts/lab.sh): dockerd 20.10 on devicemapper, a container "node" with a
+# 2G disk, roomy-agent, and `roomyctl resize node 16G` while node runs.
+set -uo pipefail
+cd "$(dirname "$0")" || exit 1
+# shellcheck source=lib.sh
+. ./lib.sh
+
+BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding roomy-agent and roomyctl}
+NAME=lab
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+show() { say "$*"; "$@"; }
+ctl() { show "$BIN/roomyctl" --agent "unix://$LAB/lab/agent.sock" "$@"; }
+
+lab_init >/dev/null || exit 1
+dockerd_start lab xfs >/dev/null || exit 1
+image_import
+agent_start || exit 1
+
+show D run -d --name node roomy/busybox sleep 1d
+show D exec node sh -c 'dd if=/dev/urandom of=/important.bin bs=1M count=64 2>/dev/null; md5sum /important.bin'
+show D exec node df -h /
+ctl ls
+ctl resize node 16G
+show D exec node df -h /
+show D exec node md5sum /important.bin
+ctl inspect node
+say "docker restart node   (where the plain dmsetup recipe leaves the container unable to start)"
+D restart -t 1 node >/dev/null
+show D exec node df -h /
+ctl ls
+agent_stop
+dockerd_stop lab >/dev/null
