@@ -20,7 +20,7 @@ NAME=""   # the dockerd (and agent) in use
 # ---------------------------------------------------------------- helpers
 
 dev_of() { D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1"; }
-table_bytes() { dmsetup table "$(dev_of "$1")" 2>/dev/null | awk '{printf "%d\n", $2 * 512}'; }
+table_bytes() { dmsetup table "$(dev_of "$1")" 2>/dev/null | awk '{printf "%.0f\n", $2 * 512}'; }
 meta_file() {
     local hash
     hash=$(dev_of "$1")
@@ -28,7 +28,7 @@ meta_file() {
 }
 meta_bytes() { grep -o '"size":[0-9]*' "$(meta_file "$1")" | cut -d: -f2; }
 # What df inside the container says the filesystem holds, in bytes.
-df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 {printf "%d\n", $2 * 1024}'; }
+df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 {printf "%.0f\n", $2 * 1024}'; }
 json_field() { grep -o "\"$1\": [^,}]*" <<<"$OUT" | head -1 | cut -d' ' -f2- | tr -d '"'; }
 
 # df shows the filesystem less its log and metadata (ext4: journal and inode
@@ -126,6 +126,8 @@ stopped_case() {
     check "$c data intact" test "$(data_sum "$c")" = "$sum"
     D restart -t 1 "$c" >/dev/null
     check "$c df 4G after restart" df_near "$(df_bytes "$c")" $((4 * GiB))
+    # The guard's open fd must not block removal of a pending container.
+    check "$c docker rm -f works while pending" D rm -f "$c"
 }
 s3_stopped_xfs() { stopped_case s3 xfs; }
 
@@ -250,6 +252,22 @@ s8_killed_agent() {
     check "s8 data intact" test "$(data_sum s8)" = "$sum"
 }
 
+# 9. deferred removal off: Docker removes the device at every stop, and the
+# guard re-activates it at the persisted size on the die event.
+s9_no_deferred_removal() {
+    run_box n1
+    local sum
+    sum=$(write_data n1)
+    R resize n1 4G
+    check "n1 resize exit 0" test "$RC" -eq 0
+    D stop -t 1 n1 >/dev/null
+    sleep 4
+    check "n1 device re-activated after stop" test "$(table_bytes n1)" -eq $((4 * GiB))
+    check "n1 starts" D start n1
+    check "n1 df 4G" df_near "$(df_bytes n1)" $((4 * GiB))
+    check "n1 data intact" test "$(data_sum n1)" = "$sum"
+}
+
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
@@ -281,6 +299,17 @@ if want s4_running_ext4 || want s4_stopped_ext4; then
     check "ext4: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop ext4
+fi
+
+if want s9_no_deferred_removal; then
+    NAME=nodefer
+    dockerd_start nodefer xfs --storage-opt dm.use_deferred_removal=false --storage-opt dm.use_deferred_deletion=false || exit 1
+    image_import
+    agent_start || exit 1
+    echo "=== s9_no_deferred_removal"
+    s9_no_deferred_removal
+    agent_stop
+    dockerd_stop nodefer
 fi
 
 check_dmesg
