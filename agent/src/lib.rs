@@ -13,10 +13,12 @@ pub mod journal;
 pub mod metadata;
 pub mod resize;
 pub mod service;
+pub mod sim;
 pub mod table;
 pub mod thin;
 
 pub use backend::StorageBackend;
 pub use error::AgentError;
 pub use service::AgentService;
+pub use sim::SimBackend;
 pub use thin::{ThinBackend, ThinConfig};

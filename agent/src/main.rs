@@ -1,14 +1,17 @@
 //! roomy-agent binary: flags, start-up recovery, the guard, and the gRPC
-//! listeners.
+//! listeners (root-only unix socket; mutual TLS on TCP for the controller).
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
 use roomy_agent::docker::DockerClient;
-use roomy_agent::{AgentService, ThinBackend, ThinConfig};
+use roomy_agent::{AgentService, SimBackend, StorageBackend, ThinBackend, ThinConfig};
+use roomy_proto::tls::{ServerTls, TlsFiles};
 use roomy_proto::v1::agent_server::AgentServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -24,11 +27,39 @@ struct Args {
         default_value = "/run/roomy/agent.sock"
     )]
     socket: PathBuf,
+    /// Serve no unix socket (TCP with mutual TLS only).
+    #[arg(long)]
+    no_socket: bool,
 
-    /// Also listen on this TCP address, for the controller. Unauthenticated
-    /// until mutual TLS lands: bind it to a trusted network only.
+    /// Listen on this TCP address for the controller, with mutual TLS
+    /// (needs --tls-cert, --tls-key, --tls-ca).
     #[arg(long, env = "ROOMY_AGENT_LISTEN")]
-    listen: Option<std::net::SocketAddr>,
+    listen: Option<SocketAddr>,
+
+    /// This agent's certificate (PEM); `roomyctl certs init` makes one.
+    #[arg(long, env = "ROOMY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, env = "ROOMY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The fleet's CA (PEM).
+    #[arg(long, env = "ROOMY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client identities allowed on TCP (repeatable).
+    #[arg(long = "allow-client", default_value = "roomy-controller")]
+    allow_client: Vec<String>,
+
+    /// Storage backend: devicemapper (real), or sim (in memory, for tests
+    /// and fleet benchmarks; never touches a disk).
+    #[arg(long, value_enum, default_value_t = Backend::Devicemapper)]
+    backend: Backend,
+    /// sim: containers per simulated host.
+    #[arg(long, default_value_t = 10)]
+    sim_containers: usize,
+    /// sim: serve this many simulated hosts, on consecutive ports from
+    /// --listen (host0, host1, ...), for fleet benchmarks.
+    #[arg(long, default_value_t = 1)]
+    sim_hosts: usize,
 
     /// dockerd's socket (unix:///var/run/docker.sock by default).
     #[arg(long, env = "DOCKER_HOST")]
@@ -48,6 +79,12 @@ struct Args {
     guard_interval: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Devicemapper,
+    Sim,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -55,60 +92,124 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let tls = match (&args.listen, &args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, ..) => None,
+        (Some(_), Some(cert), Some(key), Some(ca)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            };
+            let tls = ServerTls::load(files, args.allow_client.clone()).context("agent TLS")?;
+            tls.spawn_reloader(Duration::from_secs(2));
+            Some(tls)
+        }
+        (Some(_), ..) => bail!("--listen needs --tls-cert, --tls-key and --tls-ca (make them with `roomyctl certs init`)"),
+    };
 
-    let docker = DockerClient::connect(args.docker_host.as_deref())
-        .await
-        .context("cannot reach dockerd; is it running, and is --docker-host right?")?;
-    let backend = ThinBackend::new(
-        docker,
-        ThinConfig {
-            state_dir: args.state_dir.clone(),
-            pool_margin_percent: args.pool_margin_percent,
-        },
-    )?;
-
-    for line in backend.recover().await {
-        tracing::warn!("{line}");
-    }
-    tokio::spawn(
-        backend
-            .clone()
-            .run_guard(Duration::from_secs(args.guard_interval.max(1))),
-    );
-
-    let service = AgentServer::new(AgentService::new(backend));
-
-    if let Some(addr) = args.listen {
-        tracing::warn!(%addr, "serving on TCP without TLS: mutual TLS is not built yet");
-        let svc = service.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve(addr)
-                .await
-            {
-                tracing::error!(error = %e, "TCP listener failed");
+    match args.backend {
+        Backend::Sim => {
+            let mut tasks = Vec::new();
+            for i in 0..args.sim_hosts {
+                let backend = SimBackend::demo(&format!("host{i}"), args.sim_containers);
+                let listen = args
+                    .listen
+                    .map(|a| SocketAddr::new(a.ip(), a.port() + i as u16));
+                let socket = (i == 0 && !args.no_socket).then(|| args.socket.clone());
+                tasks.push(tokio::spawn(serve(backend, socket, listen, tls.clone())));
             }
+            tracing::info!(hosts = args.sim_hosts, "simulated agents ready");
+            for t in tasks {
+                t.await??;
+            }
+            Ok(())
+        }
+        Backend::Devicemapper => {
+            let docker = DockerClient::connect(args.docker_host.as_deref())
+                .await
+                .context("cannot reach dockerd; is it running, and is --docker-host right?")?;
+            let backend = ThinBackend::new(
+                docker,
+                ThinConfig {
+                    state_dir: args.state_dir.clone(),
+                    pool_margin_percent: args.pool_margin_percent,
+                },
+            )?;
+            for line in backend.recover().await {
+                tracing::warn!("{line}");
+            }
+            tokio::spawn(
+                backend
+                    .clone()
+                    .run_guard(Duration::from_secs(args.guard_interval.max(1))),
+            );
+            let socket = (!args.no_socket).then(|| args.socket.clone());
+            serve(backend, socket, args.listen, tls).await
+        }
+    }
+}
+
+/// Serve one backend on the unix socket and, with TLS, on TCP, until
+/// SIGTERM or Ctrl-C.
+async fn serve<B: StorageBackend>(
+    backend: B,
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    tls: Option<Arc<ServerTls>>,
+) -> anyhow::Result<()> {
+    let service = AgentServer::new(AgentService::new(backend));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<AgentService<B>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(roomy_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(service);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(addr), Some(tls)) = (listen, tls) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        let router = router.clone();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown())
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        tracing::info!(%addr, "serving the controller over mutual TLS");
+    }
+    if let Some(path) = socket.clone() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        // A socket file left by an earlier agent refuses the bind.
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        tracing::info!(socket = %path.display(), "roomy-agent ready");
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown())
+                .await
+                .map_err(anyhow::Error::from)
         });
     }
-
-    if let Some(dir) = args.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
-    // A socket file left by an earlier agent refuses the bind.
-    let _ = std::fs::remove_file(&args.socket);
-    let listener = UnixListener::bind(&args.socket)
-        .with_context(|| format!("bind {}", args.socket.display()))?;
-    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(socket = %args.socket.display(), "roomy-agent ready");
-
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown())
-        .await?;
-    let _ = std::fs::remove_file(&args.socket);
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

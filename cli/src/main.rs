@@ -1,37 +1,65 @@
-//! roomyctl: inspect and grow Docker containers' disks.
+//! roomyctl: inspect and grow Docker containers' disks, on one host (through
+//! its agent's unix socket) or across a fleet (through the controller, over
+//! mutual TLS).
 //!
-//! Today it talks to one agent over its Unix socket (single host, no
-//! certificates). Exit codes: 0 done, 1 failed, 2 usage error, 3 refused
-//! (bad size, shrink, unknown container, pool too full), 4 agent unreachable.
+//! Exit codes: 0 done, 1 failed, 2 usage error, 3 refused (bad size,
+//! shrink, unknown host or container, permission denied, pool too full),
+//! 4 agent or controller unreachable.
 
+mod certs;
 mod output;
+mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hyper_util::rt::TokioIo;
 use roomy_proto::v1::agent_client::AgentClient;
-use roomy_proto::v1::{InspectRequest, RepairRequest, ResizeRequest};
+use roomy_proto::v1::controller_client::ControllerClient;
+use roomy_proto::v1::{
+    AddHostRequest, InspectRequest, ListAuditRequest, ListContainersRequest, ListHostsRequest,
+    RemoveHostRequest, RepairRequest, ResizeRequest, TargetRequest, TargetResizeRequest,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
+
+use settings::{pick, FileSettings};
+
+const DEFAULT_AGENT: &str = "unix:///run/roomy/agent.sock";
 
 /// Inspect and grow Docker containers' disks, online.
 #[derive(Parser, Debug)]
 #[command(name = "roomyctl", version, propagate_version = true)]
 struct Cli {
-    /// The agent to talk to: unix:///path/to/agent.sock or http://host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "ROOMY_AGENT",
-        default_value = "unix:///run/roomy/agent.sock"
-    )]
-    agent: String,
-
+    /// The controller, host:port (fleet mode, mutual TLS).
+    #[arg(long, global = true, env = "ROOMY_CONTROLLER")]
+    controller: Option<String>,
+    /// Name on the controller's certificate.
+    #[arg(long, global = true, env = "ROOMY_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Your client certificate (PEM).
+    #[arg(long, global = true, env = "ROOMY_CERT")]
+    cert: Option<PathBuf>,
+    /// Your client key (PEM).
+    #[arg(long, global = true, env = "ROOMY_KEY")]
+    key: Option<PathBuf>,
+    /// The fleet's CA (PEM).
+    #[arg(long, global = true, env = "ROOMY_CA")]
+    ca: Option<PathBuf>,
+    /// One agent directly, no controller: unix:///run/roomy/agent.sock.
+    #[arg(long, global = true, env = "ROOMY_AGENT")]
+    agent: Option<String>,
+    /// Config file (default ~/.config/roomy/roomyctl.toml).
+    #[arg(long, global = true, env = "ROOMY_CONFIG")]
+    config: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table, env = "ROOMY_OUTPUT")]
     output: Format,
+    /// Seconds to wait for an answer.
+    #[arg(long, global = true, default_value_t = 120)]
+    timeout: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -47,26 +75,115 @@ enum Format {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// One row per container: size, use, health.
-    Ls,
-    /// Everything the agent knows about one container's disk.
-    Inspect {
-        /// Container name or id.
-        container: String,
+    /// One row per container: host, name, driver, size, used %, health.
+    Ls {
+        /// Only this host (fleet mode).
+        host: Option<String>,
     },
-    /// Grow a container's disk, running or stopped: `resize node 16G`, `resize node +4G`.
+    /// Everything known about one container's disk: HOST/CONTAINER (CONTAINER with --agent).
+    Inspect {
+        /// HOST/CONTAINER, or CONTAINER with --agent.
+        target: String,
+    },
+    /// Grow a container's disk, running or stopped: `resize host1/node 16G`, `resize host1/node +4G`.
     Resize {
-        /// Container name or id.
-        container: String,
+        /// HOST/CONTAINER, or CONTAINER with --agent.
+        target: String,
         /// New size (16G) or growth (+4G); K, M, G, T are powers of 1024.
         #[arg(allow_hyphen_values = true)]
         size: String,
     },
     /// Make an `at_risk` container (grown by hand with dmsetup) startable again.
     Repair {
-        /// Container name or id.
-        container: String,
+        /// HOST/CONTAINER, or CONTAINER with --agent.
+        target: String,
     },
+    /// The controller's hosts.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// The audit log, newest first.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Certificates for a fleet.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Print shell completions: `roomyctl completions bash > /etc/bash_completion.d/roomyctl`.
+    Completions {
+        /// bash, zsh, fish, elvish, powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostsCommand {
+    /// Hosts with their state: up, unreachable (since when), last error.
+    Ls,
+    /// Register an agent: `hosts add host1 10.0.0.2:7444`.
+    Add {
+        /// Host name (the agent's certificate name unless --agent-name).
+        name: String,
+        /// host:port of the agent's TLS listener.
+        address: String,
+        /// Name on the agent's certificate, when not NAME.
+        #[arg(long)]
+        agent_name: Option<String>,
+    },
+    /// Forget a host.
+    Rm {
+        /// Host name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// A CA and certificates for the controller, named agents and users,
+    /// plus a controller config with the users' roles.
+    Init {
+        /// Directory to write (must not hold a CA already).
+        #[arg(long)]
+        out: PathBuf,
+        /// Agent (host) names, each gets a certificate: --agent host1 --agent host2.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Users as NAME:ROLE (viewer, operator, admin): --user alice:admin.
+        #[arg(long = "user")]
+        users: Vec<String>,
+    },
+    /// One more certificate from an existing CA (made by `certs init`):
+    /// `certs issue --dir DIR agent host4`, `... user eve`, `... controller`
+    /// (replaces DIR/controller.pem|.key; a running controller picks it up).
+    Issue {
+        /// The directory `certs init` wrote (holds ca.pem and ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// agent, user or controller.
+        #[arg(value_enum)]
+        kind: IssueKind,
+        /// The agent's host name or the user's name (not for controller).
+        name: Option<String>,
+        /// Valid until (RFC 3339, e.g. 2027-01-01T00:00:00Z); default one year.
+        #[arg(long)]
+        not_after: Option<String>,
+    },
+}
+
+/// What `certs issue` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IssueKind {
+    /// An agent (server) certificate, DIR/agents/NAME.pem.
+    Agent,
+    /// A user (client) certificate, DIR/users/NAME.pem.
+    User,
+    /// The controller's certificate, DIR/controller.pem.
+    Controller,
 }
 
 /// How roomyctl ends.
@@ -76,9 +193,31 @@ enum Failure {
     Failed(String),
 }
 
+/// The status message with its whole source chain: in TLS 1.3 the server
+/// judges the client certificate after the client's handshake is done, so
+/// its refusal (a TLS alert) only shows deep in the chain of the first call.
+fn full_message(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
-        let message = status.message().to_string();
+        let message = full_message(&status);
+        if message.contains("received fatal alert") {
+            return Failure::Refused(format!(
+                "the server refused this client's certificate ({message}): check that --cert and --key come from the fleet's CA, are not expired, and that the server allows this identity"
+            ));
+        }
         match status.code() {
             Code::InvalidArgument
             | Code::NotFound
@@ -91,24 +230,31 @@ impl From<tonic::Status> for Failure {
             // The connection broke mid-request: the agent may have died
             // half-way; it finishes interrupted resizes when it restarts.
             Code::Unknown if message.contains("transport error") => Failure::Unreachable(format!(
-                "lost the connection to the agent during the request ({message}); a resize it had started is finished when the agent restarts: check with `roomyctl inspect`"
+                "lost the connection during the request ({message}); a resize the agent had started is finished when it restarts: check with `roomyctl inspect`"
             )),
             _ => Failure::Failed(message),
         }
     }
 }
 
-async fn connect(agent: &str) -> Result<AgentClient<Channel>, Failure> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Failure::Unreachable(format!(
-            "cannot reach the agent at {agent}: {e}; is roomy-agent running, and is --agent right?"
-        ))
-    };
+/// Where requests go.
+enum Conn {
+    Agent(AgentClient<Channel>),
+    Controller(ControllerClient<Channel>),
+}
+
+fn unreachable(what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Unreachable(format!("cannot reach {what}: {e}"))
+}
+
+async fn connect_agent(agent: &str, timeout: Duration) -> Result<AgentClient<Channel>, Failure> {
+    let hint = format!("the agent at {agent} (is roomy-agent running, and is --agent right?)");
     let channel = if let Some(path) = agent.strip_prefix("unix://") {
         let path = PathBuf::from(path);
         // The URI is a placeholder: the connector below ignores it.
         Endpoint::try_from("http://[::1]:1")
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&hint, &e))?
+            .timeout(timeout)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -118,41 +264,174 @@ async fn connect(agent: &str) -> Result<AgentClient<Channel>, Failure> {
                 }
             }))
             .await
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&hint, &e))?
     } else {
-        Endpoint::try_from(agent.to_string())
-            .map_err(|e| unreachable(&e))?
-            .connect()
-            .await
-            .map_err(|e| unreachable(&e))?
+        return Err(Failure::Refused(format!(
+            "--agent {agent:?} is not unix:///path: talk to remote agents through the controller (--controller)"
+        )));
     };
     Ok(AgentClient::new(channel))
 }
 
+async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let controller = pick(&cli.controller, &file.controller);
+    // An explicit agent (flag or env) wins over a controller from the file.
+    let agent = cli
+        .agent
+        .clone()
+        .or_else(|| controller.is_none().then(|| file.agent.clone()).flatten());
+    if let Some(agent) = agent {
+        return Ok(Conn::Agent(connect_agent(&agent, timeout).await?));
+    }
+    let Some(controller) = controller else {
+        return Ok(Conn::Agent(connect_agent(DEFAULT_AGENT, timeout).await?));
+    };
+    let need = |v: Option<PathBuf>, flag: &str| {
+        v.ok_or_else(|| {
+            Failure::Refused(format!(
+                "talking to the controller needs --{flag} (or ROOMY_{}, or {flag} in the config file); `roomyctl certs init` makes them",
+                flag.to_uppercase()
+            ))
+        })
+    };
+    let files = roomy_proto::tls::TlsFiles {
+        cert: need(pick(&cli.cert, &file.cert), "cert")?,
+        key: need(pick(&cli.key, &file.key), "key")?,
+        ca: need(pick(&cli.ca, &file.ca), "ca")?,
+    };
+    let config =
+        roomy_proto::tls::client_config(&files).map_err(|e| Failure::Refused(e.to_string()))?;
+    let server_name =
+        pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
+    let channel =
+        roomy_proto::tls::channel(&controller, &server_name, config, Duration::from_secs(5))
+            .map_err(|e| unreachable(&format!("the controller at {controller}"), &e))?;
+    Ok(Conn::Controller(ControllerClient::new(channel)))
+}
+
+fn fleet_only(what: &str) -> Failure {
+    Failure::Refused(format!(
+        "`{what}` needs the controller: give --controller (or ROOMY_CONTROLLER) with --cert, --key and --ca"
+    ))
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client = connect(&cli.agent).await?;
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "roomyctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Certs {
+            command: CertsCommand::Init { out, agents, users },
+        } => return certs::init(out, agents, users).map_err(Failure::Refused),
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    dir,
+                    kind,
+                    name,
+                    not_after,
+                },
+        } => {
+            let kind = match kind {
+                IssueKind::Agent => certs::Issue::Agent,
+                IssueKind::User => certs::Issue::User,
+                IssueKind::Controller => certs::Issue::Controller,
+            };
+            return certs::issue(dir, kind, name.as_deref(), not_after.as_deref())
+                .map_err(Failure::Refused);
+        }
+        _ => {}
+    }
+    let file = FileSettings::load(cli.config.as_deref()).map_err(Failure::Refused)?;
+    let conn = connect(&cli, &file).await?;
+    let diagnosis = tls_target(&cli, &file);
+    match dispatch(cli, conn).await {
+        // A closed connection from the controller may be its TLS refusal of
+        // our certificate: ask once more and say so plainly.
+        Err(failure @ (Failure::Failed(_) | Failure::Unreachable(_))) if diagnosis.is_some() => {
+            let (addr, name, config) = diagnosis.expect("checked");
+            match roomy_proto::tls::diagnose(&addr, &name, config).await {
+                Some(why) if why.contains("alert") => Err(Failure::Refused(format!(
+                    "{why}: the controller refused this client's certificate; check that --cert and --key come from the fleet's CA, are not expired, and name a user in the controller's [roles]"
+                ))),
+                _ => Err(failure),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Controller address, certificate name and client TLS config, when
+/// roomyctl talks to a controller.
+fn tls_target(
+    cli: &Cli,
+    file: &FileSettings,
+) -> Option<(String, String, std::sync::Arc<rustls::ClientConfig>)> {
+    if cli.agent.is_some() {
+        return None;
+    }
+    let addr = pick(&cli.controller, &file.controller)?;
+    let files = roomy_proto::tls::TlsFiles {
+        cert: pick(&cli.cert, &file.cert)?,
+        key: pick(&cli.key, &file.key)?,
+        ca: pick(&cli.ca, &file.ca)?,
+    };
+    let config = roomy_proto::tls::client_config(&files).ok()?;
+    let name =
+        pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
+    Some((addr, name, config))
+}
+
+async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
     let json = cli.output == Format::Json;
-    match cli.command {
-        Command::Ls => {
-            let rows = client
+    match (cli.command, conn) {
+        (Command::Ls { host: None }, Conn::Agent(mut c)) => {
+            let rows = c
                 .inspect(InspectRequest::default())
                 .await?
                 .into_inner()
                 .containers;
-            if json {
-                output::print_json(&serde_json::Value::Array(
-                    rows.iter().map(output::storage_json).collect(),
-                ));
-            } else {
-                print!("{}", output::table(&rows));
-            }
+            let rows: Vec<_> = rows.into_iter().map(|c| (String::new(), c)).collect();
+            output::print_rows(&rows, &[], json);
         }
-        Command::Inspect { container } => {
-            let rows = client
-                .inspect(InspectRequest { container })
+        (Command::Ls { host: Some(_) }, Conn::Agent(_)) => return Err(fleet_only("ls HOST")),
+        (Command::Ls { host }, Conn::Controller(mut c)) => {
+            let reply = c
+                .list_containers(ListContainersRequest {
+                    host: host.unwrap_or_default(),
+                })
                 .await?
-                .into_inner()
-                .containers;
+                .into_inner();
+            let rows: Vec<_> = reply
+                .rows
+                .into_iter()
+                .filter_map(|r| r.container.map(|c| (r.host, c)))
+                .collect();
+            output::print_rows(&rows, &reply.errors, json);
+        }
+        (Command::Inspect { target }, conn) => {
+            let rows = match conn {
+                Conn::Agent(mut c) => {
+                    c.inspect(InspectRequest { container: target })
+                        .await?
+                        .into_inner()
+                        .containers
+                }
+                Conn::Controller(mut c) => c
+                    .inspect_container(TargetRequest { target })
+                    .await?
+                    .into_inner()
+                    .container
+                    .into_iter()
+                    .collect(),
+            };
             for row in &rows {
                 if json {
                     output::print_json(&output::storage_json(row));
@@ -161,27 +440,78 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Resize { container, size } => {
-            let reply = client
-                .resize(ResizeRequest { container, size })
-                .await?
-                .into_inner();
+        (Command::Resize { target, size }, conn) => {
+            let reply = match conn {
+                Conn::Agent(mut c) => {
+                    c.resize(ResizeRequest {
+                        container: target,
+                        size,
+                    })
+                    .await?
+                }
+                Conn::Controller(mut c) => c.resize(TargetResizeRequest { target, size }).await?,
+            }
+            .into_inner();
             if json {
                 output::print_json(&output::resize_json(&reply));
             } else {
                 println!("{}", reply.message);
             }
         }
-        Command::Repair { container } => {
-            let reply = client
-                .repair(RepairRequest { container })
-                .await?
-                .into_inner();
+        (Command::Repair { target }, conn) => {
+            let reply = match conn {
+                Conn::Agent(mut c) => c.repair(RepairRequest { container: target }).await?,
+                Conn::Controller(mut c) => c.repair(TargetRequest { target }).await?,
+            }
+            .into_inner();
             if json {
                 output::print_json(&output::repair_json(&reply));
             } else {
                 println!("{}", reply.message);
             }
+        }
+        (Command::Hosts { command }, Conn::Controller(mut c)) => match command {
+            HostsCommand::Ls => {
+                let hosts = c.list_hosts(ListHostsRequest {}).await?.into_inner().hosts;
+                output::print_hosts(&hosts, json);
+            }
+            HostsCommand::Add {
+                name,
+                address,
+                agent_name,
+            } => {
+                let host = c
+                    .add_host(AddHostRequest {
+                        name,
+                        address,
+                        server_name: agent_name.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                println!("added {} at {}", host.name, host.address);
+            }
+            HostsCommand::Rm { name } => {
+                println!(
+                    "{}",
+                    c.remove_host(RemoveHostRequest { name })
+                        .await?
+                        .into_inner()
+                        .message
+                );
+            }
+        },
+        (Command::Audit { limit }, Conn::Controller(mut c)) => {
+            let entries = c
+                .list_audit(ListAuditRequest { limit })
+                .await?
+                .into_inner()
+                .entries;
+            output::print_audit(&entries, json);
+        }
+        (Command::Hosts { .. }, Conn::Agent(_)) => return Err(fleet_only("hosts")),
+        (Command::Audit { .. }, Conn::Agent(_)) => return Err(fleet_only("audit")),
+        (Command::Certs { .. } | Command::Completions { .. }, _) => {
+            unreachable!("handled before connecting")
         }
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! How roomyctl shows answers: tables for people, JSON for scripts.
 
 use roomy_proto::format_bytes;
-use roomy_proto::v1::{ContainerStorage, Health, RepairResponse, ResizeAction, ResizeResponse};
+use roomy_proto::v1::{
+    AuditEntry, ContainerStorage, Health, Host, HostError, HostState, RepairResponse, ResizeAction,
+    ResizeResponse,
+};
 use serde_json::{json, Value};
 
 /// Print JSON, pretty, on one document.
@@ -25,19 +28,37 @@ fn size(c: &ContainerStorage) -> u64 {
     }
 }
 
-/// `ls`: one row per container.
-pub fn table(rows: &[ContainerStorage]) -> String {
-    let mut lines = vec![[
-        "NAME".to_string(),
-        "STATE".into(),
-        "DRIVER".into(),
-        "SIZE".into(),
-        "FS".into(),
-        "USED".into(),
-        "HEALTH".into(),
-    ]];
-    for c in rows {
-        lines.push([
+/// Align columns, two spaces apart, no trailing blanks.
+fn render(lines: &[Vec<String>]) -> String {
+    let columns = lines.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `ls`: one row per container; the HOST column only when rows have hosts.
+pub fn table(rows: &[(String, ContainerStorage)]) -> String {
+    let with_host = rows.iter().any(|(h, _)| !h.is_empty());
+    let mut header: Vec<String> = ["NAME", "STATE", "DRIVER", "SIZE", "FS", "USED", "HEALTH"]
+        .map(String::from)
+        .to_vec();
+    if with_host {
+        header.insert(0, "HOST".into());
+    }
+    let mut lines = vec![header];
+    for (host, c) in rows {
+        let mut line = vec![
             c.name.clone(),
             c.state.clone(),
             c.driver.clone(),
@@ -55,22 +76,126 @@ pub fn table(rows: &[ContainerStorage]) -> String {
                 .map(|p| format!("{p:.0}%"))
                 .unwrap_or_else(|| "-".into()),
             c.health().word().to_string(),
+        ];
+        if with_host {
+            line.insert(0, host.clone());
+        }
+        lines.push(line);
+    }
+    render(&lines)
+}
+
+/// `ls` output: rows, then one line per host that did not answer (on
+/// stderr for tables; in the document for JSON).
+pub fn print_rows(rows: &[(String, ContainerStorage)], errors: &[HostError], json: bool) {
+    if json {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|(host, c)| {
+                let mut v = storage_json(c);
+                if !host.is_empty() {
+                    v["host"] = json!(host);
+                }
+                v
+            })
+            .collect();
+        let errors: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"host": e.host, "code": e.code, "message": e.message}))
+            .collect();
+        print_json(&json!({"containers": rows, "errors": errors}));
+    } else {
+        print!("{}", table(rows));
+        for e in errors {
+            eprintln!("roomyctl: host {} did not answer: {}", e.host, e.message);
+        }
+    }
+}
+
+fn host_state(h: &Host) -> String {
+    match h.state() {
+        HostState::Up => "up".into(),
+        HostState::Unreachable => format!("unreachable since {}", when(h.unreachable_since * 1000)),
+        HostState::Unknown | HostState::Unspecified => "unknown".into(),
+    }
+}
+
+/// UTC time of unix milliseconds, e.g. 2026-11-28T03:04:05Z.
+fn when(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map(|t| t.replace(".0Z", "Z").replace(".000Z", "Z"))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `hosts ls`.
+pub fn print_hosts(hosts: &[Host], json: bool) {
+    if json {
+        let v: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                json!({"name": h.name, "address": h.address, "state": host_state(h).split(' ').next(),
+                       "unreachable_since": h.unreachable_since, "last_error": h.last_error,
+                       "last_seen": h.last_seen, "source": h.source, "agent_name": h.server_name})
+            })
+            .collect();
+        print_json(&Value::Array(v));
+        return;
+    }
+    let mut lines = vec![["NAME", "ADDRESS", "STATE", "LAST ERROR"]
+        .map(String::from)
+        .to_vec()];
+    for h in hosts {
+        lines.push(vec![
+            h.name.clone(),
+            h.address.clone(),
+            host_state(h),
+            h.last_error.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for line in lines {
-        let cells: Vec<String> = line
+    print!("{}", render(&lines));
+}
+
+/// `audit`.
+pub fn print_audit(entries: &[AuditEntry], json: bool) {
+    if json {
+        let v: Vec<Value> = entries
             .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|e| {
+                json!({"time_ms": e.time_ms, "principal": e.principal, "action": e.action, "target": e.target,
+                       "from_bytes": e.from_bytes, "to_bytes": e.to_bytes, "result": e.result, "message": e.message})
+            })
             .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
+        print_json(&Value::Array(v));
+        return;
     }
-    out
+    let mut lines = vec![["TIME", "WHO", "ACTION", "TARGET", "CHANGE", "RESULT"]
+        .map(String::from)
+        .to_vec()];
+    for e in entries {
+        let change = if e.to_bytes > 0 && e.from_bytes > 0 {
+            format!(
+                "{} -> {}",
+                format_bytes(e.from_bytes),
+                format_bytes(e.to_bytes)
+            )
+        } else {
+            "-".into()
+        };
+        lines.push(vec![
+            when(e.time_ms),
+            e.principal.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            change,
+            e.result.clone(),
+        ]);
+    }
+    print!("{}", render(&lines));
 }
 
 /// `inspect`: one container, field by field.
@@ -202,7 +327,7 @@ mod tests {
             health: Health::Unmanaged as i32,
             ..Default::default()
         };
-        let text = table(&[node(), web]);
+        let text = table(&[(String::new(), node()), (String::new(), web)]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -216,6 +341,18 @@ mod tests {
             lines[2],
             "web   exited   overlay2      -      -    -     unmanaged"
         );
+    }
+
+    #[test]
+    fn fleet_rows_get_a_host_column() {
+        let text = table(&[("host1".into(), node())]);
+        assert!(text.starts_with("HOST   NAME"), "{text}");
+        assert!(text.lines().nth(1).unwrap().starts_with("host1  node"));
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

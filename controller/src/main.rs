@@ -1,11 +1,106 @@
-//! roomy-controller: the fleet controller. Not built yet: the host
-//! registry, fan-out, routing, mTLS and audit arrive with the controller
-//! issue. Until then this binary says so and exits non-zero rather than
-//! pretending to serve.
+//! roomy-controller binary: config, store, registry, the mTLS listener.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "roomy-controller: not implemented yet; use roomy-agent on each host and `roomyctl --agent unix:///run/roomy/agent.sock`"
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use roomy_controller::config::Config;
+use roomy_controller::registry::{Registry, TlsConnector};
+use roomy_controller::roles::Roles;
+use roomy_controller::service::ControllerService;
+use roomy_controller::store::{HostRecord, SqliteStore, Store};
+use roomy_proto::tls::{ServerTls, TlsFiles};
+use roomy_proto::v1::controller_server::ControllerServer;
+
+/// The fleet controller. Serves roomyctl over mutual TLS.
+#[derive(Parser, Debug)]
+#[command(name = "roomy-controller", version)]
+struct Args {
+    /// Config file (TOML); see deploy/controller.example.toml.
+    #[arg(
+        long,
+        env = "ROOMY_CONTROLLER_CONFIG",
+        default_value = "/etc/roomy/controller.toml"
+    )]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    let roles = Roles::from_pairs(&config.roles)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
+    // Hosts in the config file are (re)registered at every start.
+    for h in &config.hosts {
+        store.put_host(&HostRecord {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            source: "config".into(),
+            server_name: h.server_name.clone().unwrap_or_else(|| h.name.clone()),
+        })?;
+    }
+    let files = TlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        ca: config.tls.ca.clone(),
+    };
+    let client_config =
+        roomy_proto::tls::client_config(&files).context("controller TLS client config")?;
+    let deadline = Duration::from_millis(config.agent_timeout_ms.max(1));
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        Box::new(TlsConnector {
+            config: client_config,
+            timeout: deadline,
+        }),
+        deadline,
+    )?);
+
+    let server_tls = ServerTls::load(files, vec![]).context("controller TLS server config")?;
+    server_tls.spawn_reloader(Duration::from_secs(2));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ControllerServer<ControllerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(roomy_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tracing::info!(listen = %config.listen, hosts = registry.names().len(), "roomy-controller ready");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ControllerServer::new(ControllerService::new(
+            registry,
+            store,
+            roles,
+            Duration::from_millis(config.agent_call_timeout_ms.max(1)),
+        )))
+        .serve_with_incoming_shutdown(server_tls.incoming(listener), shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -1,8 +1,11 @@
 //! Roomy's contract (`roomy.proto`, package `roomy.v1`) and the small
-//! vocabulary that every Roomy binary shares: sizes as people write them.
+//! vocabulary that every Roomy binary shares: sizes and `HOST/CONTAINER`
+//! targets as people write them, and mutual TLS.
 #![warn(missing_docs)]
 
 pub mod size;
+pub mod target;
+pub mod tls;
 
 /// Generated types and services of `roomy.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -14,6 +17,7 @@ pub mod v1 {
 }
 
 pub use size::{format_bytes, ByteSize, SizeError, SizeRequest};
+pub use target::{valid_host_name, Target, TargetError};
 
 impl v1::Health {
     /// The word users see in tables and JSON: `ok`, `pending`, `at_risk`.

@@ -128,9 +128,10 @@ stall_phase() {
 
 # ------------------------------------------------------------------- checks
 
+# Sizes with %.0f: mawk's %d stops at 2^31 - 1.
 dev_of() { D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1"; }
-table_bytes() { dmsetup table "$(dev_of "$1")" | awk '{ printf "%d\n", $2 * 512 }'; }
-df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 { printf "%d\n", $2 * 1024 }'; }
+table_bytes() { dmsetup table "$(dev_of "$1")" | awk '{ printf "%.0f\n", $2 * 512 }'; }
+df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 { printf "%.0f\n", $2 * 1024 }'; }
 check() {
     local name=$1
     shift
@@ -186,6 +187,8 @@ ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2fx", x / y; els
     echo "Resize benchmark: running containers, each resize +${STEP_MIB} MiB online;"
     echo "dockerd 20.10 devicemapper (loop-lvm) + xfs, Debian 6.1 kernel in QEMU TCG (no KVM), $(nproc) vCPUs."
     echo "Wall time of each whole resize (process start to exit), one warm-up each not counted."
+    echo "All binaries are read over 9p from the host and run under emulation: compare the"
+    echo "methods with each other, not the absolute times with real hardware."
     echo
     printf '%-40s %4s %9s %9s %9s %9s\n' "wall time per resize (ms)" n median p95 min max
     printf '%-40s %4s %9s %9s %9s %9s\n' "roomyctl resize (1 process, gRPC)" "$rn" "$rmed" "$rp95" "$rmin" "$rmax"

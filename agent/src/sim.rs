@@ -1,0 +1,311 @@
+//! The simulated backend: containers and their thin devices in memory,
+//! behind the same trait as the real one and refusing exactly what it
+//! refuses (it shares `plan_grow` and `health`). For controller and fleet
+//! tests at scale; never the proof of a storage path.
+
+use std::sync::Mutex;
+
+use roomy_proto::format_bytes;
+use roomy_proto::v1::ContainerStorage;
+
+use crate::backend::{
+    health, plan_grow, GrowAction, RepairOutcome, ResizeOutcome, Sizes, StorageBackend,
+};
+use crate::error::AgentError;
+
+/// One simulated container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimContainer {
+    /// Full id (64 hex digits in Docker; anything unique here).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Running or not.
+    pub running: bool,
+    /// Storage driver; anything but devicemapper is refused as in the real backend.
+    pub driver: String,
+    /// Sizes in every place.
+    pub sizes: Sizes,
+    /// Bytes used in the filesystem.
+    pub used: u64,
+}
+
+struct SimState {
+    containers: Vec<SimContainer>,
+    pool_total: u64,
+    pool_used: u64,
+}
+
+/// The in-memory backend.
+pub struct SimBackend {
+    state: Mutex<SimState>,
+    pool_margin_percent: u64,
+}
+
+impl SimBackend {
+    /// A host with these containers and a pool of `pool_total` bytes.
+    pub fn new(containers: Vec<SimContainer>, pool_total: u64, pool_margin_percent: u64) -> Self {
+        let pool_used = containers.iter().map(|c| c.used).sum();
+        SimBackend {
+            state: Mutex::new(SimState {
+                containers,
+                pool_total,
+                pool_used,
+            }),
+            pool_margin_percent,
+        }
+    }
+
+    /// `count` running 2 GiB xfs containers named `c0`, `c1`, ... each a
+    /// quarter full, on a 100 GiB pool: a demo host for fleet tests.
+    pub fn demo(host: &str, count: usize) -> Self {
+        const G: u64 = 1 << 30;
+        let containers = (0..count)
+            .map(|i| SimContainer {
+                id: format!("{:016x}{:048x}", fnv(host), i),
+                name: format!("c{i}"),
+                running: true,
+                driver: "devicemapper".into(),
+                sizes: Sizes {
+                    table: Some(2 * G),
+                    docker: 2 * G,
+                    persisted: 2 * G,
+                    fs: Some(2 * G),
+                },
+                used: G / 2,
+            })
+            .collect();
+        SimBackend::new(containers, 100 * G, 10)
+    }
+
+    fn find<'a>(state: &'a mut SimState, query: &str) -> Result<&'a mut SimContainer, AgentError> {
+        let exact = state
+            .containers
+            .iter()
+            .position(|c| c.name == query || c.id == query);
+        let index = match exact {
+            Some(i) => i,
+            None => {
+                let matches: Vec<usize> = (0..state.containers.len())
+                    .filter(|&i| !query.is_empty() && state.containers[i].id.starts_with(query))
+                    .collect();
+                match matches.as_slice() {
+                    [i] => *i,
+                    [] => return Err(AgentError::NotFound(query.to_string())),
+                    many => {
+                        return Err(AgentError::Ambiguous {
+                            prefix: query.to_string(),
+                            candidates: many
+                                .iter()
+                                .map(|&i| state.containers[i].name.clone())
+                                .collect(),
+                        })
+                    }
+                }
+            }
+        };
+        Ok(&mut state.containers[index])
+    }
+
+    fn describe(c: &SimContainer) -> ContainerStorage {
+        let (word, sentence) = health(&c.sizes, true);
+        let fs = c.sizes.fs.unwrap_or(0);
+        ContainerStorage {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            state: if c.running { "running" } else { "exited" }.into(),
+            driver: c.driver.clone(),
+            device_name: format!("sim-{}", &c.id[..c.id.len().min(12)]),
+            pool_name: "sim-pool".into(),
+            device_active: c.sizes.table.is_some(),
+            table_size_bytes: c.sizes.table.unwrap_or(0),
+            docker_size_bytes: c.sizes.docker,
+            persisted_size_bytes: c.sizes.persisted,
+            fs_type: "xfs".into(),
+            fs_size_bytes: fs,
+            fs_total_bytes: if c.running { fs } else { 0 },
+            fs_used_bytes: if c.running { c.used } else { 0 },
+            fs_avail_bytes: if c.running {
+                fs.saturating_sub(c.used)
+            } else {
+                0
+            },
+            health: word as i32,
+            health_message: sentence,
+            ..Default::default()
+        }
+    }
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl StorageBackend for SimBackend {
+    async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
+        let mut state = self.state.lock().expect("sim state poisoned");
+        Ok(match container {
+            Some(query) => vec![Self::describe(Self::find(&mut state, query)?)],
+            None => state.containers.iter().map(Self::describe).collect(),
+        })
+    }
+
+    async fn resize(&self, container: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
+        let _: roomy_proto::SizeRequest = size.parse()?;
+        let mut state = self.state.lock().expect("sim state poisoned");
+        let (total, used) = (state.pool_total, state.pool_used);
+        let c = Self::find(&mut state, container)?;
+        if c.driver != "devicemapper" {
+            return Err(AgentError::NotDevicemapper {
+                container: c.name.clone(),
+                driver: c.driver.clone(),
+            });
+        }
+        let current = c.sizes.current();
+        let target = plan_grow(&c.name, size, current)?;
+        if target == current {
+            return Ok(ResizeOutcome {
+                action: GrowAction::Unchanged { size: current },
+                message: format!(
+                    "{} is already {}: nothing changed",
+                    c.name,
+                    format_bytes(current)
+                ),
+                container: Self::describe(c),
+            });
+        }
+        let growth = target - current;
+        let free = total.saturating_sub(used);
+        if free < growth.saturating_add(total / 100 * self.pool_margin_percent) {
+            return Err(AgentError::PoolTooFull {
+                pool: "sim-pool".into(),
+                container: c.name.clone(),
+                free,
+                total,
+                growth,
+                margin_percent: self.pool_margin_percent,
+            });
+        }
+        c.sizes = Sizes {
+            table: Some(target),
+            docker: c.sizes.docker,
+            persisted: target,
+            fs: Some(target),
+        };
+        Ok(ResizeOutcome {
+            action: GrowAction::Grown {
+                from: current,
+                to: target,
+            },
+            message: format!(
+                "grew {} from {} to {} {}",
+                c.name,
+                format_bytes(current),
+                format_bytes(target),
+                if c.running {
+                    "online"
+                } else {
+                    "while stopped; it starts at the new size"
+                }
+            ),
+            container: Self::describe(c),
+        })
+    }
+
+    async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
+        let mut state = self.state.lock().expect("sim state poisoned");
+        let c = Self::find(&mut state, container)?;
+        let before = Self::describe(c);
+        if before.health() != roomy_proto::v1::Health::AtRisk {
+            return Ok(RepairOutcome {
+                repaired: false,
+                message: format!(
+                    "{} is {}: nothing to repair",
+                    c.name,
+                    before.health().word()
+                ),
+                container: before,
+            });
+        }
+        let target = c.sizes.current();
+        c.sizes.table = Some(target);
+        c.sizes.persisted = target;
+        Ok(RepairOutcome {
+            repaired: true,
+            message: format!(
+                "repaired {}: device active at {}",
+                c.name,
+                format_bytes(target)
+            ),
+            container: Self::describe(c),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomy_proto::v1::Health;
+
+    const G: u64 = 1 << 30;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn grows_and_refuses_like_the_real_backend() {
+        let sim = SimBackend::demo("host1", 3);
+        block_on(async {
+            let out = sim.resize("c1", "4G").await.unwrap();
+            assert_eq!(
+                out.action,
+                GrowAction::Grown {
+                    from: 2 * G,
+                    to: 4 * G
+                }
+            );
+            assert_eq!(out.container.health(), Health::Pending);
+            let again = sim.resize("c1", "4G").await.unwrap();
+            assert_eq!(again.action, GrowAction::Unchanged { size: 4 * G });
+            assert!(matches!(
+                sim.resize("c1", "3G").await,
+                Err(AgentError::Shrink { .. })
+            ));
+            assert!(matches!(
+                sim.resize("nope", "3G").await,
+                Err(AgentError::NotFound(_))
+            ));
+            assert!(matches!(
+                sim.resize("c1", "lots").await,
+                Err(AgentError::Size(_))
+            ));
+            assert!(matches!(
+                sim.resize("c0", "+95G").await,
+                Err(AgentError::PoolTooFull { .. })
+            ));
+            // Refusals changed nothing.
+            let c0 = sim.inspect(Some("c0")).await.unwrap();
+            assert_eq!(c0[0].fs_size_bytes, 2 * G);
+            let all = sim.inspect(None).await.unwrap();
+            assert_eq!(all.len(), 3);
+        });
+    }
+
+    #[test]
+    fn id_prefixes_resolve_or_say_which() {
+        let sim = SimBackend::demo("h", 12);
+        block_on(async {
+            let c0 = sim.inspect(Some("c0")).await.unwrap().remove(0);
+            // Ids differ only in the last hex digits: a short prefix is ambiguous.
+            let err = sim.inspect(Some(&c0.id[..16])).await.unwrap_err();
+            assert!(err.to_string().contains("c0, c1"), "{err}");
+            assert_eq!(sim.inspect(Some(&c0.id)).await.unwrap()[0].name, "c0");
+        });
+    }
+}

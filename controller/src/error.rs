@@ -1,0 +1,83 @@
+//! The controller's error type and its one mapping to gRPC status codes.
+
+/// Everything the controller can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The caller's identity lacks the role for this call.
+    #[error("{identity} is {role} and {action} needs {needed}: ask an admin to map {identity} to {needed} in the controller's [roles]")]
+    PermissionDenied {
+        /// Certificate identity.
+        identity: String,
+        /// Its role ("no role" when unmapped).
+        role: String,
+        /// What was asked.
+        action: &'static str,
+        /// The role it needs.
+        needed: &'static str,
+    },
+    /// No verified client identity on the connection.
+    #[error("no client certificate identity: connect over mutual TLS with a certificate from the fleet's CA")]
+    Unauthenticated,
+    /// Unknown host name.
+    #[error(
+        "no host {0:?}: `roomyctl hosts ls` lists them, `roomyctl hosts add NAME ADDRESS` adds one"
+    )]
+    UnknownHost(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// An agent answered with an error: passed through with its host.
+    #[error("{host}: {message}")]
+    Agent {
+        /// Host name.
+        host: String,
+        /// The agent's status code.
+        code: tonic::Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// Configuration is wrong.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl ControllerError {
+    /// An agent's status, with the host it came from. A host that cannot be
+    /// reached says so in words.
+    pub fn from_agent(host: &str, status: tonic::Status) -> Self {
+        let message = match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                format!("agent unreachable ({}): check `roomyctl hosts ls` and that roomy-agent runs there", status.message())
+            }
+            _ => status.message().to_string(),
+        };
+        ControllerError::Agent {
+            host: host.to_string(),
+            code: status.code(),
+            message,
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ControllerError::PermissionDenied { .. } => Code::PermissionDenied,
+            ControllerError::Unauthenticated => Code::Unauthenticated,
+            ControllerError::UnknownHost(_) => Code::NotFound,
+            ControllerError::Invalid(_) => Code::InvalidArgument,
+            ControllerError::Agent { code, .. } => *code,
+            ControllerError::Store(_) | ControllerError::Config(_) => Code::Internal,
+        }
+    }
+}
+
+/// The one place controller errors become gRPC codes.
+impl From<ControllerError> for tonic::Status {
+    fn from(err: ControllerError) -> Self {
+        tonic::Status::new(err.code(), err.to_string())
+    }
+}

@@ -1,0 +1,235 @@
+//! The controller's durable state: the host registry and the audit log,
+//! behind a small trait so another engine can be added. SQLite by default.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection};
+
+use crate::error::ControllerError;
+
+/// A registered host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Name, also the name its agent's certificate carries.
+    pub name: String,
+    /// host:port of the agent's TLS listener.
+    pub address: String,
+    /// "config" or "cli".
+    pub source: String,
+    /// Name the agent's certificate carries (usually `name`).
+    pub server_name: String,
+}
+
+/// One audited mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditRecord {
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Who asked.
+    pub principal: String,
+    /// What was asked.
+    pub action: String,
+    /// Of what.
+    pub target: String,
+    /// Size before, when known.
+    pub from_bytes: u64,
+    /// Size after (or asked for).
+    pub to_bytes: u64,
+    /// "ok" or a gRPC code name.
+    pub result: String,
+    /// The answer's sentence.
+    pub message: String,
+}
+
+/// Durable state.
+pub trait Store: Send + Sync + 'static {
+    /// Insert or replace a host.
+    fn put_host(&self, host: &HostRecord) -> Result<(), ControllerError>;
+    /// Remove a host; false when there was none.
+    fn remove_host(&self, name: &str) -> Result<bool, ControllerError>;
+    /// Every host, by name.
+    fn hosts(&self) -> Result<Vec<HostRecord>, ControllerError>;
+    /// Append to the audit log.
+    fn append_audit(&self, entry: &AuditRecord) -> Result<(), ControllerError>;
+    /// The newest `limit` entries, newest first.
+    fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError>;
+}
+
+/// SQLite in one file (WAL, synchronous=FULL: an audit entry that was
+/// answered is on disk).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: rusqlite::Error) -> ControllerError {
+    ControllerError::Store(e.to_string())
+}
+
+impl SqliteStore {
+    /// Open (and create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, ControllerError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ControllerError::Store(format!("create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| ControllerError::Store(format!("open {}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS hosts (
+                 name TEXT PRIMARY KEY, address TEXT NOT NULL, source TEXT NOT NULL,
+                 server_name TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
+                 principal TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                 from_bytes INTEGER NOT NULL, to_bytes INTEGER NOT NULL,
+                 result TEXT NOT NULL, message TEXT NOT NULL);",
+        )
+        .map_err(db_err)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store poisoned")
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_host(&self, host: &HostRecord) -> Result<(), ControllerError> {
+        self.conn()
+            .execute(
+                "INSERT INTO hosts (name, address, source, server_name) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET address = excluded.address, source = excluded.source,
+                     server_name = excluded.server_name",
+                params![host.name, host.address, host.source, host.server_name],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    fn remove_host(&self, name: &str) -> Result<bool, ControllerError> {
+        self.conn()
+            .execute("DELETE FROM hosts WHERE name = ?1", params![name])
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, ControllerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, address, source, server_name FROM hosts ORDER BY name")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(HostRecord {
+                    name: r.get(0)?,
+                    address: r.get(1)?,
+                    source: r.get(2)?,
+                    server_name: r.get(3)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    fn append_audit(&self, e: &AuditRecord) -> Result<(), ControllerError> {
+        self.conn()
+            .execute(
+                "INSERT INTO audit (time_ms, principal, action, target, from_bytes, to_bytes, result, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![e.time_ms, e.principal, e.action, e.target, e.from_bytes as i64, e.to_bytes as i64, e.result, e.message],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT time_ms, principal, action, target, from_bytes, to_bytes, result, message
+                 FROM audit ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![limit], |r| {
+                Ok(AuditRecord {
+                    time_ms: r.get(0)?,
+                    principal: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    from_bytes: r.get::<_, i64>(4)? as u64,
+                    to_bytes: r.get::<_, i64>(5)? as u64,
+                    result: r.get(6)?,
+                    message: r.get(7)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_audit_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roomy.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let h = HostRecord {
+                name: "host1".into(),
+                address: "10.0.0.2:7444".into(),
+                source: "cli".into(),
+                server_name: "host1".into(),
+            };
+            store.put_host(&h).unwrap();
+            store
+                .put_host(&HostRecord {
+                    address: "10.0.0.3:7444".into(),
+                    ..h
+                })
+                .unwrap();
+            store
+                .put_host(&HostRecord {
+                    name: "host2".into(),
+                    address: "x:1".into(),
+                    source: "config".into(),
+                    server_name: "h2".into(),
+                })
+                .unwrap();
+            assert!(store.remove_host("host2").unwrap());
+            assert!(!store.remove_host("host2").unwrap());
+            for i in 0..3 {
+                store
+                    .append_audit(&AuditRecord {
+                        time_ms: i,
+                        principal: "alice".into(),
+                        action: "resize".into(),
+                        target: "host1/node".into(),
+                        from_bytes: 2 << 30,
+                        to_bytes: 4 << 30,
+                        result: "ok".into(),
+                        message: format!("m{i}"),
+                    })
+                    .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let hosts = store.hosts().unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].address, "10.0.0.3:7444");
+        let audit = store.audit(2).unwrap();
+        assert_eq!(
+            audit.iter().map(|a| a.message.as_str()).collect::<Vec<_>>(),
+            ["m2", "m1"]
+        );
+        assert_eq!(audit[0].to_bytes, 4 << 30);
+    }
+}

@@ -1,0 +1,300 @@
+//! Mutual TLS for every Roomy connection (`roomyctl → controller → agent`).
+//!
+//! tonic's built-in `ServerTlsConfig` cannot swap certificates without a
+//! restart, so this module builds the rustls configuration itself and feeds
+//! tonic established connections through
+//! [`Server::serve_with_incoming`](tonic::transport::Server::serve_with_incoming).
+//!
+//! Both sides speak TLS 1.3 only, offer ALPN `h2`, and use the `ring` crypto
+//! provider explicitly, so rustls never panics for lack of a process-wide
+//! default provider.
+//!
+//! # API
+//!
+//! ```text
+//! pub struct TlsFiles { pub cert: PathBuf, pub key: PathBuf, pub ca: PathBuf }   // PEM files
+//!
+//! // server side: client certificate required and verified against `ca`
+//! ServerTls::load(files: TlsFiles, allowed_identities: Vec<String>) -> Result<Arc<ServerTls>, TlsError>
+//! ServerTls::reload(&self) -> Result<bool, TlsError>            // true when something changed
+//! ServerTls::spawn_reloader(self: &Arc<Self>, every: Duration)  // polls mtimes, reloads on SIGHUP
+//! ServerTls::set_log(&self, hook: impl Fn(&str) + Send + Sync + 'static)
+//! ServerTls::incoming(self: Arc<Self>, listener: TcpListener)
+//!     -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static
+//! ServerTls::files(&self) -> &TlsFiles
+//! TlsConn: AsyncRead + AsyncWrite + Unpin + Send + Connected<ConnectInfo = PeerInfo>
+//! TlsConn::peer(&self) -> &PeerInfo
+//! pub struct PeerInfo { pub identity: String, pub addr: Option<SocketAddr> }
+//! peer<T>(request: &tonic::Request<T>) -> Option<&PeerInfo>    // in handlers and interceptors
+//!
+//! // client side: presents `cert`/`key`, verifies the server against `ca`
+//! client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError>
+//! channel(addr: &str, server_name: &str, config: Arc<rustls::ClientConfig>, connect_timeout: Duration)
+//!     -> Result<tonic::transport::Channel, TlsError>
+//!
+//! // a small PKI for standing up a fleet by hand (see `certs`)
+//! certs::Kind { Controller, Agent, User }
+//! certs::CONTROLLER_NAME = "roomy-controller"
+//! certs::new_ca(name: &str) -> Result<Ca, TlsError>
+//! certs::load_ca(dir: &Path) -> Result<Ca, TlsError>                  // DIR/ca.pem + DIR/ca.key
+//! certs::issue(ca: &Ca, name: &str, kind: Kind, not_before: OffsetDateTime, not_after: OffsetDateTime)
+//!     -> Result<(String, String), TlsError>                           // (cert PEM, key PEM)
+//! certs::init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathBuf>, TlsError>
+//! certs::write_leaf(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Result<(PathBuf, PathBuf), TlsError>
+//! certs::pki_files(dir: &Path, kind: Kind, name: &str) -> TlsFiles    // paths in init's layout
+//! ```
+//!
+//! # Refusals, as each side sees them
+//!
+//! The server drops a connection whose handshake fails (plaintext, no
+//! certificate, unknown CA, expired, identity not allowed) and reports it to
+//! its log hook ([`ServerTls::set_log`]); `incoming` never yields it. In
+//! TLS 1.3 the client finishes its handshake before the server has judged
+//! the client certificate, so a client learns of its refusal only on first
+//! use: with [`channel`] the call fails with `Code::Unknown`, "transport
+//! error", whose error source reads e.g. `received fatal alert:
+//! CertificateRequired`. A server the client does not trust fails in the
+//! connector, as `Code::Unavailable` naming the address and the reason.
+//!
+//! # Identities
+//!
+//! A peer's identity is its certificate's common name, or when it has none
+//! its first DNS subject alternative name. [`certs`] issues certificates whose
+//! CN and DNS SAN are both the name, so the identity is simply that name:
+//! `roomy-controller`, the agent's host name, or the user's name.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use roomy_proto::tls::{self, ServerTls};
+//!
+//! let dir = std::path::Path::new("/etc/roomy/pki");
+//! let server = ServerTls::load(tls::certs::pki_files(dir, tls::certs::Kind::Controller, ""), vec![])?;
+//! server.spawn_reloader(Duration::from_secs(30));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:7443").await?;
+//! let incoming = server.incoming(listener);
+//! // tonic::transport::Server::builder().add_service(..).serve_with_incoming(incoming).await?;
+//! # let _ = incoming;
+//!
+//! let config = tls::client_config(&tls::certs::pki_files(dir, tls::certs::Kind::User, "alice"))?;
+//! let channel = tls::channel("controller.example:7443", "roomy-controller", config, Duration::from_secs(5))?;
+//! # let _ = channel;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod certs;
+mod client;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use client::{channel, client_config, diagnose};
+pub use server::{ServerTls, TlsConn};
+
+/// The one application protocol Roomy speaks over TLS: gRPC needs HTTP/2.
+const ALPN_H2: &[u8] = b"h2";
+
+/// The PEM files one side of a connection needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This side's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key belonging to `cert`.
+    pub key: PathBuf,
+    /// The certificate authority that the other side's certificate must chain to.
+    pub ca: PathBuf,
+}
+
+/// Who is on the other end of an accepted connection.
+///
+/// tonic inserts it into every request's extensions; read it with [`peer`].
+/// (tonic's own `Request::remote_addr()` knows only its built-in
+/// connection types and returns `None` here: use `addr`.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The verified client identity: certificate CN, else first DNS SAN.
+    pub identity: String,
+    /// The client's address, when the socket could tell.
+    pub addr: Option<SocketAddr>,
+}
+
+/// In a handler: the verified client identity of the connection the request
+/// arrived on, or `None` when the server was not fed by [`ServerTls::incoming`].
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<&PeerInfo> {
+    // tonic puts the value of `Connected::connect_info` itself (not a
+    // wrapper) into the request extensions.
+    request.extensions().get::<PeerInfo>()
+}
+
+/// Everything that can go wrong setting up TLS or the PKI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}; check the path and that this user may read it", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file was read but holds no usable PEM item of the expected kind.
+    #[error("{} holds no usable {what}: {detail}; it must be PEM, as written by `certs::init`", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold, e.g. "certificate" or "private key".
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// rustls refused the certificate and key (e.g. the key is not the certificate's).
+    #[error("cannot use certificate {} with key {}: {source}; check that the key belongs to the certificate", cert.display(), key.display())]
+    Config {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The certificate authority is unusable.
+    #[error("cannot use the certificate authority in {}: {detail}", path.display())]
+    Ca {
+        /// The CA certificate or key file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The name a client expects the server's certificate to carry is not a DNS name or IP.
+    #[error("{name:?} is not a valid tls server name: {detail}; use the name the server's certificate was issued for")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        detail: String,
+    },
+    /// The address to connect to does not make a URI.
+    #[error("invalid server address {addr:?}: {detail}; expected host:port")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// Why it is invalid.
+        detail: String,
+    },
+    /// A name cannot be used for a certificate (or as a file name in the PKI directory).
+    #[error("invalid certificate name {name:?}: {detail}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        detail: &'static str,
+    },
+    /// rcgen could not make a key or certificate.
+    #[error("cannot issue a certificate for {name:?}: {source}")]
+    Issue {
+        /// The subject name.
+        name: String,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A PKI file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `certs::init` found a CA key already in place.
+    #[error("{} already exists; refusing to overwrite a certificate authority key: use a new directory, or `certs::load_ca` to issue more certificates from this one", path.display())]
+    CaExists {
+        /// The existing `ca.key`.
+        path: PathBuf,
+    },
+}
+
+/// The crypto provider for every config we build; passing it explicitly
+/// means rustls never looks for (and panics without) a process default.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a whole file, naming it in the error.
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file's contents, at least one.
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |detail: String| TlsError::Pem {
+        path: path.to_owned(),
+        what: "certificate",
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file's contents.
+fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        what: "private key",
+        detail: e.to_string(),
+    })
+}
+
+/// The trust anchors in a CA file's contents.
+fn parse_roots(path: &Path, pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(path, pem)? {
+        roots.add(cert).map_err(|e| TlsError::Ca {
+            path: path.to_owned(),
+            detail: format!("{e}; it must hold the Roomy CA certificate (ca.pem)"),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate's identity: its common name, else its first DNS SAN.
+fn identity_of(cert: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty());
+    if let Some(cn) = cn {
+        return Some(cn.to_owned());
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+        _ => None,
+    })
+}

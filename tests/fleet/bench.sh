@@ -1,0 +1,64 @@
+#!/bin/bash
+# Fleet benchmark (controller issue): `roomyctl ls` across 1, 10, 100 and
+# 1000 agents (in-memory backend, loopback, mutual TLS everywhere), printing
+# p50/p99 latency of the whole roomyctl command and the controller's CPU time
+# per ls and resident memory. One roomy-agent process serves all simulated
+# hosts (--sim-hosts N, consecutive ports); the controller is its own process.
+#
+# Env: ROOMY_BIN, ROOMY_BENCH_SIZES (default "1 10 100 1000"),
+# ROOMY_BENCH_RUNS (default 30).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
+SIZES=${ROOMY_BENCH_SIZES:-1 10 100 1000}
+RUNS=${ROOMY_BENCH_RUNS:-30}
+WORK=$(mktemp -d /tmp/roomy-fleet-bench.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+
+"$BIN/roomyctl" certs init --out "$WORK/pki" --user bench:viewer >/dev/null
+"$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
+ctl() {
+    "$BIN/roomyctl" --controller 127.0.0.1:7543 --cert "$WORK/pki/users/bench.pem" \
+        --key "$WORK/pki/users/bench.key" --ca "$WORK/pki/ca.pem" "$@"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+mem_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
+printf '%-7s %-7s %-9s %-9s %-16s %-9s %-9s\n' agents rows p50_ms p99_ms ctl_cpu_ms/ls rss_MiB peak_MiB
+for n in $SIZES; do
+    "$BIN/roomy-agent" --backend sim --sim-hosts "$n" --sim-containers 10 --no-socket \
+        --listen 127.0.0.1:21000 --tls-cert "$WORK/pki/agents/sim-agent.pem" \
+        --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>"$WORK/agents.log" &
+    agents=$!
+    sed -e 's/^listen = .*/listen = "127.0.0.1:7543"/' -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 10000/' \
+        -e "s|^store = .*|store = \"$WORK/bench-$n.db\"|" "$WORK/pki/controller.toml" >"$WORK/controller.toml"
+    for ((i = 0; i < n; i++)); do
+        printf '[[hosts]]\nname = "host%d"\naddress = "127.0.0.1:%d"\nserver_name = "sim-agent"\n' "$i" $((21000 + i))
+    done >>"$WORK/controller.toml"
+    "$BIN/roomy-controller" --config "$WORK/controller.toml" 2>"$WORK/controller.log" &
+    controller=$!
+    for _ in $(seq 100); do ctl hosts ls >/dev/null 2>&1 && break; sleep 0.1; done
+    # Warm up: every agent connection established once.
+    for _ in 1 2 3; do ctl ls -o json >/dev/null; done
+    rows=$(ctl ls -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert not d["errors"], d["errors"]; print(len(d["containers"]))')
+    [[ $rows -eq $((n * 10)) ]] || { echo "bench: expected $((n * 10)) rows, got $rows" >&2; exit 1; }
+    t_cpu0=$(cpu_ticks "$controller")
+    : >"$WORK/lat"
+    for ((r = 0; r < RUNS; r++)); do
+        t0=$(date +%s%N)
+        ctl ls -o json >/dev/null
+        t1=$(date +%s%N)
+        echo $(((t1 - t0) / 1000)) >>"$WORK/lat"
+    done
+    t_cpu1=$(cpu_ticks "$controller")
+    hz=$(getconf CLK_TCK)
+    read -r p50 p99 < <(sort -n "$WORK/lat" | awk '{a[NR] = $1} END {i50 = int((NR + 1) * 0.5); i99 = int(NR * 0.99 + 0.999); if (i99 > NR) i99 = NR; printf "%.1f %.1f\n", a[i50] / 1000, a[i99] / 1000}')
+    cpu_ms=$(awk -v d=$((t_cpu1 - t_cpu0)) -v hz="$hz" -v r="$RUNS" 'BEGIN {printf "%.1f", d * 1000 / hz / r}')
+    rss=$(awk -v k="$(mem_kib "$controller" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}')
+    peak=$(awk -v k="$(mem_kib "$controller" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')
+    printf '%-7s %-7s %-9s %-9s %-16s %-9s %-9s\n' "$n" "$rows" "$p50" "$p99" "$cpu_ms" "$rss" "$peak"
+    kill "$controller" "$agents"
+    wait "$controller" "$agents" 2>/dev/null || true
+done
+echo "(latency: whole roomyctl process incl. its TLS handshake; CPU: controller utime+stime per ls; ${RUNS} runs each)"

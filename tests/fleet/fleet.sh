@@ -1,0 +1,206 @@
+#!/bin/bash
+# The fleet tier (controller issue): roomy-controller and three roomy-agents
+# as separate processes, each agent in its own network namespace with its own
+# address (ip netns + veth), everything over mutual TLS, driven by roomyctl as
+# users would. Agents use the in-memory backend (--backend sim); the real
+# storage chain is proven in the VM tier (tests/vm/agent.sh, s10).
+#
+# Needs root (network namespaces). Env: ROOMY_BIN (dir with roomy-controller,
+# roomy-agent, roomyctl). Ends with "N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")" || exit 1
+
+BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
+[[ $(id -u) -eq 0 ]] || { echo "fleet.sh: needs root for network namespaces" >&2; exit 1; }
+WORK=$(mktemp -d /tmp/roomy-fleet.XXXXXX)
+PASSED=0
+FAILED=0
+PREFIX=rfl$$
+
+pass() { PASSED=$((PASSED + 1)); echo "PASS $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL $1: ${2:-}"; }
+check() {
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name" "$* (last output: ${OUT:-})"; fi
+}
+
+cleanup() {
+    local i
+    # shellcheck disable=SC2046 # one pid per word
+    kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null
+    for i in 1 2 3; do ip netns del "$PREFIX-h$i" 2>/dev/null; ip link del "$PREFIX-v$i" 2>/dev/null; done
+    ip route del blackhole 10.199.0.0/16 2>/dev/null
+    [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# roomyctl as USER (its certificate), output in OUT, exit code in RC.
+as() {
+    local user=$1
+    shift
+    OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/pki/users/$user.pem" \
+        --key "$WORK/pki/users/$user.key" --ca "$WORK/pki/ca.pem" "$@" 2>&1)
+    RC=$?
+}
+
+start_controller() {
+    "$BIN/roomy-controller" --config "$WORK/controller.toml" >>"$WORK/controller.log" 2>&1 &
+    echo $! >"$WORK/controller.pid"
+    for _ in $(seq 50); do
+        as vic hosts ls
+        [[ $RC -eq 0 ]] && return 0
+        sleep 0.2
+    done
+    echo "controller did not start:" >&2
+    tail -20 "$WORK/controller.log" >&2
+    return 1
+}
+stop_controller() { kill "$(<"$WORK/controller.pid")"; wait "$(<"$WORK/controller.pid")" 2>/dev/null; }
+
+# ------------------------------------------------------------------ setup
+# Test traffic must never leave this machine: with a test link down, packets
+# for the test hosts hit this blackhole instead of the default route.
+ip route add blackhole 10.199.0.0/16 metric 4000 || exit 1
+"$BIN/roomyctl" certs init --out "$WORK/pki" --agent host1 --agent host2 --agent host3 \
+    --user alice:admin --user olga:operator --user vic:viewer >/dev/null || exit 1
+for i in 1 2 3; do
+    ns=$PREFIX-h$i
+    ip netns add "$ns"
+    ip link add "$PREFIX-v$i" type veth peer name eth0 netns "$ns"
+    ip addr add "10.199.$i.1/24" dev "$PREFIX-v$i"
+    ip link set "$PREFIX-v$i" up
+    ip -n "$ns" addr add "10.199.$i.2/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" "$BIN/roomy-agent" --backend sim --sim-containers 3 --no-socket \
+        --listen "10.199.$i.2:7444" --tls-cert "$WORK/pki/agents/host$i.pem" \
+        --tls-key "$WORK/pki/agents/host$i.key" --tls-ca "$WORK/pki/ca.pem" \
+        >>"$WORK/agent$i.log" 2>&1 &
+    echo $! >"$WORK/agent$i.pid"
+done
+sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 1500/' \
+    "$WORK/pki/controller.toml" >"$WORK/controller.toml"
+for i in 1 2; do
+    printf '\n[[hosts]]\nname = "host%s"\naddress = "10.199.%s.2:7444"\n' "$i" "$i" >>"$WORK/controller.toml"
+done
+start_controller || exit 1
+
+# ------------------------------------------------------------------ tests
+echo "=== registry and fan-out"
+as alice hosts add host3 10.199.3.2:7444
+check "admin adds a host" test "$RC" -eq 0
+as vic ls
+check "viewer ls exit 0" test "$RC" -eq 0
+check "ls shows 3 hosts x 3 containers" test "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+check "ls has a HOST column" grep -q '^host2  c1 ' <<<"$OUT"
+as vic ls host2
+check "ls HOST shows only that host" test "$(grep -c '^host2 ' <<<"$OUT")" -eq 3 -a "$(grep -c '^host1 ' <<<"$OUT")" -eq 0
+as vic ls -o json
+check "ls -o json parses" python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); assert len(d["containers"]) == 9 and d["errors"] == []' <<<"$OUT"
+
+echo "=== a host cut off answers as an error row, within the deadline"
+# Cut host2 off inside its namespace: the host side loses carrier and
+# connections hang until the controller's deadline.
+ip -n "$PREFIX-h2" link set eth0 down
+t0=$(date +%s%N)
+as vic ls
+t1=$(date +%s%N)
+check "ls with host2 down exit 0" test "$RC" -eq 0
+check "ls within deadline (<3 s)" test $(((t1 - t0) / 1000000)) -lt 3000
+check "ls still lists host1 and host3" test "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 6
+check "ls names host2 as not answering" grep -q "host host2 did not answer" <<<"$OUT"
+as vic hosts ls
+check "hosts ls: host2 unreachable since" grep -q "^host2 .*unreachable since 20" <<<"$OUT"
+check "hosts ls: host1 up" grep -q "^host1 .* up" <<<"$OUT"
+as olga resize host2/c0 +1G
+check "resize to a cut-off host exit 4" test "$RC" -eq 4
+check "resize to a cut-off host says unreachable" grep -q "host2: agent unreachable" <<<"$OUT"
+ip -n "$PREFIX-h2" link set eth0 up
+sleep 1
+as vic ls
+check "host2 back: 9 rows" test "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+as vic hosts ls
+check "hosts ls: host2 up again" grep -q "^host2 .* up" <<<"$OUT"
+
+echo "=== routing, roles, audit"
+as olga resize host1/c0 +1G
+check "operator resize exit 0" test "$RC" -eq 0
+check "operator resize message" grep -q "grew c0 from 2 GiB to 3 GiB" <<<"$OUT"
+as vic inspect host1/c0 -o json
+check "inspect shows 3G" grep -q '"fs_size_bytes": 3221225472' <<<"$OUT"
+as vic resize host1/c1 +1G
+check "viewer resize exit 3" test "$RC" -eq 3
+check "viewer resize says why" grep -q "vic is viewer and resize needs operator" <<<"$OUT"
+as vic inspect host1/c1 -o json
+check "viewer resize changed nothing" grep -q '"fs_size_bytes": 2147483648' <<<"$OUT"
+as olga hosts add host9 10.199.9.2:7444
+check "operator hosts add exit 3" test "$RC" -eq 3
+as olga resize host9/c0 +1G
+check "unknown host exit 3" test "$RC" -eq 3
+check "unknown host message" grep -q 'no host "host9"' <<<"$OUT"
+as olga resize host1/nosuch +1G
+check "unknown container exit 3" test "$RC" -eq 3
+check "unknown container message" grep -q 'no container "nosuch"' <<<"$OUT"
+as olga resize host1 +1G
+check "target without container exit 3" test "$RC" -eq 3
+as olga resize host1/c0 1G
+check "shrink through the controller exit 3" test "$RC" -eq 3
+as vic audit
+check "audit lists the resize" grep -q "olga .*resize .*host1/c0 .*2 GiB -> 3 GiB .*ok" <<<"$OUT"
+check "audit lists the denied resize" grep -q "vic .*resize .*host1/c1 .*PermissionDenied" <<<"$OUT"
+check "audit lists hosts add" grep -q "alice .*hosts add .*host3 .*ok" <<<"$OUT"
+
+echo "=== controller restart keeps hosts and audit"
+stop_controller
+start_controller
+as vic hosts ls
+check "host3 (added by cli) survives restart" grep -q "^host3 " <<<"$OUT"
+as vic audit
+check "audit survives restart" grep -q "olga .*resize .*host1/c0" <<<"$OUT"
+as alice hosts rm host3
+check "admin hosts rm exit 0" test "$RC" -eq 0
+
+echo "=== mutual TLS refusals"
+"$BIN/roomyctl" certs init --out "$WORK/other" --user mallory:admin --agent host1 >/dev/null
+OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/other/users/mallory.pem" \
+    --key "$WORK/other/users/mallory.key" --ca "$WORK/pki/ca.pem" ls 2>&1)
+RC=$?
+check "cert from another CA refused by controller (exit 3)" test "$RC" -eq 3
+check "other CA: client says the certificate was refused" grep -qi "certificate" <<<"$OUT"
+"$BIN/roomyctl" certs issue --dir "$WORK/pki" --not-after 2020-01-01T00:00:00Z user eve >/dev/null
+as eve ls
+check "expired client cert refused (exit 3)" test "$RC" -eq 3
+OUT=$(curl -sS --max-time 5 --cacert "$WORK/pki/ca.pem" --resolve roomy-controller:7443:127.0.0.1 \
+    https://roomy-controller:7443/ 2>&1)
+check "no client cert: handshake refused" test $? -ne 0
+OUT=$(curl -sS --max-time 5 --http2-prior-knowledge http://127.0.0.1:7443/roomy.v1.Controller/ListHosts 2>&1)
+check "plaintext to controller refused" test $? -ne 0
+check "controller logged the refusals" grep -qi "handshake" "$WORK/controller.log"
+# Agents accept only the controller's identity.
+OUT=$(curl -sS --max-time 5 --cacert "$WORK/pki/ca.pem" --cert "$WORK/pki/users/alice.pem" \
+    --key "$WORK/pki/users/alice.key" --resolve host1:7444:10.199.1.2 --http2 https://host1:7444/ 2>&1)
+check "agent refuses a user certificate" test $? -ne 0
+check "agent logged the refused identity" grep -q "alice" "$WORK/agent1.log"
+OUT=$(curl -sS --max-time 5 --http2-prior-knowledge http://10.199.1.2:7444/ 2>&1)
+check "plaintext to agent refused" test $? -ne 0
+# An agent whose certificate is not the host's name is refused by the controller.
+as alice hosts add wrongname 10.199.1.2:7444
+as vic ls wrongname
+check "agent with the wrong certificate name is an error row" grep -q "host wrongname did not answer" <<<"$OUT"
+as alice hosts rm wrongname
+
+echo "=== certificates reload without restart"
+old=$(openssl s_client -connect 127.0.0.1:7443 -servername roomy-controller -cert "$WORK/pki/users/vic.pem" \
+    -key "$WORK/pki/users/vic.key" -CAfile "$WORK/pki/ca.pem" </dev/null 2>/dev/null | openssl x509 -noout -serial)
+"$BIN/roomyctl" certs issue --dir "$WORK/pki" controller >/dev/null
+kill -HUP "$(<"$WORK/controller.pid")"
+sleep 1
+new=$(openssl s_client -connect 127.0.0.1:7443 -servername roomy-controller -cert "$WORK/pki/users/vic.pem" \
+    -key "$WORK/pki/users/vic.key" -CAfile "$WORK/pki/ca.pem" </dev/null 2>/dev/null | openssl x509 -noout -serial)
+check "controller serves the new certificate" test -n "$new" -a "$old" != "$new"
+as vic ls
+check "clients and agents still work after reload" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 6
+
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
