@@ -3,11 +3,14 @@
 #   1. installs what it needs (apt packages, virtme-ng; skipped when present)
 #   2. cargo fmt --check and clippy -D warnings
 #   3. host tests (parsing, tables, metadata rewrite, superblocks, ...)
-#   4. the real-kernel tier: boots Debian's kernel in QEMU (no KVM), runs
+#   4. the fleet tier: roomy-controller and three agents (in-memory backend)
+#      as processes in network namespaces, over mutual TLS (tests/fleet)
+#   5. the real-kernel tier: boots Debian's kernel in QEMU (no KVM), runs
 #      dm-thin, XFS, ext4 and dockerd 20.10 on devicemapper, and drives
-#      roomy-agent through every scenario in tests/vm/agent.sh.
+#      roomy-agent (and the controller) through every scenario in
+#      tests/vm/agent.sh.
 # Ends with the VM tier's "N passed, M failed" line; exits non-zero on any
-# failure. ROOMY_SKIP_VM=1 runs steps 1-3 only (says so loudly).
+# failure. ROOMY_SKIP_VM=1 runs steps 1-4 only (says so loudly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +31,10 @@ step "build binaries for the VM tier (agent with test-only failpoints)"
 cargo build --release --workspace --features roomy-agent/failpoints
 bin=target/vm-bin
 mkdir -p "$bin"
-cp target/release/roomy-agent target/release/roomyctl "$bin/"
+cp target/release/roomy-agent target/release/roomyctl target/release/roomy-controller "$bin/"
+
+step "fleet tier (controller + agents in network namespaces, mutual TLS)"
+ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
 
 if [[ ${ROOMY_SKIP_VM:-} == 1 ]]; then
     echo "test.sh: ROOMY_SKIP_VM=1: the real-kernel tier did NOT run" >&2

@@ -268,6 +268,40 @@ s9_no_deferred_removal() {
     check "n1 data intact" test "$(data_sum n1)" = "$sum"
 }
 
+# 10. the whole chain: roomyctl -> controller -> agent (mutual TLS) -> dm +
+# dockerd, and the audit log names who did it.
+s10_through_the_controller() {
+    local pki=$LAB/pki sum
+    "$BIN/roomyctl" certs init --out "$pki" --agent vmhost --user olga:operator >/dev/null
+    agent_stop
+    AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key" --tls-ca "$pki/ca.pem")
+    agent_start || return 1
+    AGENT_ARGS=()
+    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/controller.toml"
+    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/controller.toml"
+    "$BIN/roomy-controller" --config "$LAB/controller.toml" >"$LAB/controller.log" 2>&1 &
+    local controller=$!
+    C() {
+        OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
+        RC=$?
+    }
+    for _ in $(seq 50); do C hosts ls; [[ $RC -eq 0 ]] && break; sleep 0.2; done
+    run_box s10
+    sum=$(write_data s10)
+    C ls vmhost
+    check "s10 controller lists the VM's containers" grep -Eq "^vmhost +s10 +running .*2 GiB +xfs" <<<"$OUT"
+    C resize vmhost/s10 4G
+    check "s10 resize through the controller exit 0" test "$RC" -eq 0
+    check "s10 df 4G" df_near "$(df_bytes s10)" $((4 * GiB))
+    check "s10 data intact" test "$(data_sum s10)" = "$sum"
+    check "s10 metadata 4G" test "$(meta_bytes s10)" -eq $((4 * GiB))
+    C audit
+    check "s10 audited with the user's identity" grep -q "olga .*resize .*vmhost/s10 .*2 GiB -> 4 GiB .*ok" <<<"$OUT"
+    kill "$controller"
+    wait "$controller" 2>/dev/null
+    cp "$LAB/controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
+}
+
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
@@ -277,7 +311,7 @@ NAME=xfs
 dockerd_start xfs xfs || exit 1
 image_import
 agent_start || exit 1
-for s in s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent; do
+for s in s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s10_through_the_controller; do
     want "$s" || continue
     t0=$(lab_now)
     echo "=== $s"

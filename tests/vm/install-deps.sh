@@ -13,6 +13,8 @@ packages=(
     # devicemapper waits for udev to acknowledge device creation
     busybox-static xfsprogs e2fsprogs thin-provisioning-tools lvm2 udev
     iproute2 docker.io
+    # the fleet tier: TLS probes and JSON checks
+    openssl curl python3
     # building Roomy
     libdevmapper-dev libclang-dev pkg-config protobuf-compiler
     # for pip install virtme-ng

@@ -196,7 +196,10 @@ check_dmesg() {
 # agent_start [VAR=VALUE...]: start roomy-agent for dockerd $NAME (socket
 # $LAB/$NAME/agent.sock, state $LAB/$NAME/state), env VAR=VALUE added;
 # wait for its socket. agent_stop: SIGTERM and wait. R ARGS...: roomyctl
-# against it, output in $OUT, exit code in $RC. Needs BIN and NAME.
+# against it, output in $OUT, exit code in $RC. Needs BIN and NAME; extra
+# agent flags in the array AGENT_ARGS.
+# shellcheck disable=SC2034 # set by the scripts that source this
+AGENT_ARGS=()
 
 agent_start() {
     # shellcheck disable=SC2153 # NAME is set by the sourcing script
@@ -205,7 +208,7 @@ agent_start() {
     rm -f "$dir/agent.sock"
     env "$@" RUST_LOG="${RUST_LOG:-info}" "$BIN/roomy-agent" \
         --socket "$dir/agent.sock" --state-dir "$dir/state" \
-        --docker-host "unix://$dir/docker.sock" --guard-interval 2 \
+        --docker-host "unix://$dir/docker.sock" --guard-interval 2 "${AGENT_ARGS[@]}" \
         </dev/null >>"$dir/agent.log" 2>&1 &
     echo $! >"$dir/agent.pid"
     for ((i = 0; i < 100; i++)); do
