@@ -190,6 +190,41 @@ as vic ls wrongname
 check "agent with the wrong certificate name is an error row" grep -q "host wrongname did not answer" <<<"$OUT"
 as alice hosts rm wrongname
 
+OUT=$(curl -sS --max-time 5 --cacert "$WORK/other/ca.pem" --cert "$WORK/other/agents/host1.pem" \
+    --key "$WORK/other/agents/host1.key" --resolve host1:7444:10.199.1.2 --http2 https://host1:7444/ 2>&1)
+check "agent refuses a certificate from another CA" test $? -ne 0
+check "agent logged the other CA" grep -qi "UnknownIssuer\|unknown" "$WORK/agent1.log"
+
+echo "=== gRPC health and reflection (what grpc_health_probe and grpcurl use)"
+# One gRPC message over HTTP/2 with curl: a 5-byte frame header, then the
+# protobuf. Health Check with an empty request; SERVING is field 1 = 1.
+grpc() { # ADDR NAME CERT KEY PATH BODY-HEX
+    printf '%s' "$6" | xxd -r -p >"$WORK/req.bin"
+    curl -sS --max-time 5 --http2 --cacert "$WORK/pki/ca.pem" --cert "$3" --key "$4" \
+        --resolve "$2:${1##*:}:${1%:*}" -H 'content-type: application/grpc' -H 'te: trailers' \
+        --data-binary @"$WORK/req.bin" "https://$2:${1##*:}$5" -o "$WORK/resp.bin" 2>&1
+}
+grpc 127.0.0.1:7443 roomy-controller "$WORK/pki/users/vic.pem" "$WORK/pki/users/vic.key" \
+    /grpc.health.v1.Health/Check 0000000000
+check "controller health: SERVING" test "$(xxd -p "$WORK/resp.bin")" = 00000000020801
+grpc 10.199.1.2:7444 host1 "$WORK/pki/controller.pem" "$WORK/pki/controller.key" \
+    /grpc.health.v1.Health/Check 0000000000
+check "agent health: SERVING" test "$(xxd -p "$WORK/resp.bin")" = 00000000020801
+grpc 127.0.0.1:7443 roomy-controller "$WORK/pki/users/vic.pem" "$WORK/pki/users/vic.key" \
+    /grpc.reflection.v1.ServerReflection/ServerReflectionInfo 00000000023a00
+check "controller reflection lists roomy.v1.Controller" grep -aq "roomy.v1.Controller" "$WORK/resp.bin"
+
+echo "=== roomyctl settings and completions"
+OUT=$(ROOMY_CONFIG="$WORK/pki/users/vic.toml" "$BIN/roomyctl" hosts ls 2>&1)
+check "config file from certs init works (ROOMY_CONFIG)" grep -q "^host1 " <<<"$OUT"
+OUT=$(ROOMY_CONFIG="$WORK/pki/users/vic.toml" "$BIN/roomyctl" --controller 127.0.0.1:1 hosts ls 2>&1)
+check "a flag wins over the config file" test $? -eq 4
+OUT=$(ROOMY_CONTROLLER=127.0.0.1:1 ROOMY_CONFIG="$WORK/pki/users/vic.toml" "$BIN/roomyctl" hosts ls 2>&1)
+check "the environment wins over the config file" test $? -eq 4
+OUT=$("$BIN/roomyctl" ls --bogus 2>&1)
+check "usage error exit 2" test $? -eq 2
+check "bash completions" bash -c "'$BIN/roomyctl' completions bash | grep -q _roomyctl"
+
 echo "=== certificates reload without restart"
 old=$(openssl s_client -connect 127.0.0.1:7443 -servername roomy-controller -cert "$WORK/pki/users/vic.pem" \
     -key "$WORK/pki/users/vic.key" -CAfile "$WORK/pki/ca.pem" </dev/null 2>/dev/null | openssl x509 -noout -serial)

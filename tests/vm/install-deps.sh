@@ -14,7 +14,7 @@ packages=(
     busybox-static xfsprogs e2fsprogs thin-provisioning-tools lvm2 udev
     iproute2 docker.io
     # the fleet tier: TLS probes and JSON checks
-    openssl curl python3
+    openssl curl python3 xxd
     # building Roomy
     libdevmapper-dev libclang-dev pkg-config protobuf-compiler
     # for pip install virtme-ng
