@@ -214,11 +214,6 @@ async fn serve<B: StorageBackend>(
 }
 
 async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    roomy_proto::signal::shutdown().await;
     tracing::info!("shutting down");
 }

@@ -82,22 +82,29 @@ impl Registry {
         Ok(registry)
     }
 
-    fn insert(&self, record: HostRecord) -> Result<(), ControllerError> {
+    /// A fresh entry for `record`: its channel is built here, so a bad
+    /// address fails before anything is stored.
+    fn entry(&self, record: HostRecord) -> Result<Entry, ControllerError> {
         let client = AgentClient::new(
             self.connector
                 .channel(&record.server_name, &record.address)?,
         );
-        self.hosts.write().expect("registry poisoned").insert(
-            record.name.clone(),
-            Entry {
-                record,
-                client,
-                state: HostState::Unknown,
-                unreachable_since: 0,
-                last_error: String::new(),
-                last_seen: 0,
-            },
-        );
+        Ok(Entry {
+            record,
+            client,
+            state: HostState::Unknown,
+            unreachable_since: 0,
+            last_error: String::new(),
+            last_seen: 0,
+        })
+    }
+
+    fn insert(&self, record: HostRecord) -> Result<(), ControllerError> {
+        let entry = self.entry(record)?;
+        self.hosts
+            .write()
+            .expect("registry poisoned")
+            .insert(entry.record.name.clone(), entry);
         Ok(())
     }
 
@@ -134,20 +141,12 @@ impl Registry {
             server_name: server_name.to_string(),
         };
         // Build the channel first: a bad address changes nothing.
-        let client = AgentClient::new(self.connector.channel(server_name, address)?);
-        self.store.put_host(&record)?;
-        let mut hosts = self.hosts.write().expect("registry poisoned");
-        hosts.insert(
-            name.to_string(),
-            Entry {
-                record,
-                client,
-                state: HostState::Unknown,
-                unreachable_since: 0,
-                last_error: String::new(),
-                last_seen: 0,
-            },
-        );
+        let entry = self.entry(record)?;
+        self.store.put_host(&entry.record)?;
+        self.hosts
+            .write()
+            .expect("registry poisoned")
+            .insert(name.to_string(), entry);
         Ok(())
     }
 

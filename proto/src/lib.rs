@@ -3,6 +3,7 @@
 //! targets as people write them, and mutual TLS.
 #![warn(missing_docs)]
 
+pub mod signal;
 pub mod size;
 pub mod target;
 pub mod tls;
