@@ -184,6 +184,8 @@ check "agent refuses a user certificate" test $? -ne 0
 check "agent logged the refused identity" grep -q "alice" "$WORK/agent1.log"
 OUT=$(curl -sS --max-time 5 --http2-prior-knowledge http://10.199.1.2:7444/ 2>&1)
 check "plaintext to agent refused" test $? -ne 0
+OUT=$(curl -sS --max-time 5 --cacert "$WORK/pki/ca.pem" --resolve host1:7444:10.199.1.2 --http2 https://host1:7444/ 2>&1)
+check "agent refuses a client without a certificate" test $? -ne 0
 # An agent whose certificate is not the host's name is refused by the controller.
 as alice hosts add wrongname 10.199.1.2:7444
 as vic ls wrongname
