@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use roomy_proto::v1::{ContainerStorage, Health};
+use roomy_proto::v1::{ContainerStorage, Health, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize, SizeRequest};
 
 use crate::error::AgentError;
@@ -70,6 +70,17 @@ pub trait StorageBackend: Send + Sync + 'static {
         &self,
         container: &str,
     ) -> impl Future<Output = Result<RepairOutcome, AgentError>> + Send;
+
+    /// The thin pool under the containers.
+    fn inspect_pool(&self) -> impl Future<Output = Result<PoolStatus, AgentError>> + Send;
+
+    /// Grow the pool's data and/or metadata ("8G", "+4G"; empty: leave it).
+    /// Returns the pool before and after.
+    fn grow_pool(
+        &self,
+        data: &str,
+        metadata: &str,
+    ) -> impl Future<Output = Result<(PoolStatus, PoolStatus), AgentError>> + Send;
 }
 
 /// The sizes a container's disk has in its different places. Absent ones

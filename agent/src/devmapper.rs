@@ -161,6 +161,58 @@ impl DeviceMapper {
             .map_err(|e| AgentError::kernel("cancel deferred remove", device, e))
     }
 
+    /// The live table of a device with one target of type `target`:
+    /// (length in sectors, params).
+    pub fn raw_table(&self, device: &str, target: &str) -> Result<(u64, String), AgentError> {
+        let options = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE);
+        let (_, lines) = self
+            .dm
+            .table_status(&DevId::Name(name(device)?), options)
+            .map_err(|e| AgentError::kernel("table", device, e))?;
+        match lines.as_slice() {
+            [(0, length, t, params)] if t == target => Ok((*length, params.clone())),
+            _ => Err(AgentError::UnexpectedTable {
+                device: device.to_string(),
+                why: format!("expected one {target} target"),
+            }),
+        }
+    }
+
+    /// Stage a one-target table given as text.
+    pub fn load_raw(
+        &self,
+        device: &str,
+        length: u64,
+        target: &str,
+        params: &str,
+    ) -> Result<(), AgentError> {
+        self.dm
+            .table_load(
+                &DevId::Name(name(device)?),
+                &[(0, length, target.to_string(), params.to_string())],
+                DmOptions::default(),
+            )
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("load", device, e))
+    }
+
+    /// Suspend (with DM_SUSPEND in `options`) or resume with these flags.
+    pub fn suspend_with(&self, device: &str, options: DmOptions) -> Result<(), AgentError> {
+        self.dm
+            .device_suspend(&DevId::Name(name(device)?), options)
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("suspend/resume", device, e))
+    }
+
+    /// The device's dm uuid ("LVM-..." for LVM's devices), empty if none.
+    pub fn uuid(&self, device: &str) -> Result<String, AgentError> {
+        let info = self
+            .dm
+            .device_info(&DevId::Name(name(device)?))
+            .map_err(|e| AgentError::kernel("info", device, e))?;
+        Ok(info.uuid().map(|u| u.to_string()).unwrap_or_default())
+    }
+
     /// Data and metadata use of a thin pool.
     pub fn pool_usage(&self, pool: &str) -> Result<PoolUsage, AgentError> {
         let id = DevId::Name(name(pool)?);

@@ -66,6 +66,26 @@ pub enum AgentError {
         margin_percent: u64,
     },
 
+    /// The filesystem under a pool's backing file lacks the space.
+    #[error("{file} can grow by {} at most (free space of its filesystem), the request needs {}: free space there or ask for less", format_bytes(*free), format_bytes(*growth))]
+    BackingFull {
+        /// The backing file.
+        file: String,
+        /// Free bytes under it.
+        free: u64,
+        /// Bytes the growth needs.
+        growth: u64,
+    },
+
+    /// A pool request below the pool's size.
+    #[error("the pool's {what} is {} and Roomy only grows: ask for more than {}", format_bytes(*current), format_bytes(*current))]
+    PoolShrink {
+        /// "data" or "metadata".
+        what: String,
+        /// Its current size.
+        current: u64,
+    },
+
     /// The pool is not in a state that takes writes.
     #[error("pool {pool} is {mode}: repair or grow the pool before growing containers on it")]
     PoolUnhealthy {
@@ -181,8 +201,10 @@ impl From<AgentError> for tonic::Status {
             | AgentError::NotDevicemapper { .. }
             | AgentError::Size(_)
             | AgentError::InvalidSize(_)
-            | AgentError::Shrink { .. } => Code::InvalidArgument,
+            | AgentError::Shrink { .. }
+            | AgentError::PoolShrink { .. } => Code::InvalidArgument,
             AgentError::PoolTooFull { .. }
+            | AgentError::BackingFull { .. }
             | AgentError::PoolUnhealthy { .. }
             | AgentError::UnexpectedTable { .. } => Code::FailedPrecondition,
             AgentError::Docker(_) => Code::Unavailable,

@@ -102,10 +102,37 @@ impl Superblock {
     }
 }
 
-/// The block device node of a dm device. devtmpfs creates `/dev/dm-N` for
-/// every dm device without udev, unlike `/dev/mapper/<name>`.
+/// A block device node for a dm device: `/dev/dm-N` when it is there and
+/// really is that device, else one of our own under `/dev/.roomy`. udev may
+/// still be removing the node of an earlier device with the same minor (seen
+/// in the VM tier), so `/dev/dm-N` alone is not to be trusted.
 pub fn dev_node(dev: Device) -> PathBuf {
-    PathBuf::from(format!("/dev/dm-{}", dev.minor))
+    let standard = PathBuf::from(format!("/dev/dm-{}", dev.minor));
+    if is_node_of(&standard, dev) {
+        return standard;
+    }
+    let private = PathBuf::from(format!("/dev/.roomy/{}:{}", dev.major, dev.minor));
+    if !is_node_of(&private, dev) {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        let _ = std::fs::create_dir_all("/dev/.roomy");
+        let _ = std::fs::remove_file(&private);
+        let _ = mknod(
+            &private,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            makedev(dev.major.into(), dev.minor.into()),
+        );
+    }
+    private
+}
+
+/// Whether `path` is a block device node for `dev`.
+fn is_node_of(path: &Path, dev: Device) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(path).is_ok_and(|m| {
+        m.file_type().is_block_device()
+            && m.rdev() == nix::sys::stat::makedev(dev.major.into(), dev.minor.into())
+    })
 }
 
 /// Read the superblock of a device. `direct` bypasses the page cache, for

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod guard;
 pub mod journal;
 pub mod metadata;
+pub mod pool;
 pub mod resize;
 pub mod service;
 pub mod sim;

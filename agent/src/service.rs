@@ -1,10 +1,12 @@
 //! The gRPC service `roomy.v1.Agent`: decode, call the backend, encode.
 //! Nothing else happens here; errors become status codes in `error`.
 
+use roomy_proto::format_bytes;
 use roomy_proto::v1::agent_server::Agent;
 use roomy_proto::v1::{
-    InspectRequest, InspectResponse, RepairAction, RepairRequest, RepairResponse, ResizeAction,
-    ResizeRequest, ResizeResponse,
+    GrowPoolRequest, GrowPoolResponse, InspectPoolRequest, InspectRequest, InspectResponse,
+    PoolStatus, RepairAction, RepairRequest, RepairResponse, ResizeAction, ResizeRequest,
+    ResizeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -50,6 +52,43 @@ impl<B: StorageBackend> Agent for AgentService<B> {
             to_bytes,
             message: outcome.message,
             container: Some(outcome.container),
+        }))
+    }
+
+    async fn inspect_pool(
+        &self,
+        _request: Request<InspectPoolRequest>,
+    ) -> Result<Response<PoolStatus>, Status> {
+        Ok(Response::new(self.backend.inspect_pool().await?))
+    }
+
+    async fn grow_pool(
+        &self,
+        request: Request<GrowPoolRequest>,
+    ) -> Result<Response<GrowPoolResponse>, Status> {
+        let GrowPoolRequest {
+            data_size,
+            metadata_size,
+        } = request.into_inner();
+        let (before, after) = self.backend.grow_pool(&data_size, &metadata_size).await?;
+        let unchanged = before.data_total_bytes == after.data_total_bytes
+            && before.metadata_total_bytes == after.metadata_total_bytes;
+        let message = if unchanged {
+            format!("pool {} is already that size: nothing changed", after.name)
+        } else {
+            format!(
+                "grew pool {} online: data {} -> {}, metadata {} -> {}",
+                after.name,
+                format_bytes(before.data_total_bytes),
+                format_bytes(after.data_total_bytes),
+                format_bytes(before.metadata_total_bytes),
+                format_bytes(after.metadata_total_bytes)
+            )
+        };
+        Ok(Response::new(GrowPoolResponse {
+            before: Some(before),
+            after: Some(after),
+            message,
         }))
     }
 

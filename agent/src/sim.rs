@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use roomy_proto::format_bytes;
-use roomy_proto::v1::ContainerStorage;
+use roomy_proto::v1::{ContainerStorage, PoolStatus};
 
 use crate::backend::{
     health, plan_grow, GrowAction, RepairOutcome, ResizeOutcome, Sizes, StorageBackend,
@@ -137,6 +137,26 @@ impl SimBackend {
     }
 }
 
+impl SimBackend {
+    fn pool(state: &SimState) -> PoolStatus {
+        PoolStatus {
+            name: "sim-pool".into(),
+            data_used_bytes: state.pool_used,
+            data_total_bytes: state.pool_total,
+            metadata_total_bytes: 1 << 30,
+            mode: "rw".into(),
+            backing: "sim".into(),
+            virtual_bytes: state.containers.iter().map(|c| c.sizes.current()).sum(),
+            message: format!(
+                "data {} of {}, rw",
+                format_bytes(state.pool_used),
+                format_bytes(state.pool_total)
+            ),
+            ..Default::default()
+        }
+    }
+}
+
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
@@ -212,6 +232,25 @@ impl StorageBackend for SimBackend {
             ),
             container: Self::describe(c),
         })
+    }
+
+    async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
+        let state = self.state.lock().expect("sim state poisoned");
+        Ok(Self::pool(&state))
+    }
+
+    async fn grow_pool(
+        &self,
+        data: &str,
+        metadata: &str,
+    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
+        let mut state = self.state.lock().expect("sim state poisoned");
+        let before = Self::pool(&state);
+        if let Some(total) = crate::pool::plan("data", data, state.pool_total, 65536)? {
+            state.pool_total = total;
+        }
+        crate::pool::plan("metadata", metadata, 1 << 30, 4096)?;
+        Ok((before, Self::pool(&state)))
     }
 
     async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {

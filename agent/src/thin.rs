@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use roomy_proto::v1::{ContainerStorage, Health};
+use roomy_proto::v1::{ContainerStorage, Health, PoolStatus};
 
 use crate::backend::{health, RepairOutcome, ResizeOutcome, Sizes, StorageBackend};
 use crate::devmapper::{DevState, DeviceMapper};
@@ -300,8 +300,28 @@ impl StorageBackend for ThinBackend {
             None => self.inner.docker.list().await?,
         };
         let mut out = Vec::with_capacity(views.len());
+        let one = container.is_some();
         for view in views {
-            out.push(self.inspect_one(view, &info).await?);
+            let (id, name, state, driver) = (
+                view.id.clone(),
+                view.name.clone(),
+                view.state.clone(),
+                view.driver.clone(),
+            );
+            match self.inspect_one(view, &info).await {
+                Ok(row) => out.push(row),
+                Err(e) if one => return Err(e),
+                // One unreadable container does not hide the others.
+                Err(e) => out.push(ContainerStorage {
+                    id,
+                    name,
+                    state,
+                    driver,
+                    health: Health::Unspecified as i32,
+                    health_message: format!("could not read its storage: {e}"),
+                    ..Default::default()
+                }),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -313,5 +333,79 @@ impl StorageBackend for ThinBackend {
 
     async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
         self.repair_container(container).await
+    }
+
+    async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
+        let info = self.inner.docker.info().await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.pool_status(&info))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+    }
+
+    async fn grow_pool(
+        &self,
+        data: &str,
+        metadata: &str,
+    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
+        let info = self.inner.docker.info().await?;
+        let (this, data, metadata) = (self.clone(), data.to_string(), metadata.to_string());
+        // One pool change at a time.
+        let lock = self.lock_for("pool");
+        let _serialized = lock.lock().await;
+        tokio::task::spawn_blocking(move || {
+            let dm = &this.inner.dm;
+            let name = info.pool.clone().ok_or_else(|| {
+                AgentError::Docker("dockerd reports no thin pool (Pool Name)".into())
+            })?;
+            let pool = crate::pool::Pool::read(dm, &name)?;
+            let before = this.pool_status(&info)?;
+            let data = crate::pool::plan("data", &data, pool.usage.data_total, pool.block_bytes)?;
+            let meta =
+                crate::pool::plan("metadata", &metadata, pool.usage.meta_total * 4096, 4096)?;
+            if data.is_some() || meta.is_some() {
+                dm.grow_loop_pool(&pool, data, meta)?;
+                tracing::info!(pool = %name, ?data, ?meta, "pool grown");
+            }
+            Ok((before, this.pool_status(&info)?))
+        })
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))?
+    }
+}
+
+impl ThinBackend {
+    /// The pool, with the sum of its thin devices' sizes from Docker's
+    /// metadata files (deleted ones excluded). Blocking.
+    fn pool_status(&self, info: &DaemonInfo) -> Result<PoolStatus, AgentError> {
+        let name = info
+            .pool
+            .clone()
+            .ok_or_else(|| AgentError::Docker("dockerd reports no thin pool (Pool Name)".into()))?;
+        let pool = crate::pool::Pool::read(&self.inner.dm, &name)?;
+        let dir = info.root_dir.join("devicemapper/metadata");
+        let mut virtual_bytes = 0u64;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with('.')
+                || file == "transaction-metadata"
+                || file == "deviceset-metadata"
+            {
+                continue;
+            }
+            let Ok(text) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if v.get("deleted").and_then(serde_json::Value::as_bool) != Some(true) {
+                virtual_bytes += v
+                    .get("size")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+            }
+        }
+        Ok(pool.status(virtual_bytes))
     }
 }

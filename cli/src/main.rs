@@ -19,8 +19,9 @@ use hyper_util::rt::TokioIo;
 use roomy_proto::v1::agent_client::AgentClient;
 use roomy_proto::v1::controller_client::ControllerClient;
 use roomy_proto::v1::{
-    AddHostRequest, InspectRequest, ListAuditRequest, ListContainersRequest, ListHostsRequest,
-    RemoveHostRequest, RepairRequest, ResizeRequest, TargetRequest, TargetResizeRequest,
+    AddHostRequest, GrowPoolRequest, HostGrowPoolRequest, InspectPoolRequest, InspectRequest,
+    ListAuditRequest, ListContainersRequest, ListHostsRequest, RemoveHostRequest, RepairRequest,
+    ResizeRequest, TargetRequest, TargetResizeRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
@@ -98,6 +99,11 @@ enum Command {
         /// HOST/CONTAINER, or CONTAINER with --agent.
         target: String,
     },
+    /// Thin pools: `pool ls [HOST]`, `pool grow [HOST] --data +4G [--metadata +64M]`.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
     /// The controller's hosts.
     Hosts {
         #[command(subcommand)]
@@ -118,6 +124,26 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish, powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCommand {
+    /// One row per host: data and metadata use, mode, backing, overcommit.
+    Ls {
+        /// Only this host (fleet mode).
+        host: Option<String>,
+    },
+    /// Grow a pool online, without stopping Docker or any container.
+    Grow {
+        /// The host (fleet mode; omit with --agent).
+        host: Option<String>,
+        /// New data size (8G) or growth (+4G).
+        #[arg(long, allow_hyphen_values = true)]
+        data: Option<String>,
+        /// New metadata size or growth (+64M).
+        #[arg(long, allow_hyphen_values = true)]
+        metadata: Option<String>,
     },
 }
 
@@ -470,6 +496,77 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
                 println!("{}", reply.message);
             }
         }
+        (Command::Pool { command }, conn) => match (command, conn) {
+            (PoolCommand::Ls { host: None }, Conn::Agent(mut c)) => {
+                let pool = c.inspect_pool(InspectPoolRequest {}).await?.into_inner();
+                output::print_pools(&[(String::new(), pool)], &[], json);
+            }
+            (PoolCommand::Ls { host }, Conn::Controller(mut c)) => {
+                let reply = c
+                    .list_pools(ListContainersRequest {
+                        host: host.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                let rows: Vec<_> = reply
+                    .rows
+                    .into_iter()
+                    .filter_map(|r| r.pool.map(|p| (r.host, p)))
+                    .collect();
+                output::print_pools(&rows, &reply.errors, json);
+            }
+            (PoolCommand::Grow { data, metadata, .. }, _)
+                if data.is_none() && metadata.is_none() =>
+            {
+                return Err(Failure::Refused(
+                    "pool grow needs --data SIZE and/or --metadata SIZE, e.g. --data +4G".into(),
+                ));
+            }
+            (
+                PoolCommand::Grow {
+                    host: None,
+                    data,
+                    metadata,
+                },
+                Conn::Agent(mut c),
+            ) => {
+                let reply = c
+                    .grow_pool(GrowPoolRequest {
+                        data_size: data.unwrap_or_default(),
+                        metadata_size: metadata.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                output::print_grow_pool(&reply, json);
+            }
+            (
+                PoolCommand::Grow {
+                    host: Some(host),
+                    data,
+                    metadata,
+                },
+                Conn::Controller(mut c),
+            ) => {
+                let reply = c
+                    .grow_pool(HostGrowPoolRequest {
+                        host,
+                        data_size: data.unwrap_or_default(),
+                        metadata_size: metadata.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                output::print_grow_pool(&reply, json);
+            }
+            (
+                PoolCommand::Ls { host: Some(_) } | PoolCommand::Grow { host: Some(_), .. },
+                Conn::Agent(_),
+            ) => return Err(fleet_only("pool ... HOST")),
+            (PoolCommand::Grow { host: None, .. }, Conn::Controller(_)) => {
+                return Err(Failure::Refused(
+                    "pool grow needs the HOST: roomyctl pool grow host1 --data +4G".into(),
+                ))
+            }
+        },
         (Command::Hosts { command }, Conn::Controller(mut c)) => match command {
             HostsCommand::Ls => {
                 let hosts = c.list_hosts(ListHostsRequest {}).await?.into_inner().hosts;

@@ -2,8 +2,8 @@
 
 use roomy_proto::format_bytes;
 use roomy_proto::v1::{
-    AuditEntry, ContainerStorage, Health, Host, HostError, HostState, RepairResponse, ResizeAction,
-    ResizeResponse,
+    AuditEntry, ContainerStorage, GrowPoolResponse, Health, Host, HostError, HostState, PoolStatus,
+    RepairResponse, ResizeAction, ResizeResponse,
 };
 use serde_json::{json, Value};
 
@@ -130,6 +130,93 @@ fn when(ms: i64) -> String {
         })
         .map(|t| t.replace(".0Z", "Z").replace(".000Z", "Z"))
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// `pool ls`: one row per pool.
+pub fn print_pools(rows: &[(String, PoolStatus)], errors: &[HostError], json: bool) {
+    if json {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|(host, p)| {
+                json!({"host": host, "name": p.name, "data_used_bytes": p.data_used_bytes,
+                       "data_total_bytes": p.data_total_bytes, "metadata_used_bytes": p.metadata_used_bytes,
+                       "metadata_total_bytes": p.metadata_total_bytes, "low_water_mark_bytes": p.low_water_mark_bytes,
+                       "mode": p.mode, "backing": p.backing, "data_file": p.data_file,
+                       "metadata_file": p.metadata_file, "backing_free_bytes": p.backing_free_bytes,
+                       "virtual_bytes": p.virtual_bytes})
+            })
+            .collect();
+        let errors: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"host": e.host, "code": e.code, "message": e.message}))
+            .collect();
+        print_json(&json!({"pools": rows, "errors": errors}));
+        return;
+    }
+    let pct = |u: u64, t: u64| {
+        if t == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}%", u as f64 * 100.0 / t as f64)
+        }
+    };
+    let with_host = rows.iter().any(|(h, _)| !h.is_empty());
+    let mut header: Vec<String> = [
+        "POOL",
+        "DATA",
+        "USED",
+        "META USED",
+        "MODE",
+        "BACKING",
+        "BACKING FREE",
+        "OVERCOMMIT",
+    ]
+    .map(String::from)
+    .to_vec();
+    if with_host {
+        header.insert(0, "HOST".into());
+    }
+    let mut lines = vec![header];
+    for (host, p) in rows {
+        let mut line = vec![
+            p.name.clone(),
+            format_bytes(p.data_total_bytes),
+            pct(p.data_used_bytes, p.data_total_bytes),
+            pct(p.metadata_used_bytes, p.metadata_total_bytes),
+            p.mode.clone(),
+            p.backing.clone(),
+            if p.backing == "loop" {
+                format_bytes(p.backing_free_bytes)
+            } else {
+                "-".into()
+            },
+            if p.data_total_bytes == 0 {
+                "-".into()
+            } else {
+                format!("{:.2}x", p.virtual_bytes as f64 / p.data_total_bytes as f64)
+            },
+        ];
+        if with_host {
+            line.insert(0, host.clone());
+        }
+        lines.push(line);
+    }
+    print!("{}", render(&lines));
+    for e in errors {
+        eprintln!("roomyctl: host {} did not answer: {}", e.host, e.message);
+    }
+}
+
+/// `pool grow`.
+pub fn print_grow_pool(reply: &GrowPoolResponse, json: bool) {
+    if json {
+        print_json(&json!({"message": reply.message,
+            "data_total_bytes": reply.after.as_ref().map(|p| p.data_total_bytes),
+            "metadata_total_bytes": reply.after.as_ref().map(|p| p.metadata_total_bytes),
+            "mode": reply.after.as_ref().map(|p| p.mode.clone())}));
+    } else {
+        println!("{}", reply.message);
+    }
 }
 
 /// `hosts ls`.

@@ -6,10 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use roomy_proto::v1::controller_server::Controller;
 use roomy_proto::v1::{
-    AddHostRequest, AuditEntry, Host, HostContainer, HostError, InspectRequest, ListAuditRequest,
+    AddHostRequest, AuditEntry, GrowPoolRequest, GrowPoolResponse, Host, HostContainer, HostError,
+    HostGrowPoolRequest, HostPool, InspectPoolRequest, InspectRequest, ListAuditRequest,
     ListAuditResponse, ListContainersRequest, ListContainersResponse, ListHostsRequest,
-    ListHostsResponse, RemoveHostRequest, RemoveHostResponse, RepairRequest, RepairResponse,
-    ResizeRequest, ResizeResponse, TargetRequest, TargetResizeRequest,
+    ListHostsResponse, ListPoolsResponse, RemoveHostRequest, RemoveHostResponse, RepairRequest,
+    RepairResponse, ResizeRequest, ResizeResponse, TargetRequest, TargetResizeRequest,
 };
 use roomy_proto::Target;
 use tonic::{Request, Response, Status};
@@ -311,6 +312,83 @@ impl Controller for ControllerService {
         }
         result?;
         Ok(Response::new(RemoveHostResponse { message }))
+    }
+
+    async fn list_pools(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListPoolsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "pool ls", "")?;
+        let host = request.into_inner().host;
+        let names = if host.is_empty() {
+            self.registry.names()
+        } else {
+            self.registry.client(&host)?;
+            vec![host]
+        };
+        let answers = self
+            .registry
+            .fan_out(&names, |mut client| async move {
+                client
+                    .inspect_pool(InspectPoolRequest {})
+                    .await
+                    .map(Response::into_inner)
+            })
+            .await;
+        let mut reply = ListPoolsResponse::default();
+        for (host, answer) in answers {
+            match answer {
+                Ok(pool) => reply.rows.push(HostPool {
+                    host,
+                    pool: Some(pool),
+                }),
+                Err(status) => reply.errors.push(HostError {
+                    host: host.clone(),
+                    code: format!("{:?}", status.code()),
+                    message: ControllerError::from_agent(&host, status).to_string(),
+                }),
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn grow_pool(
+        &self,
+        request: Request<HostGrowPoolRequest>,
+    ) -> Result<Response<GrowPoolResponse>, Status> {
+        let host = request.get_ref().host.clone();
+        let who = self.authorize(&request, Role::Operator, "pool grow", &host)?;
+        let HostGrowPoolRequest {
+            host,
+            data_size,
+            metadata_size,
+        } = request.into_inner();
+        let result = self
+            .call_agent(&host, |mut c| async move {
+                c.grow_pool(GrowPoolRequest {
+                    data_size,
+                    metadata_size,
+                })
+                .await
+            })
+            .await;
+        match &result {
+            Ok(r) => {
+                let size = |p: &Option<roomy_proto::v1::PoolStatus>| {
+                    p.as_ref().map(|p| p.data_total_bytes).unwrap_or(0)
+                };
+                self.audit(
+                    &who,
+                    "pool grow",
+                    &host,
+                    size(&r.before),
+                    size(&r.after),
+                    Ok(&r.message),
+                )
+            }
+            Err(e) => self.audit(&who, "pool grow", &host, 0, 0, Err(e)),
+        }
+        Ok(Response::new(result?))
     }
 
     async fn list_audit(

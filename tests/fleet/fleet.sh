@@ -151,6 +151,19 @@ check "audit lists the resize" grep -q "olga .*resize .*host1/c0 .*2 GiB -> 3 Gi
 check "audit lists the denied resize" grep -q "vic .*resize .*host1/c1 .*PermissionDenied" <<<"$OUT"
 check "audit lists hosts add" grep -q "alice .*hosts add .*host3 .*ok" <<<"$OUT"
 
+echo "=== pools across the fleet"
+as vic pool ls
+check "pool ls: one row per host" test "$(grep -c ' sim-pool ' <<<"$OUT")" -eq 3
+as olga pool grow host1 --data +10G
+check "operator pool grow exit 0" test "$RC" -eq 0
+check "pool grow message" grep -q "grew pool sim-pool online: data 100 GiB -> 110 GiB" <<<"$OUT"
+as vic pool grow host1 --data +1G
+check "viewer pool grow exit 3" test "$RC" -eq 3
+as olga pool grow host1 --data 1G
+check "pool shrink exit 3" test "$RC" -eq 3
+as vic audit
+check "audit lists the pool growth" grep -q "olga .*pool grow .*host1 .*100 GiB -> 110 GiB .*ok" <<<"$OUT"
+
 echo "=== controller restart keeps hosts and audit"
 stop_controller
 start_controller

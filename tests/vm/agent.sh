@@ -302,6 +302,70 @@ s10_through_the_controller() {
     cp "$LAB/controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
 }
 
+# P1. the loop-lvm pool grows online under a writer, refuses what it must,
+# and Docker finds it again after a restart.
+pool_field() { R pool ls -o json; grep -o "\"$1\": [^,}]*" <<<"$OUT" | head -1 | cut -d' ' -f2- | tr -d '"'; }
+p1_pool_grows_online() {
+    local before
+    before=$(pool_field data_total_bytes)
+    check "p1 pool is loop-backed" test "$(pool_field backing)" = loop
+    run_box p1
+    D exec -d p1 sh -c 'dd if=/dev/zero of=/w bs=1M count=1200 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    sleep 2
+    R pool grow --data +2G
+    check "p1 pool grow exit 0" test "$RC" -eq 0
+    check "p1 pool grow message" grep -q "grew pool .* online: data" <<<"$OUT"
+    check "p1 pool grew by 2G" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
+    for _ in $(seq 120); do D exec p1 test -f /w.rc && break; sleep 1; done
+    check "p1 writer finished without error" test "$(D exec p1 cat /w.rc)" = 0
+    local meta
+    meta=$(pool_field metadata_total_bytes)
+    R pool grow --metadata +64M
+    check "p1 metadata grew by 64M" test "$(pool_field metadata_total_bytes)" -eq $((meta + (64 << 20)))
+    R pool grow --data 2G
+    check "p1 pool shrink exit 3" test "$RC" -eq 3
+    check "p1 pool shrink message" grep -q "Roomy only grows" <<<"$OUT"
+    R pool grow --data +100T
+    check "p1 pool beyond backing exit 3" test "$RC" -eq 3
+    check "p1 pool beyond backing names the numbers" grep -q "can grow by .* at most" <<<"$OUT"
+    check "p1 refusals changed nothing" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
+    check "p1 no suspended device after pool grows" no_stray_dm_state
+    D stop -t 1 p1 >/dev/null
+    dockerd_restart "$NAME" >/dev/null
+    sleep 2
+    check "p1 docker sees the grown pool after restart" bash -c "/usr/bin/docker info 2>/dev/null | grep -q 'Data Space Total: 8.59'"
+    check "p1 agent sees the grown pool after restart" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
+    check "p1 container starts after restart" D start p1
+    check "p1 container writes after restart" D exec p1 dd if=/dev/zero of=/w2 bs=1M count=100 conv=fsync
+}
+
+# P2. a pool driven out of data space: reported, grown, writers recover.
+p2_pool_out_of_space() {
+    check "p2 pool starts at 2G" test "$(pool_field data_total_bytes)" -eq $((2 * GiB))
+    run_box p2a
+    run_box p2b
+    local c
+    # 2 x 1100M > 2G: the pool fills before either writer is done.
+    for c in p2a p2b; do
+        D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=1100 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    done
+    local mode=""
+    for _ in $(seq 240); do
+        mode=$(pool_field mode)
+        [[ $mode == out_of_data_space ]] && break
+        sleep 1
+    done
+    check "p2 agent reports out_of_data_space" test "$mode" = out_of_data_space
+    R pool grow --data +4G
+    check "p2 pool grow while full exit 0" test "$RC" -eq 0
+    check "p2 pool back to rw" test "$(pool_field mode)" = rw
+    for c in p2a p2b; do
+        for _ in $(seq 120); do D exec "$c" test -f /w.rc && break; sleep 1; done
+        check "p2 $c writer finished without error" test "$(D exec "$c" cat /w.rc)" = 0
+    done
+    check "p2 no suspended device" no_stray_dm_state
+}
+
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
@@ -344,6 +408,22 @@ if want s9_no_deferred_removal; then
     s9_no_deferred_removal
     agent_stop
     dockerd_stop nodefer
+fi
+
+if want p1_pool_grows_online || want p2_pool_out_of_space; then
+    NAME=pool
+    dockerd_start pool xfs --storage-opt dm.loopdatasize=2G --storage-opt dm.loopmetadatasize=128M || exit 1
+    image_import
+    agent_start || exit 1
+    for s in p2_pool_out_of_space p1_pool_grows_online; do
+        want "$s" || continue
+        t0=$(lab_now)
+        echo "=== $s"
+        "$s"
+        lab_time "$s" "$t0"
+    done
+    agent_stop
+    dockerd_stop pool
 fi
 
 check_dmesg

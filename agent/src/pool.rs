@@ -1,0 +1,379 @@
+//! Docker's thin pool: what backs it, how full it is, and growing it
+//! online (DESIGN.md F6): enlarge the sparse backing file, tell the loop
+//! device (LOOP_SET_CAPACITY), reload the pool table with the new length.
+//! Containers keep running; their devices are suspended without flushing
+//! (queued writes of a full pool never block the reload) for the instant of
+//! the swap, and always resumed.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use devicemapper::{Device, DmFlags, DmOptions};
+use roomy_proto::v1::PoolStatus;
+use roomy_proto::{format_bytes, SizeRequest};
+
+use crate::devmapper::DeviceMapper;
+use crate::error::AgentError;
+use crate::table::PoolUsage;
+
+/// Metadata blocks are 4 KiB.
+const META_BLOCK: u64 = 4096;
+/// dm-thin's metadata device cannot use more than this.
+const META_MAX: u64 = 16 << 30;
+
+/// A loop device and the file behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopBacking {
+    /// `/dev/loopN`.
+    pub node: PathBuf,
+    /// The backing file.
+    pub file: PathBuf,
+}
+
+/// What backs a pool's data or metadata device.
+pub fn loop_backing(dev: Device) -> Option<LoopBacking> {
+    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", dev.major, dev.minor));
+    let file = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+    let uevent = std::fs::read_to_string(sys.join("uevent")).ok()?;
+    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+    Some(LoopBacking {
+        node: PathBuf::from("/dev").join(name),
+        file: PathBuf::from(file.trim_end()),
+    })
+}
+
+/// LOOP_SET_CAPACITY from linux/loop.h.
+#[allow(missing_docs)]
+mod ioctl {
+    nix::ioctl_none!(loop_set_capacity, 0x4C, 0x07);
+}
+use ioctl::loop_set_capacity;
+
+/// Make the loop device re-read its file's size.
+fn set_capacity(node: &Path) -> Result<(), AgentError> {
+    let dev = File::open(node).map_err(|e| AgentError::io("open", node, e))?;
+    // SAFETY: LOOP_SET_CAPACITY takes no argument; the fd is a loop device.
+    unsafe { loop_set_capacity(dev.as_raw_fd()) }
+        .map_err(|e| AgentError::io("LOOP_SET_CAPACITY", node, e.into()))?;
+    Ok(())
+}
+
+/// Free bytes of the filesystem holding `file`.
+fn free_under(file: &Path) -> Result<u64, AgentError> {
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let st =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| AgentError::io("statvfs", dir, e.into()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Everything about the pool, read fresh.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// dm name.
+    pub name: String,
+    /// Live table length in sectors.
+    pub length: u64,
+    /// Live table params (after the target type).
+    pub params: String,
+    /// Data device.
+    pub data_dev: Device,
+    /// Metadata device.
+    pub meta_dev: Device,
+    /// Data block size in bytes.
+    pub block_bytes: u64,
+    /// Low water mark in bytes.
+    pub low_water_bytes: u64,
+    /// Use and mode.
+    pub usage: PoolUsage,
+    /// loop-lvm files, when so backed.
+    pub data_loop: Option<LoopBacking>,
+    /// loop-lvm metadata file.
+    pub meta_loop: Option<LoopBacking>,
+    /// LVM owns it (direct-lvm).
+    pub lvm: bool,
+}
+
+impl Pool {
+    /// Read the pool `name`.
+    pub fn read(dm: &DeviceMapper, name: &str) -> Result<Pool, AgentError> {
+        let (length, params) = dm.raw_table(name, "thin-pool")?;
+        let parsed: devicemapper::ThinPoolTargetParams = format!("thin-pool {params}")
+            .parse()
+            .map_err(|e| AgentError::UnexpectedTable {
+                device: name.to_string(),
+                why: format!("unreadable pool table: {e}"),
+            })?;
+        let block_bytes = *parsed.data_block_size * 512;
+        Ok(Pool {
+            name: name.to_string(),
+            length,
+            data_dev: parsed.data_dev,
+            meta_dev: parsed.metadata_dev,
+            block_bytes,
+            low_water_bytes: *parsed.low_water_mark * block_bytes,
+            usage: dm.pool_usage(name)?,
+            data_loop: loop_backing(parsed.data_dev),
+            meta_loop: loop_backing(parsed.metadata_dev),
+            lvm: dm.uuid(name)?.starts_with("LVM-"),
+            params,
+        })
+    }
+
+    /// The wire form. `virtual_bytes`: sum of the thin devices' sizes.
+    pub fn status(&self, virtual_bytes: u64) -> PoolStatus {
+        let u = &self.usage;
+        let backing = if self.lvm {
+            "lvm"
+        } else if self.data_loop.is_some() {
+            "loop"
+        } else {
+            "device"
+        };
+        let file = |l: &Option<LoopBacking>| {
+            l.as_ref()
+                .map(|l| l.file.display().to_string())
+                .unwrap_or_default()
+        };
+        let free = self
+            .data_loop
+            .as_ref()
+            .and_then(|l| free_under(&l.file).ok())
+            .unwrap_or(0);
+        let percent = |used: u64, total: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 * 100.0 / total as f64
+            }
+        };
+        PoolStatus {
+            name: self.name.clone(),
+            data_used_bytes: u.data_used,
+            data_total_bytes: u.data_total,
+            metadata_used_bytes: u.meta_used * META_BLOCK,
+            metadata_total_bytes: u.meta_total * META_BLOCK,
+            low_water_mark_bytes: self.low_water_bytes,
+            mode: u.mode.to_string(),
+            backing: backing.to_string(),
+            data_file: file(&self.data_loop),
+            metadata_file: file(&self.meta_loop),
+            backing_free_bytes: free,
+            virtual_bytes,
+            message: format!(
+                "data {} of {} ({:.0}%), metadata {:.0}%, {}",
+                format_bytes(u.data_used),
+                format_bytes(u.data_total),
+                percent(u.data_used, u.data_total),
+                percent(u.meta_used, u.meta_total),
+                u.mode
+            ),
+        }
+    }
+}
+
+/// Plan one side of a pool growth: the new size, rounded up to `align`,
+/// or `None` when nothing is asked or it is already that size.
+pub fn plan(
+    what: &str,
+    request: &str,
+    current: u64,
+    align: u64,
+) -> Result<Option<u64>, AgentError> {
+    if request.trim().is_empty() {
+        return Ok(None);
+    }
+    let request: SizeRequest = request.parse()?;
+    let target = request
+        .target(roomy_proto::ByteSize(current))
+        .ok_or_else(|| {
+            AgentError::InvalidSize(format!("pool {what}: size does not fit in 64 bits"))
+        })?
+        .0;
+    let target = target.div_ceil(align) * align;
+    if target < current {
+        return Err(AgentError::PoolShrink {
+            what: what.to_string(),
+            current,
+        });
+    }
+    Ok((target > current).then_some(target))
+}
+
+impl DeviceMapper {
+    /// Grow a loop-lvm pool: data to `data` bytes and/or metadata to `meta`
+    /// bytes. Checks first (backing space, loop files), then acts; every
+    /// step skips what is already done.
+    pub fn grow_loop_pool(
+        &self,
+        pool: &Pool,
+        data: Option<u64>,
+        meta: Option<u64>,
+    ) -> Result<(), AgentError> {
+        let (Some(data_loop), Some(meta_loop)) = (&pool.data_loop, &pool.meta_loop) else {
+            return Err(AgentError::PoolUnhealthy {
+                pool: pool.name.clone(),
+                mode: if pool.lvm {
+                    "an LVM thin pool (direct-lvm): grow it with lvextend; Roomy grows loop-lvm pools only so far".into()
+                } else {
+                    "not backed by loop files: grow its devices, then reload it".into()
+                },
+            });
+        };
+        if let Some(m) = meta {
+            if m > META_MAX {
+                return Err(AgentError::InvalidSize(format!(
+                    "pool metadata cannot exceed {}; ask for at most that",
+                    format_bytes(META_MAX)
+                )));
+            }
+        }
+        // Check every side before changing any.
+        let file_len = |f: &Path| {
+            std::fs::metadata(f)
+                .map(|m| m.len())
+                .map_err(|e| AgentError::io("stat", f, e))
+        };
+        let mut needed_on: Vec<(&LoopBacking, u64)> = Vec::new();
+        if let Some(d) = data {
+            needed_on.push((data_loop, d));
+        }
+        if let Some(m) = meta {
+            needed_on.push((meta_loop, m));
+        }
+        for (lp, target) in &needed_on {
+            let growth = target.saturating_sub(file_len(&lp.file)?);
+            let free = free_under(&lp.file)?;
+            if free < growth {
+                return Err(AgentError::BackingFull {
+                    file: lp.file.display().to_string(),
+                    free,
+                    growth,
+                });
+            }
+        }
+        // 1. The files, then the loop devices' capacity.
+        for (lp, target) in &needed_on {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&lp.file)
+                .map_err(|e| AgentError::io("open", &lp.file, e))?;
+            if file
+                .metadata()
+                .map_err(|e| AgentError::io("stat", &lp.file, e))?
+                .len()
+                < *target
+            {
+                // Sparse, as Docker makes them: space is taken as the pool fills.
+                file.set_len(*target)
+                    .map_err(|e| AgentError::io("extend", &lp.file, e))?;
+                file.sync_all()
+                    .map_err(|e| AgentError::io("fsync", &lp.file, e))?;
+            }
+            set_capacity(&lp.node)?;
+        }
+        // 2. The pool table: data length in sectors (metadata growth is
+        //    noticed by the pool on resume with the same table).
+        let length = data
+            .map(|d| d / 512)
+            .unwrap_or(pool.length)
+            .max(pool.length);
+        self.reload_pool(&pool.name, length, &pool.params)?;
+        // 3. Re-read: a pool that needs_check refuses growth yet reports success.
+        let after = Pool::read(self, &pool.name)?;
+        if data.is_some_and(|d| after.usage.data_total < d)
+            || meta.is_some_and(|m| after.usage.meta_total * META_BLOCK + META_BLOCK * 2 < m)
+        {
+            return Err(AgentError::kernel(
+                "grow",
+                &pool.name,
+                format!(
+                    "the pool is {} and did not take the new size (data {}, metadata {}); run thin_check on its metadata",
+                    after.usage.mode,
+                    format_bytes(after.usage.data_total),
+                    format_bytes(after.usage.meta_total * META_BLOCK)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reload the pool with `length` sectors: suspend its thin devices
+    /// without flushing or freezing (queued writes of a full pool would
+    /// block a flush forever), swap the pool's table, resume everything.
+    fn reload_pool(&self, pool: &str, length: u64, params: &str) -> Result<(), AgentError> {
+        let pool_dev = self.device_number(pool)?;
+        let thins: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|n| n != pool)
+            .filter(|n| {
+                self.raw_table(n, "thin")
+                    .is_ok_and(|(_, p)| p.split(' ').next() == Some(&format!("{pool_dev}")))
+            })
+            .collect();
+        let quiet = DmOptions::default()
+            .set_flags(DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS);
+        let mut suspended = Vec::new();
+        let mut result = Ok(());
+        for t in &thins {
+            match self.suspend_with(t, quiet) {
+                Ok(()) => suspended.push(t.clone()),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self
+                .load_raw(pool, length, "thin-pool", params)
+                .and_then(|_| {
+                    self.suspend_with(pool, DmOptions::default().set_flags(DmFlags::DM_NOFLUSH))
+                });
+        }
+        // Whatever happened, nothing stays suspended.
+        for t in &suspended {
+            if let Err(e) = self.resume(t) {
+                tracing::error!(device = %t, error = %e, "could not resume a thin device after the pool reload");
+                result = result.and(Err(e));
+            }
+        }
+        if let Ok(Some(state)) = self.state(pool) {
+            if state.inactive_table {
+                let _ = self.clear_inactive(pool);
+            }
+            if state.suspended {
+                let _ = self.resume(pool);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn plans_pool_growth_in_whole_blocks() {
+        assert_eq!(plan("data", "", 4 * G, 65536).unwrap(), None);
+        assert_eq!(plan("data", "8G", 4 * G, 65536).unwrap(), Some(8 * G));
+        assert_eq!(plan("data", "+4G", 4 * G, 65536).unwrap(), Some(8 * G));
+        assert_eq!(plan("data", "4G", 4 * G, 65536).unwrap(), None);
+        assert_eq!(
+            plan("data", "+1000", 4 * G, 65536).unwrap(),
+            Some(4 * G + 65536)
+        );
+        assert!(matches!(
+            plan("data", "2G", 4 * G, 65536),
+            Err(AgentError::PoolShrink { .. })
+        ));
+        assert!(matches!(
+            plan("data", "much", 4 * G, 65536),
+            Err(AgentError::Size(_))
+        ));
+    }
+}
