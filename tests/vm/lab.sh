@@ -9,7 +9,10 @@ cd "$(dirname "$0")" || exit 1
 
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding roomy-agent and roomyctl}
 NAME=lab
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# Bold prompts on a terminal only.
+if [[ -t 1 ]]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
+say() { printf '\n%s$ %s%s\n' "$B" "$*" "$N"; }
+docker() { /usr/bin/docker "$@"; }
 show() { say "$*"; "$@"; }
 ctl() { show "$BIN/roomyctl" --agent "unix://$LAB/lab/agent.sock" "$@"; }
 
@@ -18,17 +21,18 @@ dockerd_start lab xfs >/dev/null || exit 1
 image_import
 agent_start || exit 1
 
-show D run -d --name node roomy/busybox sleep 1d
-show D exec node sh -c 'dd if=/dev/urandom of=/important.bin bs=1M count=64 2>/dev/null; md5sum /important.bin'
-show D exec node df -h /
+show docker run -d --name node roomy/busybox sleep 1d
+show docker exec node sh -c 'dd if=/dev/urandom of=/important.bin bs=1M count=64 2>/dev/null; md5sum /important.bin'
+show docker exec node df -h /
 ctl ls
 ctl resize node 16G
-show D exec node df -h /
-show D exec node md5sum /important.bin
+show docker exec node df -h /
+show docker exec node md5sum /important.bin
 ctl inspect node
+ctl pool ls
 say "docker restart node   (where the plain dmsetup recipe leaves the container unable to start)"
-D restart -t 1 node >/dev/null
-show D exec node df -h /
+docker restart -t 1 node >/dev/null
+show docker exec node df -h /
 ctl ls
 agent_stop
 dockerd_stop lab >/dev/null
