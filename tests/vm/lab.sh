@@ -8,6 +8,7 @@ cd "$(dirname "$0")" || exit 1
 . ./lib.sh
 
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding roomy-agent and roomyctl}
+# shellcheck disable=SC2034 # read by lib.sh
 NAME=lab
 # Bold prompts on a terminal only.
 if [[ -t 1 ]]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
