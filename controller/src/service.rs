@@ -111,6 +111,38 @@ impl ControllerService {
         }
     }
 
+    /// Ask every host (or only `host`) at once: the answers, and an error
+    /// row for each host that did not answer in time or refused.
+    async fn ask_hosts<T, F, Fut>(
+        &self,
+        host: String,
+        f: F,
+    ) -> Result<(Vec<(String, T)>, Vec<HostError>), ControllerError>
+    where
+        F: Fn(roomy_proto::v1::agent_client::AgentClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let names = if host.is_empty() {
+            self.registry.names()
+        } else {
+            self.registry.client(&host)?;
+            vec![host]
+        };
+        let mut answers = Vec::new();
+        let mut errors = Vec::new();
+        for (host, answer) in self.registry.fan_out(&names, f).await {
+            match answer {
+                Ok(value) => answers.push((host, value)),
+                Err(status) => errors.push(HostError {
+                    host: host.clone(),
+                    code: format!("{:?}", status.code()),
+                    message: ControllerError::from_agent(&host, status).to_string(),
+                }),
+            }
+        }
+        Ok((answers, errors))
+    }
+
     async fn call_agent<T, F, Fut>(&self, host: &str, f: F) -> Result<T, ControllerError>
     where
         F: FnOnce(roomy_proto::v1::agent_client::AgentClient<tonic::transport::Channel>) -> Fut,
@@ -137,41 +169,24 @@ impl Controller for ControllerService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         self.authorize(&request, Role::Viewer, "ls", "")?;
-        let host = request.into_inner().host;
-        let names = if host.is_empty() {
-            self.registry.names()
-        } else {
-            self.registry.client(&host)?;
-            vec![host]
-        };
-        let answers = self
-            .registry
-            .fan_out(&names, |mut client| async move {
+        let (answers, errors) = self
+            .ask_hosts(request.into_inner().host, |mut client| async move {
                 client
                     .inspect(InspectRequest::default())
                     .await
                     .map(Response::into_inner)
             })
-            .await;
-        let mut reply = ListContainersResponse::default();
-        for (host, answer) in answers {
-            match answer {
-                Ok(inspect) => {
-                    reply
-                        .rows
-                        .extend(inspect.containers.into_iter().map(|c| HostContainer {
-                            host: host.clone(),
-                            container: Some(c),
-                        }))
-                }
-                Err(status) => reply.errors.push(HostError {
+            .await?;
+        let rows = answers
+            .into_iter()
+            .flat_map(|(host, inspect)| {
+                inspect.containers.into_iter().map(move |c| HostContainer {
                     host: host.clone(),
-                    code: format!("{:?}", status.code()),
-                    message: ControllerError::from_agent(&host, status).to_string(),
-                }),
-            }
-        }
-        Ok(Response::new(reply))
+                    container: Some(c),
+                })
+            })
+            .collect();
+        Ok(Response::new(ListContainersResponse { rows, errors }))
     }
 
     async fn inspect_container(
@@ -319,37 +334,22 @@ impl Controller for ControllerService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListPoolsResponse>, Status> {
         self.authorize(&request, Role::Viewer, "pool ls", "")?;
-        let host = request.into_inner().host;
-        let names = if host.is_empty() {
-            self.registry.names()
-        } else {
-            self.registry.client(&host)?;
-            vec![host]
-        };
-        let answers = self
-            .registry
-            .fan_out(&names, |mut client| async move {
+        let (answers, errors) = self
+            .ask_hosts(request.into_inner().host, |mut client| async move {
                 client
                     .inspect_pool(InspectPoolRequest {})
                     .await
                     .map(Response::into_inner)
             })
-            .await;
-        let mut reply = ListPoolsResponse::default();
-        for (host, answer) in answers {
-            match answer {
-                Ok(pool) => reply.rows.push(HostPool {
-                    host,
-                    pool: Some(pool),
-                }),
-                Err(status) => reply.errors.push(HostError {
-                    host: host.clone(),
-                    code: format!("{:?}", status.code()),
-                    message: ControllerError::from_agent(&host, status).to_string(),
-                }),
-            }
-        }
-        Ok(Response::new(reply))
+            .await?;
+        let rows = answers
+            .into_iter()
+            .map(|(host, pool)| HostPool {
+                host,
+                pool: Some(pool),
+            })
+            .collect();
+        Ok(Response::new(ListPoolsResponse { rows, errors }))
     }
 
     async fn grow_pool(
