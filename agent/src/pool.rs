@@ -135,11 +135,19 @@ impl Pool {
                 .map(|l| l.file.display().to_string())
                 .unwrap_or_default()
         };
-        let free = self
-            .data_loop
-            .as_ref()
-            .and_then(|l| free_under(&l.file).ok())
-            .unwrap_or(0);
+        let lvm = if self.lvm {
+            lvm_names(&self.name)
+        } else {
+            None
+        };
+        let free = match &lvm {
+            Some((vg, _)) => vg_free(vg).unwrap_or(0),
+            None => self
+                .data_loop
+                .as_ref()
+                .and_then(|l| free_under(&l.file).ok())
+                .unwrap_or(0),
+        };
         let percent = |used: u64, total: u64| {
             if total == 0 {
                 0.0
@@ -156,7 +164,10 @@ impl Pool {
             low_water_mark_bytes: self.low_water_bytes,
             mode: u.mode.to_string(),
             backing: backing.to_string(),
-            data_file: file(&self.data_loop),
+            data_file: match &lvm {
+                Some((vg, lv)) => format!("{vg}/{lv}"),
+                None => file(&self.data_loop),
+            },
             metadata_file: file(&self.meta_loop),
             backing_free_bytes: free,
             virtual_bytes,
@@ -170,6 +181,70 @@ impl Pool {
             ),
         }
     }
+}
+
+/// VG and LV of an LVM device from its dm name (`docker-thinpool`,
+/// `my--vg-pool-tpool`): LVM joins them with '-' and doubles any '-' inside
+/// a name; a trailing `-layer` (tpool) is dropped.
+pub fn lvm_names(dm_name: &str) -> Option<(String, String)> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = dm_name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '-' {
+            if chars.peek() == Some(&'-') {
+                chars.next();
+                current.push('-');
+            } else {
+                parts.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(c);
+        }
+    }
+    parts.push(current);
+    match parts.as_slice() {
+        [vg, lv, ..] if !vg.is_empty() && !lv.is_empty() => Some((vg.clone(), lv.clone())),
+        _ => None,
+    }
+}
+
+/// Run an LVM tool; its stderr becomes the error.
+fn lvm(args: &[&str]) -> Result<String, AgentError> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .map_err(|e| AgentError::io("run", args[0], e))?;
+    if !out.status.success() {
+        return Err(AgentError::kernel(
+            "lvm",
+            args.last().copied().unwrap_or(""),
+            format!(
+                "{} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Free bytes of a volume group.
+fn vg_free(vg: &str) -> Result<u64, AgentError> {
+    let text = lvm(&[
+        "vgs",
+        "--noheadings",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_free",
+        vg,
+    ])?;
+    text.trim().parse().map_err(|_| {
+        AgentError::Internal(format!("vgs printed {text:?} for the free space of {vg}"))
+    })
 }
 
 /// Plan one side of a pool growth: the new size, rounded up to `align`,
@@ -210,14 +285,13 @@ impl DeviceMapper {
         data: Option<u64>,
         meta: Option<u64>,
     ) -> Result<(), AgentError> {
+        if pool.lvm {
+            return self.grow_lvm_pool(pool, data, meta);
+        }
         let (Some(data_loop), Some(meta_loop)) = (&pool.data_loop, &pool.meta_loop) else {
             return Err(AgentError::PoolUnhealthy {
                 pool: pool.name.clone(),
-                mode: if pool.lvm {
-                    "an LVM thin pool (direct-lvm): grow it with lvextend; Roomy grows loop-lvm pools only so far".into()
-                } else {
-                    "not backed by loop files: grow its devices, then reload it".into()
-                },
+                mode: "not backed by loop files or LVM: grow its devices, then reload it".into(),
             });
         };
         if let Some(m) = meta {
@@ -298,6 +372,52 @@ impl DeviceMapper {
         Ok(())
     }
 
+    /// Grow a direct-lvm pool with LVM's own tools, never a raw table
+    /// reload under LVM's feet: VG free space first, then `lvextend`.
+    fn grow_lvm_pool(
+        &self,
+        pool: &Pool,
+        data: Option<u64>,
+        meta: Option<u64>,
+    ) -> Result<(), AgentError> {
+        let (vg, lv) = lvm_names(&pool.name).ok_or_else(|| AgentError::UnexpectedTable {
+            device: pool.name.clone(),
+            why: "an LVM device whose name is not VG-LV".into(),
+        })?;
+        let meta_now = pool.usage.meta_total * META_BLOCK;
+        let growth = data.map_or(0, |d| d.saturating_sub(pool.usage.data_total))
+            + meta.map_or(0, |m| m.saturating_sub(meta_now));
+        let free = vg_free(&vg)?;
+        if free < growth {
+            return Err(AgentError::BackingFull {
+                file: format!("volume group {vg}"),
+                free,
+                growth,
+            });
+        }
+        let target = format!("{vg}/{lv}");
+        if let Some(d) = data {
+            lvm(&["lvextend", "-L", &format!("{d}b"), &target])?;
+        }
+        if let Some(m) = meta {
+            lvm(&["lvextend", "--poolmetadatasize", &format!("{m}b"), &target])?;
+        }
+        let after = Pool::read(self, &pool.name)?;
+        if data.is_some_and(|d| after.usage.data_total < d)
+            || meta.is_some_and(|m| after.usage.meta_total * META_BLOCK + 2 * META_BLOCK < m)
+        {
+            return Err(AgentError::kernel(
+                "grow",
+                &pool.name,
+                format!(
+                    "lvextend succeeded but the pool is {} and did not take the new size; run lvs and thin_check",
+                    after.usage.mode
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reload the pool with `length` sectors: suspend its thin devices
     /// without flushing or freezing (queued writes of a full pool would
     /// block a flush forever), swap the pool's table, resume everything.
@@ -356,6 +476,18 @@ mod tests {
     use super::*;
 
     const G: u64 = 1 << 30;
+
+    #[test]
+    fn splits_lvm_dm_names() {
+        let n = |s: &str| lvm_names(s).map(|(v, l)| format!("{v}/{l}"));
+        assert_eq!(n("docker-thinpool").as_deref(), Some("docker/thinpool"));
+        assert_eq!(
+            n("docker-thinpool-tpool").as_deref(),
+            Some("docker/thinpool")
+        );
+        assert_eq!(n("my--vg-thin--pool").as_deref(), Some("my-vg/thin-pool"));
+        assert_eq!(n("nodash"), None);
+    }
 
     #[test]
     fn plans_pool_growth_in_whole_blocks() {

@@ -147,37 +147,57 @@ impl ThinBackend {
             fs_kind: None,
             usage: None,
         };
-        match dev {
-            Some(state) => {
-                let table = dm.thin_table(&device)?;
-                out.sizes.table = Some(table.bytes());
-                out.table = Some(table);
-                let node = fs::dev_node(state.dev);
-                out.mountpoint = fs::mountpoint_of(state.dev);
-                match &out.mountpoint {
-                    Some(mp) => {
-                        if let Some(sb) = fs::read_superblock(&node, false)? {
-                            out.fs_kind = Some(sb.kind);
-                            out.sizes.fs = Some(fs::mounted_size(sb.kind, mp, &node)?);
-                        }
-                        out.usage = fs::usage(mp).ok();
-                    }
-                    None => {
-                        if let Some(sb) = fs::read_superblock(&node, true)? {
-                            out.fs_kind = Some(sb.kind);
-                            out.sizes.fs = Some(sb.bytes());
-                        }
-                    }
+        let active = match dev {
+            Some(state) => match self.observe_active(&mut out, state) {
+                Ok(()) => true,
+                // Docker's deferred removal can take the device away between
+                // two reads: then it is simply not active.
+                Err(_) if dm.state(&device)?.is_none() => {
+                    out.dev = None;
+                    out.table = None;
+                    out.mountpoint = None;
+                    out.usage = None;
+                    out.fs_kind = None;
+                    out.sizes.table = None;
+                    out.sizes.fs = None;
+                    false
                 }
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        if !active {
+            if let Some(sb) = self.probe_superblock(&out)? {
+                out.fs_kind = Some(sb.kind);
+                out.sizes.fs = Some(sb.bytes());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read table and filesystem of an active device into `out`.
+    fn observe_active(&self, out: &mut Observed, state: DevState) -> Result<(), AgentError> {
+        let table = self.inner.dm.thin_table(&out.device)?;
+        out.sizes.table = Some(table.bytes());
+        out.table = Some(table);
+        let node = fs::dev_node(state.dev);
+        out.mountpoint = fs::mountpoint_of(state.dev);
+        match &out.mountpoint {
+            Some(mp) => {
+                if let Some(sb) = fs::read_superblock(&node, false)? {
+                    out.fs_kind = Some(sb.kind);
+                    out.sizes.fs = Some(fs::mounted_size(sb.kind, mp, &node)?);
+                }
+                out.usage = fs::usage(mp).ok();
             }
             None => {
-                if let Some(sb) = self.probe_superblock(&out)? {
+                if let Some(sb) = fs::read_superblock(&node, true)? {
                     out.fs_kind = Some(sb.kind);
                     out.sizes.fs = Some(sb.bytes());
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Read the superblock of a device that is not active, through a

@@ -366,6 +366,44 @@ p2_pool_out_of_space() {
     check "p2 no suspended device" no_stray_dm_state
 }
 
+# P3. direct-lvm: dockerd on an LVM thin pool (on a loop device); the pool
+# grows through LVM's own tools while a container writes (F10).
+lvm_pool_setup() {
+    export LVM_SUPPRESS_FD_WARNINGS=1
+    truncate -s 6G "$LAB/lvm.img"
+    LVM_LOOP=$(losetup -f --show "$LAB/lvm.img")
+    pvcreate -ff -y "$LVM_LOOP" >/dev/null &&
+        vgcreate docker "$LVM_LOOP" >/dev/null &&
+        lvcreate -y --wipesignatures y -n thinpool docker -L 2G >/dev/null &&
+        lvcreate -y --wipesignatures y -n thinpoolmeta docker -L 64M >/dev/null &&
+        lvconvert -y --zero n -c 512K --thinpool docker/thinpool --poolmetadata docker/thinpoolmeta >/dev/null
+}
+p3_direct_lvm() {
+    check "p3 pool is LVM" test "$(pool_field backing)" = lvm
+    check "p3 pool names its VG/LV" test "$(pool_field data_file)" = docker/thinpool
+    local before meta
+    before=$(pool_field data_total_bytes)
+    meta=$(pool_field metadata_total_bytes)
+    run_box p3
+    D exec -d p3 sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    sleep 2
+    R pool grow --data +1G --metadata +32M
+    check "p3 lvm pool grow exit 0" test "$RC" -eq 0
+    check "p3 data grew by 1G" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
+    check "p3 metadata grew by 32M" test "$(pool_field metadata_total_bytes)" -ge $((meta + (32 << 20)))
+    check "p3 lvs agrees" bash -c "lvs --noheadings --units b --nosuffix -o lv_size docker/thinpool | grep -q $((before + GiB))"
+    for _ in $(seq 120); do D exec p3 test -f /w.rc && break; sleep 1; done
+    check "p3 writer finished without error" test "$(D exec p3 cat /w.rc)" = 0
+    R pool grow --data +100G
+    check "p3 beyond the VG exit 3" test "$RC" -eq 3
+    check "p3 beyond the VG names it" grep -q "volume group docker can grow by" <<<"$OUT"
+    D stop -t 1 p3 >/dev/null
+    dockerd_restart "$NAME" >/dev/null
+    sleep 2
+    check "p3 container starts after dockerd restart" D start p3
+    check "p3 docker sees the grown pool" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
+}
+
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
@@ -424,6 +462,23 @@ if want p1_pool_grows_online || want p2_pool_out_of_space; then
     done
     agent_stop
     dockerd_stop pool
+fi
+
+if want p3_direct_lvm; then
+    NAME=lvm
+    if lvm_pool_setup; then
+        dockerd_start lvm xfs --storage-opt dm.thinpooldev=/dev/mapper/docker-thinpool || exit 1
+        image_import
+        agent_start || exit 1
+        echo "=== p3_direct_lvm"
+        t0=$(lab_now)
+        p3_direct_lvm
+        lab_time p3_direct_lvm "$t0"
+        agent_stop
+        dockerd_stop lvm
+    else
+        fail "p3 LVM thin pool setup" "pvcreate/vgcreate/lvcreate/lvconvert failed"
+    fi
 fi
 
 check_dmesg
