@@ -61,6 +61,8 @@ pub struct ContainerView {
     pub device_id: Option<u64>,
     /// devicemapper: `DeviceSize`, what dockerd holds in memory.
     pub docker_size: Option<u64>,
+    /// Docker labels: policy selectors and overrides read them.
+    pub labels: HashMap<String, String>,
 }
 
 impl ContainerView {
@@ -90,6 +92,11 @@ impl ContainerView {
             device_name: data.get("DeviceName").cloned(),
             device_id: data.get("DeviceId").and_then(|v| v.parse().ok()),
             docker_size: data.get("DeviceSize").and_then(|v| v.parse().ok()),
+            labels: c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -26,6 +26,17 @@ impl<B: StorageBackend> AgentService<B> {
 
 #[tonic::async_trait]
 impl<B: StorageBackend> Agent for AgentService<B> {
+    type SyncStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<roomy_proto::v1::Event, Status>> + Send>,
+    >;
+
+    async fn sync(
+        &self,
+        _request: Request<tonic::Streaming<roomy_proto::v1::SyncRequest>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        Err(Status::unimplemented("sync: being written"))
+    }
+
     async fn inspect(
         &self,
         request: Request<InspectRequest>,

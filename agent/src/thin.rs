@@ -266,6 +266,13 @@ impl ThinBackend {
             health: word as i32,
             health_message: sentence,
             guarded: self.inner.guard.holds(&obs.view.id),
+            labels: obs.view.labels.clone(),
+            mountpoint: obs
+                .mountpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            fill_rate_bytes_per_second: 0.0,
         }
     }
 
@@ -303,6 +310,7 @@ fn unmanaged(view: &ContainerView) -> ContainerStorage {
         name: view.name.clone(),
         state: view.state.clone(),
         driver: view.driver.clone(),
+        labels: view.labels.clone(),
         health: Health::Unmanaged as i32,
         health_message: format!(
             "{} storage is not managed by this agent (devicemapper only)",

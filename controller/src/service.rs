@@ -164,6 +164,45 @@ impl ControllerService {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
+    type EventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<roomy_proto::v1::Event, Status>> + Send>,
+    >;
+
+    async fn events(
+        &self,
+        _request: Request<roomy_proto::v1::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        Err(Status::unimplemented("events: being written"))
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<roomy_proto::v1::ListPoliciesRequest>,
+    ) -> Result<Response<roomy_proto::v1::ListPoliciesResponse>, Status> {
+        Err(Status::unimplemented("policies: being written"))
+    }
+
+    async fn set_policy(
+        &self,
+        _request: Request<roomy_proto::v1::Policy>,
+    ) -> Result<Response<roomy_proto::v1::SetPolicyResponse>, Status> {
+        Err(Status::unimplemented("policies: being written"))
+    }
+
+    async fn remove_policy(
+        &self,
+        _request: Request<roomy_proto::v1::RemovePolicyRequest>,
+    ) -> Result<Response<roomy_proto::v1::RemovePolicyResponse>, Status> {
+        Err(Status::unimplemented("policies: being written"))
+    }
+
+    async fn explain_policy(
+        &self,
+        _request: Request<roomy_proto::v1::TargetRequest>,
+    ) -> Result<Response<roomy_proto::v1::Explanation>, Status> {
+        Err(Status::unimplemented("policies: being written"))
+    }
+
     async fn list_containers(
         &self,
         request: Request<ListContainersRequest>,

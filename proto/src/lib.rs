@@ -3,6 +3,8 @@
 //! targets as people write them, and mutual TLS.
 #![warn(missing_docs)]
 
+pub mod metrics;
+pub mod policy;
 pub mod signal;
 pub mod size;
 pub mod target;

@@ -1,0 +1,1 @@
+//! Prometheus exposition and the /metrics HTTP endpoint (being written).

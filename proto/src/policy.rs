@@ -1,0 +1,1 @@
+//! Policies: validation and the decision function (being written).
