@@ -255,6 +255,7 @@ mod tests {
             device_name: Some("docker-8:0-1234-abcdef".into()),
             device_id: Some(4),
             docker_size: Some(2 << 30),
+            labels: HashMap::new(),
         };
         assert_eq!(c.mount_id(root.path()).as_deref(), Some("abcdef"));
         let dir = root.path().join("image/devicemapper/layerdb/mounts/cid");
