@@ -1,0 +1,1465 @@
+//! Policy events to webhook targets (chat, paging): a JSON POST per event,
+//! retried with backoff.
+//!
+//! ```toml
+//! [[webhooks]]
+//! name = "ops-chat"                       # optional; labels logs and metrics
+//! url = "https://chat.example/hooks/T0K3N"
+//! events = ["grown", "failed", "skipped"] # default; also "would_grow"
+//! max_attempts = 6                        # default
+//! timeout_ms = 5000                       # per attempt, default
+//! ca = "/etc/ssl/certs/ca-certificates.crt" # https roots, default
+//! authorization = "Bearer s3cret"         # optional Authorization header
+//! ```
+//!
+//! Each target has its own task and a bounded queue, so a slow or dead
+//! target never holds up the others or the caller of [`Webhooks::deliver`].
+//! Delivery is at least once: a POST whose answer was lost is sent again,
+//! so receivers that care can drop duplicates by `host` and `seq`.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use roomy_proto::v1::{Event, EventKind};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout_at, Instant};
+use tracing::{debug, info, warn};
+
+/// The kind words `events` accepts, as they appear in payloads.
+const KINDS: [&str; 4] = ["grown", "would_grow", "skipped", "failed"];
+const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+const DEFAULT_TIMEOUT_MS: u64 = 5000;
+const DEFAULT_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Events waiting per target; beyond this a dead target costs events, not memory.
+const QUEUE: usize = 1024;
+/// A server's Retry-After is honoured up to this, so one answer cannot stall a target.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+/// Response bytes kept for the log when a target refuses.
+const SNIPPET: usize = 300;
+/// Response bytes read at most; the rest is left unread.
+const DRAIN_LIMIT: usize = 1 << 20;
+const USER_AGENT: &str = concat!("roomy-controller/", env!("CARGO_PKG_VERSION"));
+
+/// One `[[webhooks]]` table of the controller config.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Label for logs and metrics; without it the URL's scheme and host are
+    /// used (never its path, which often holds the token).
+    pub name: Option<String>,
+    /// `http://` or `https://` host\[:port\]\[/path\]\[?query\].
+    pub url: String,
+    /// Event kinds to send: `grown`, `would_grow`, `skipped`, `failed`.
+    /// Default `["grown", "failed", "skipped"]`.
+    #[serde(default = "default_events")]
+    pub events: Vec<String>,
+    /// Attempts per event, the first included (default 6).
+    pub max_attempts: Option<u32>,
+    /// Bound on one attempt: connect, TLS, request and response (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// For https: PEM bundle of trusted roots (default
+    /// `/etc/ssl/certs/ca-certificates.crt`).
+    pub ca: Option<PathBuf>,
+    /// Sent verbatim as the `Authorization` header, e.g. `Bearer TOKEN`.
+    pub authorization: Option<String>,
+}
+
+fn default_events() -> Vec<String> {
+    vec!["grown".into(), "failed".into(), "skipped".into()]
+}
+
+/// What is wrong with a webhook's configuration. Each message names the
+/// webhook and the field, and says what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// `url` is not `http(s)://host[:port][/path]`.
+    #[error(
+        "{webhook}: url {url:?} {problem}: write url = \"https://HOST[:PORT]/PATH\" (or http://)"
+    )]
+    Url {
+        /// Which webhook.
+        webhook: String,
+        /// The URL as written.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// `events` names a kind that does not exist.
+    #[error("{webhook}: events has unknown kind {kind:?}: write events = [...] with any of \"grown\", \"would_grow\", \"skipped\", \"failed\"")]
+    UnknownKind {
+        /// Which webhook.
+        webhook: String,
+        /// The unknown word.
+        kind: String,
+    },
+    /// `events` is empty, so the webhook would never be called.
+    #[error("{webhook}: events is empty: list at least one of \"grown\", \"would_grow\", \"skipped\", \"failed\" (or remove this [[webhooks]] table)")]
+    NoEvents {
+        /// Which webhook.
+        webhook: String,
+    },
+    /// `max_attempts = 0`.
+    #[error("{webhook}: max_attempts is 0: write max_attempts = 1 or more (1 means no retries; default 6)")]
+    ZeroAttempts {
+        /// Which webhook.
+        webhook: String,
+    },
+    /// `timeout_ms = 0`.
+    #[error("{webhook}: timeout_ms is 0: write timeout_ms = 1 or more, in milliseconds per attempt (default 5000)")]
+    ZeroTimeout {
+        /// Which webhook.
+        webhook: String,
+    },
+    /// `name = ""`.
+    #[error("{webhook}: name is empty: write name = \"SOME-LABEL\" or leave name out")]
+    EmptyName {
+        /// Which webhook.
+        webhook: String,
+    },
+    /// `authorization` cannot be an HTTP header value.
+    #[error("{webhook}: authorization is not a valid header value (line breaks or control characters): write authorization = \"Bearer TOKEN\" on one line")]
+    Authorization {
+        /// Which webhook.
+        webhook: String,
+    },
+    /// Two webhooks would share one label in logs and metrics.
+    #[error("two [[webhooks]] are labelled {label:?}: give each a distinct name = \"...\"")]
+    DuplicateName {
+        /// The shared label.
+        label: String,
+    },
+    /// The CA bundle for an https webhook cannot be used.
+    #[error(
+        "{webhook}: ca {path:?}: {detail}: write ca = \"/path/to/roots.pem\" (PEM certificates)"
+    )]
+    Ca {
+        /// Which webhook.
+        webhook: String,
+        /// The bundle's path.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// rustls refused the client configuration.
+    #[error("{webhook}: TLS client configuration: {source}")]
+    Tls {
+        /// Which webhook.
+        webhook: String,
+        /// rustls' reason.
+        source: rustls::Error,
+    },
+    /// [`Webhooks::start`] was called outside a tokio runtime.
+    #[error("webhooks must be started inside the controller's tokio runtime")]
+    NoRuntime,
+}
+
+impl WebhookConfig {
+    /// Checks everything that can be checked without I/O: the URL, the
+    /// event kinds, attempts, timeout, name and authorization.
+    pub fn validate(&self) -> Result<(), WebhookError> {
+        let webhook = self.describe();
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(WebhookError::EmptyName { webhook });
+        }
+        parse_url(&self.url).map_err(|problem| WebhookError::Url {
+            webhook: webhook.clone(),
+            url: self.url.clone(),
+            problem,
+        })?;
+        if self.events.is_empty() {
+            return Err(WebhookError::NoEvents { webhook });
+        }
+        if let Some(kind) = self.events.iter().find(|k| kind_of(k).is_none()) {
+            return Err(WebhookError::UnknownKind {
+                webhook,
+                kind: kind.clone(),
+            });
+        }
+        if self.max_attempts == Some(0) {
+            return Err(WebhookError::ZeroAttempts { webhook });
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(WebhookError::ZeroTimeout { webhook });
+        }
+        if let Some(auth) = &self.authorization {
+            if HeaderValue::from_str(auth).is_err() {
+                return Err(WebhookError::Authorization { webhook });
+            }
+        }
+        Ok(())
+    }
+
+    /// The label in logs and metrics: the name, else `scheme://host[:port]`
+    /// (the path is left out because webhook URLs often carry the secret there).
+    fn label(&self) -> String {
+        match (&self.name, parse_url(&self.url)) {
+            (Some(name), _) => name.clone(),
+            (None, Ok(url)) => url.origin(),
+            (None, Err(_)) => self.url.clone(),
+        }
+    }
+
+    /// How error messages name this webhook.
+    fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("[[webhooks]] name = {name:?}"),
+            None => format!("[[webhooks]] {}", self.label()),
+        }
+    }
+}
+
+/// A parsed webhook URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Url {
+    https: bool,
+    /// Host without IPv6 brackets: what we dial and the TLS server name.
+    host: String,
+    port: u16,
+    /// The `Host` header: host as written, port when not the default.
+    authority: String,
+    /// Origin-form request target: path and query, at least `/`.
+    target: String,
+}
+
+impl Url {
+    fn origin(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+}
+
+/// Parses `http(s)://host[:port][/path][?query]`; the error is a phrase
+/// that follows the URL in a message.
+fn parse_url(url: &str) -> Result<Url, String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains spaces or control characters".into());
+    }
+    let lower = url.to_ascii_lowercase();
+    let (https, rest) = if lower.starts_with("https://") {
+        (true, &url[8..])
+    } else if lower.starts_with("http://") {
+        (false, &url[7..])
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
+    if rest.contains('#') {
+        return Err("has a #fragment, which is never sent".into());
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    if authority.contains('@') {
+        return Err("has user@ in it: put credentials in authorization = \"...\" instead".into());
+    }
+    let (host, port_text, bracketed) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inside, after) = v6
+            .split_once(']')
+            .ok_or("has an IPv6 address without its closing ]")?;
+        inside
+            .parse::<Ipv6Addr>()
+            .map_err(|_| format!("has {inside:?}, which is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or("has text after the IPv6 address's ]")?,
+            ),
+        };
+        (inside, port, true)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port), false),
+            None => (authority, None, false),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if !bracketed
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(format!(
+            "has host {host:?}: a host is letters, digits, '-', '.' and '_'"
+        ));
+    }
+    let default_port = if https { 443 } else { 80 };
+    let port = match port_text {
+        None => default_port,
+        Some(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("has port {text:?}: a port is a number from 1 to 65535"))?,
+    };
+    if https && ServerName::try_from(host).is_err() {
+        return Err(format!(
+            "has host {host:?}, which is not a valid TLS server name"
+        ));
+    }
+    let target = match target {
+        "" => "/".to_owned(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_owned(),
+    };
+    target
+        .parse::<PathAndQuery>()
+        .map_err(|e| format!("has a path that cannot be sent ({e})"))?;
+    let host_header = if bracketed {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let authority = if port == default_port {
+        host_header
+    } else {
+        format!("{host_header}:{port}")
+    };
+    Ok(Url {
+        https,
+        host: host.to_owned(),
+        port,
+        authority,
+        target,
+    })
+}
+
+/// The config word for an event kind.
+fn kind_of(word: &str) -> Option<EventKind> {
+    match word {
+        "grown" => Some(EventKind::Grown),
+        "would_grow" => Some(EventKind::WouldGrow),
+        "skipped" => Some(EventKind::Skipped),
+        "failed" => Some(EventKind::Failed),
+        _ => None,
+    }
+}
+
+fn word_of(kind: EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::Grown => Some(KINDS[0]),
+        EventKind::WouldGrow => Some(KINDS[1]),
+        EventKind::Skipped => Some(KINDS[2]),
+        EventKind::Failed => Some(KINDS[3]),
+        EventKind::Unspecified => None,
+    }
+}
+
+/// The JSON body of every POST.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    host: &'a str,
+    seq: u64,
+    time_ms: i64,
+    policy: &'a str,
+    target: &'a str,
+    kind: &'static str,
+    reason: &'a str,
+    from_bytes: u64,
+    to_bytes: u64,
+    duration_ms: u64,
+    message: &'a str,
+    text: String,
+}
+
+/// One line for chat, e.g.
+/// `roomy: host1/node grown 1 GiB -> 1.5 GiB by policy grow80 (used 81% >= 80%)`.
+fn text_line(event: &Event, kind: EventKind) -> String {
+    let who = match (event.host.as_str(), event.target.as_str()) {
+        ("", target) => target.to_owned(),
+        (host, "pool") => format!("{host} pool"),
+        (host, target) => format!("{host}/{target}"),
+    };
+    let sizes = if event.to_bytes > 0 {
+        format!(
+            " {} -> {}",
+            roomy_proto::format_bytes(event.from_bytes),
+            roomy_proto::format_bytes(event.to_bytes)
+        )
+    } else {
+        String::new()
+    };
+    let what = match kind {
+        EventKind::Grown => format!("grown{sizes}"),
+        EventKind::WouldGrow => format!("would grow{sizes}"),
+        EventKind::Failed => format!("failed to grow{sizes}"),
+        EventKind::Skipped | EventKind::Unspecified => "skipped".to_owned(),
+    };
+    let mut line = format!("roomy: {who} {what}");
+    if !event.policy.is_empty() {
+        line.push_str(&format!(" by policy {}", event.policy));
+    }
+    if kind == EventKind::Skipped && !event.reason.is_empty() {
+        line.push_str(&format!(": {}", event.reason));
+    }
+    // Chat shows one line: fold any line breaks of the sentence.
+    let message = event
+        .message
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_suffix('.').unwrap_or(&message);
+    if !message.is_empty() {
+        line.push_str(&format!(" ({message})"));
+    }
+    line
+}
+
+fn payload(event: &Event, kind: EventKind, word: &'static str) -> Bytes {
+    let body = Payload {
+        host: &event.host,
+        seq: event.seq,
+        time_ms: event.time_ms,
+        policy: &event.policy,
+        target: &event.target,
+        kind: word,
+        reason: &event.reason,
+        from_bytes: event.from_bytes,
+        to_bytes: event.to_bytes,
+        duration_ms: event.duration_ms,
+        message: &event.message,
+        text: text_line(event, kind),
+    };
+    // A struct of strings and integers always serializes.
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Knobs that tests shrink so they do not wait seconds.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    queue: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(8),
+            queue: QUEUE,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    ok: AtomicU64,
+    retried: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// One queued event.
+#[derive(Debug)]
+struct Job {
+    body: Bytes,
+    /// `host/target seq N`, for logs.
+    what: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Target {
+    label: String,
+    kinds: Vec<EventKind>,
+    queue: mpsc::Sender<Job>,
+    counts: Arc<Counts>,
+}
+
+/// The running webhook targets: one task and queue each. Cheap to clone;
+/// the tasks finish their queues and stop once every clone is dropped.
+#[derive(Clone)]
+pub struct Webhooks {
+    targets: Arc<[Target]>,
+}
+
+impl fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.targets.iter().map(|t| &t.label))
+            .finish()
+    }
+}
+
+impl Webhooks {
+    /// Validates `configs`, loads the CA bundles of https targets and
+    /// spawns one delivery task per target. Must run inside a tokio
+    /// runtime unless `configs` is empty.
+    pub fn start(configs: Vec<WebhookConfig>) -> Result<Webhooks, WebhookError> {
+        Self::start_tuned(configs, Tuning::default())
+    }
+
+    fn start_tuned(configs: Vec<WebhookConfig>, tuning: Tuning) -> Result<Webhooks, WebhookError> {
+        // Check everything before spawning anything.
+        let mut endpoints = Vec::with_capacity(configs.len());
+        let mut tls_by_ca: HashMap<PathBuf, Arc<ClientConfig>> = HashMap::new();
+        let mut labels = Vec::new();
+        for config in &configs {
+            config.validate()?;
+            let label = config.label();
+            if labels.contains(&label) {
+                return Err(WebhookError::DuplicateName { label });
+            }
+            labels.push(label.clone());
+            let url = parse_url(&config.url).map_err(|problem| WebhookError::Url {
+                webhook: config.describe(),
+                url: config.url.clone(),
+                problem,
+            })?;
+            let tls = if url.https {
+                let ca = config
+                    .ca
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CA));
+                let client = match tls_by_ca.get(&ca) {
+                    Some(client) => client.clone(),
+                    None => {
+                        let client = tls_client(&ca, &config.describe())?;
+                        tls_by_ca.insert(ca, client.clone());
+                        client
+                    }
+                };
+                // Validated by parse_url for https.
+                let name =
+                    ServerName::try_from(url.host.clone()).map_err(|e| WebhookError::Url {
+                        webhook: config.describe(),
+                        url: config.url.clone(),
+                        problem: e.to_string(),
+                    })?;
+                Some((tokio_rustls::TlsConnector::from(client), name))
+            } else {
+                None
+            };
+            let authorization = config.authorization.as_deref().map(|auth| {
+                // Validated above; sensitive keeps it out of hyper's debug output.
+                let mut value = HeaderValue::from_str(auth).unwrap_or(HeaderValue::from_static(""));
+                value.set_sensitive(true);
+                value
+            });
+            endpoints.push(Endpoint {
+                label,
+                url,
+                tls,
+                authorization,
+                timeout: Duration::from_millis(config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+                max_attempts: config.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                tuning,
+                counts: Arc::new(Counts::default()),
+            });
+        }
+        if !endpoints.is_empty() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(WebhookError::NoRuntime);
+        }
+        let targets = endpoints
+            .into_iter()
+            .zip(&configs)
+            .map(|(endpoint, config)| {
+                let (queue, rx) = mpsc::channel(tuning.queue);
+                let target = Target {
+                    label: endpoint.label.clone(),
+                    kinds: config.events.iter().filter_map(|k| kind_of(k)).collect(),
+                    queue,
+                    counts: endpoint.counts.clone(),
+                };
+                tokio::spawn(endpoint.run(rx));
+                target
+            })
+            .collect();
+        Ok(Webhooks { targets })
+    }
+
+    /// Queues `event` for every target that wants its kind. Never waits:
+    /// when a target's queue is full the event is dropped for that target,
+    /// logged and counted.
+    pub fn deliver(&self, event: &Event) {
+        let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
+        let Some(word) = word_of(kind) else {
+            debug!(
+                kind = event.kind,
+                seq = event.seq,
+                "webhooks: event of unknown kind not sent"
+            );
+            return;
+        };
+        // Serialized once, shared by all targets.
+        let mut job: Option<(Bytes, Arc<str>)> = None;
+        for target in self.targets.iter().filter(|t| t.kinds.contains(&kind)) {
+            let (body, what) = job.get_or_insert_with(|| {
+                let what = format!("{}/{} {word} seq {}", event.host, event.target, event.seq);
+                (payload(event, kind, word), what.into())
+            });
+            let job = Job {
+                body: body.clone(),
+                what: what.clone(),
+            };
+            if let Err(e) = target.queue.try_send(job) {
+                target.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "queue full",
+                    mpsc::error::TrySendError::Closed(_) => "delivery task gone",
+                };
+                warn!(webhook = %target.label, event = %what, "webhook event dropped: {why}");
+            }
+        }
+    }
+
+    /// Outcome counters per target, for the metrics endpoint: three rows per
+    /// target (`ok`, `retried`, `dropped`), labelled by the webhook's name or,
+    /// without one, `scheme://host[:port]`. `retried` counts each retry;
+    /// `dropped` counts events given up on or not queued.
+    pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.targets
+            .iter()
+            .flat_map(|t| {
+                [
+                    ("ok", &t.counts.ok),
+                    ("retried", &t.counts.retried),
+                    ("dropped", &t.counts.dropped),
+                ]
+                .map(|(what, n)| (t.label.clone(), what, n.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+}
+
+/// A rustls client trusting the PEM roots in `ca`; TLS 1.2 and 1.3, since
+/// chat and paging services do not all speak 1.3.
+fn tls_client(ca: &Path, webhook: &str) -> Result<Arc<ClientConfig>, WebhookError> {
+    let bad = |detail: String| WebhookError::Ca {
+        webhook: webhook.to_owned(),
+        path: ca.to_owned(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    // System bundles may hold a few certificates webpki cannot parse; skip those.
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad("no usable CERTIFICATE found".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| WebhookError::Tls {
+            webhook: webhook.to_owned(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// One target's delivery side, owned by its task.
+struct Endpoint {
+    label: String,
+    url: Url,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+    max_attempts: u32,
+    tuning: Tuning,
+    counts: Arc<Counts>,
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Verdict {
+    Ok,
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+    GiveUp(String),
+}
+
+/// The parts of a response we act on.
+struct Reply {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    snippet: String,
+}
+
+/// Aborts the connection task when an attempt ends, whichever way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Endpoint {
+    async fn run(self, mut queue: mpsc::Receiver<Job>) {
+        // In order, one at a time: receivers see events as the agent decided them.
+        while let Some(job) = queue.recv().await {
+            self.send(&job).await;
+        }
+        debug!(webhook = %self.label, "webhook task stopped");
+    }
+
+    async fn send(&self, job: &Job) {
+        let mut attempt = 1;
+        loop {
+            match self.attempt(job.body.clone()).await {
+                Verdict::Ok => {
+                    self.counts.ok.fetch_add(1, Ordering::Relaxed);
+                    debug!(webhook = %self.label, event = %job.what, attempt, "webhook delivered");
+                    return;
+                }
+                Verdict::GiveUp(why) => {
+                    self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    warn!(webhook = %self.label, event = %job.what, attempt, "webhook gave up: {why}");
+                    return;
+                }
+                Verdict::Retry { why, .. } if attempt >= self.max_attempts => {
+                    self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        webhook = %self.label, event = %job.what,
+                        "webhook gave up after {attempt} attempts: {why}"
+                    );
+                    return;
+                }
+                Verdict::Retry { why, after } => {
+                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                    let asked = after.unwrap_or_default().min(RETRY_AFTER_CAP);
+                    let delay = self.backoff(attempt).max(asked);
+                    info!(
+                        webhook = %self.label, event = %job.what, attempt,
+                        max_attempts = self.max_attempts, delay_ms = delay.as_millis() as u64,
+                        "webhook attempt failed, retrying: {why}"
+                    );
+                    sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Delay before retry number `retry` (1-based): base doubling to the cap,
+    /// plus up to a tenth more so targets failing together spread out.
+    fn backoff(&self, retry: u32) -> Duration {
+        let doubled = self
+            .tuning
+            .backoff_base
+            .saturating_mul(1u32 << (retry - 1).min(20));
+        let delay = doubled.min(self.tuning.backoff_cap);
+        // RandomState is freshly keyed per call: randomness without a crate.
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(retry);
+        let tenth = delay.as_nanos() as u64 / 10;
+        delay + Duration::from_nanos(hasher.finish() % (tenth + 1))
+    }
+
+    async fn attempt(&self, body: Bytes) -> Verdict {
+        let deadline = Instant::now() + self.timeout;
+        let reply = match self.exchange(body, deadline).await {
+            Ok(reply) => reply,
+            Err(verdict) => return verdict,
+        };
+        let status = reply.status;
+        let detail = match reply.snippet.is_empty() {
+            true => format!("HTTP {status}"),
+            false => format!("HTTP {status}: {}", reply.snippet),
+        };
+        if status.is_success() {
+            Verdict::Ok
+        } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            Verdict::Retry {
+                why: detail,
+                after: reply.retry_after,
+            }
+        } else if status.is_redirection() {
+            Verdict::GiveUp(format!(
+                "{detail} (redirects are not followed: write the final URL)"
+            ))
+        } else {
+            Verdict::GiveUp(detail)
+        }
+    }
+
+    /// Connects, sends the POST and reads the answer, all by `deadline`.
+    async fn exchange(&self, body: Bytes, deadline: Instant) -> Result<Reply, Verdict> {
+        let timed_out = |stage: &str| Verdict::Retry {
+            why: format!("timed out after {} ms {stage}", self.timeout.as_millis()),
+            after: None,
+        };
+        let (host, port) = (self.url.host.as_str(), self.url.port);
+        let tcp = timeout_at(deadline, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| timed_out("connecting"))?
+            .map_err(|e| Verdict::Retry {
+                why: format!("cannot connect to {}: {e}", self.url.authority),
+                after: None,
+            })?;
+        tcp.set_nodelay(true).ok();
+        match &self.tls {
+            None => self.post(TokioIo::new(tcp), body, deadline).await,
+            Some((connector, name)) => {
+                let tls = timeout_at(deadline, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| timed_out("in the TLS handshake"))?
+                    .map_err(|e| tls_verdict(&self.url.authority, e))?;
+                self.post(TokioIo::new(tls), body, deadline).await
+            }
+        }
+    }
+
+    async fn post<T>(&self, io: T, body: Bytes, deadline: Instant) -> Result<Reply, Verdict>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let timed_out = || Verdict::Retry {
+            why: format!(
+                "timed out after {} ms waiting for the answer",
+                self.timeout.as_millis()
+            ),
+            after: None,
+        };
+        let broken = |e: hyper::Error| Verdict::Retry {
+            why: format!("HTTP exchange with {} failed: {e}", self.url.authority),
+            after: None,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+            .await
+            .map_err(broken)?;
+        // The connection runs beside us and dies with this attempt.
+        let _conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.target.as_str())
+            .header(header::HOST, self.url.authority.as_str())
+            .header(header::USER_AGENT, USER_AGENT)
+            .header(header::CONTENT_TYPE, "application/json")
+            // A fresh connection per attempt: tell the server not to keep it.
+            .header(header::CONNECTION, "close");
+        if let Some(auth) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| Verdict::GiveUp(format!("cannot build the request: {e}")))?;
+        let response = timeout_at(deadline, sender.send_request(request))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(broken)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // The status decides; the body is read (bounded) only to finish the
+        // exchange politely and to quote the start of it in logs.
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        let mut read = 0;
+        while read < DRAIN_LIMIT {
+            let Ok(Some(Ok(frame))) = timeout_at(deadline, body.frame()).await else {
+                break;
+            };
+            if let Ok(data) = frame.into_data() {
+                read += data.len();
+                let room = SNIPPET.saturating_sub(kept.len());
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        let snippet = String::from_utf8_lossy(&kept)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Reply {
+            status,
+            retry_after,
+            snippet,
+        })
+    }
+}
+
+/// A TLS handshake failure: certificate and protocol problems will not fix
+/// themselves in seconds, so give up; anything else (reset, EOF) is retried.
+fn tls_verdict(authority: &str, e: io::Error) -> Verdict {
+    let why = format!("TLS handshake with {authority} failed: {e}");
+    let is_rustls = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if is_rustls {
+        Verdict::GiveUp(why)
+    } else {
+        Verdict::Retry { why, after: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper::{HeaderMap, Response};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use tokio::net::TcpListener;
+
+    /// What a test server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        target: String,
+        headers: HeaderMap,
+        body: Bytes,
+    }
+
+    type Log = Arc<Mutex<Vec<Seen>>>;
+
+    /// A loopback HTTP(S) server answering the n-th request with
+    /// `statuses[n]` (the last one repeating). Returns its base URL.
+    async fn server(statuses: Vec<u16>, tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log: Log = Arc::default();
+        let seen = log.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (seen, statuses, tls) = (seen.clone(), statuses.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (seen, statuses) = (seen.clone(), statuses.clone());
+                        async move {
+                            let target = req.uri().to_string();
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let n = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(Seen {
+                                    target,
+                                    headers,
+                                    body,
+                                });
+                                seen.len()
+                            };
+                            let status = statuses[(n - 1).min(statuses.len() - 1)];
+                            let mut response = Response::new(Full::new(Bytes::from("nope\n")));
+                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("{scheme}://127.0.0.1:{port}"), log)
+    }
+
+    /// A server that accepts connections and never answers; counts them.
+    async fn silent_server() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), accepted)
+    }
+
+    fn fast() -> Tuning {
+        Tuning {
+            backoff_base: Duration::from_millis(1),
+            backoff_cap: Duration::from_millis(5),
+            queue: QUEUE,
+        }
+    }
+
+    fn config(url: &str) -> WebhookConfig {
+        WebhookConfig {
+            name: None,
+            url: url.to_owned(),
+            events: default_events(),
+            max_attempts: None,
+            timeout_ms: Some(2000),
+            ca: None,
+            authorization: None,
+        }
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            seq: 7,
+            time_ms: 1_700_000_000_000,
+            host: "host1".into(),
+            policy: "grow80".into(),
+            target: "node".into(),
+            kind: kind as i32,
+            reason: "used_percent".into(),
+            from_bytes: 1 << 30,
+            to_bytes: 3 << 29,
+            message: "used 81% >= 80%".into(),
+            duration_ms: 1200,
+            container_id: "abc123".into(),
+        }
+    }
+
+    fn count(webhooks: &Webhooks, what: &str) -> u64 {
+        webhooks
+            .counts()
+            .into_iter()
+            .find(|(_, w, _)| *w == what)
+            .unwrap()
+            .2
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn retries_server_errors_then_delivers() {
+        let (base, log) = server(vec![500, 500, 200], None).await;
+        let mut cfg = config(&format!("{base}/hook?x=1"));
+        cfg.name = Some("ops".into());
+        cfg.authorization = Some("Bearer s3cret".into());
+        let webhooks = Webhooks::start_tuned(vec![cfg], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        wait_until("ok", || count(&webhooks, "ok") == 1).await;
+
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        let last = &seen[2];
+        assert_eq!(last.target, "/hook?x=1");
+        let header = |name: &str| last.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(header("content-type"), "application/json");
+        assert_eq!(header("authorization"), "Bearer s3cret");
+        assert_eq!(header("host"), base.trim_start_matches("http://"));
+        assert_eq!(
+            header("user-agent"),
+            format!("roomy-controller/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(header("content-length"), last.body.len().to_string());
+        let json: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "host": "host1", "seq": 7, "time_ms": 1_700_000_000_000i64,
+                "policy": "grow80", "target": "node", "kind": "grown",
+                "reason": "used_percent", "from_bytes": 1u64 << 30, "to_bytes": 3u64 << 29,
+                "duration_ms": 1200, "message": "used 81% >= 80%",
+                "text": "roomy: host1/node grown 1 GiB -> 1.5 GiB by policy grow80 (used 81% >= 80%)",
+            })
+        );
+        assert_eq!(
+            webhooks.counts(),
+            vec![
+                ("ops".to_owned(), "ok", 1),
+                ("ops".to_owned(), "retried", 2),
+                ("ops".to_owned(), "dropped", 0),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_is_retried() {
+        let (base, log) = server(vec![429, 200], None).await;
+        let webhooks = Webhooks::start_tuned(vec![config(&base)], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Failed));
+        wait_until("ok", || count(&webhooks, "ok") == 1).await;
+        assert_eq!(log.lock().unwrap().len(), 2);
+        assert_eq!(log.lock().unwrap()[1].target, "/");
+        assert_eq!(count(&webhooks, "retried"), 1);
+    }
+
+    #[tokio::test]
+    async fn client_error_gives_up_at_once() {
+        let (base, log) = server(vec![400], None).await;
+        let webhooks = Webhooks::start_tuned(vec![config(&base)], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        wait_until("dropped", || count(&webhooks, "dropped") == 1).await;
+        sleep(Duration::from_millis(50)).await;
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert_eq!(count(&webhooks, "ok"), 0);
+        assert_eq!(count(&webhooks, "retried"), 0);
+        // The label leaves the URL's path out.
+        assert_eq!(webhooks.counts()[0].0, base);
+    }
+
+    #[tokio::test]
+    async fn only_wanted_kinds_are_sent() {
+        let (base, log) = server(vec![200], None).await;
+        let mut only_grown = config(&format!("{base}/a"));
+        only_grown.name = Some("grown-only".into());
+        only_grown.events = vec!["grown".into()];
+        let mut defaults = config(&format!("{base}/b"));
+        defaults.name = Some("defaults".into());
+        let webhooks = Webhooks::start_tuned(vec![only_grown, defaults], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Skipped));
+        webhooks.deliver(&event(EventKind::WouldGrow)); // nobody wants it
+        webhooks.deliver(&event(EventKind::Unspecified)); // never sent
+        webhooks.deliver(&event(EventKind::Grown));
+        let oks = |w: &Webhooks| {
+            w.counts()
+                .iter()
+                .filter(|c| c.1 == "ok")
+                .map(|c| c.2)
+                .sum::<u64>()
+        };
+        wait_until("3 deliveries", || oks(&webhooks) == 3).await;
+        sleep(Duration::from_millis(50)).await;
+        let mut sent: Vec<(String, String)> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let json: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+                (s.target.clone(), json["kind"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        sent.sort();
+        let expected = [("/a", "grown"), ("/b", "grown"), ("/b", "skipped")];
+        assert_eq!(sent, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    }
+
+    #[tokio::test]
+    async fn timeouts_and_refusals_are_retried_then_dropped() {
+        let (base, accepted) = silent_server().await;
+        let mut silent = config(&base);
+        silent.timeout_ms = Some(50);
+        silent.max_attempts = Some(2);
+        // A port nobody listens on: bind, note it, close.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_url = format!("http://127.0.0.1:{}/", closed.local_addr().unwrap().port());
+        drop(closed);
+        let mut refused = config(&closed_url);
+        refused.name = Some("refused".into());
+        refused.max_attempts = Some(3);
+        let webhooks = Webhooks::start_tuned(vec![silent, refused], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Failed));
+        let dropped = |w: &Webhooks| {
+            w.counts()
+                .iter()
+                .filter(|c| c.1 == "dropped")
+                .map(|c| c.2)
+                .sum::<u64>()
+        };
+        wait_until("both dropped", || dropped(&webhooks) == 2).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let counts = webhooks.counts();
+        assert_eq!((counts[1].1, counts[1].2), ("retried", 1));
+        assert_eq!(
+            (counts[4].0.as_str(), counts[4].1, counts[4].2),
+            ("refused", "retried", 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts() {
+        let (base, accepted) = silent_server().await;
+        let mut cfg = config(&base);
+        cfg.timeout_ms = Some(10_000);
+        cfg.max_attempts = Some(1);
+        let tuning = Tuning { queue: 1, ..fast() };
+        let webhooks = Webhooks::start_tuned(vec![cfg], tuning).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        // The first event is in flight (the server holds it): the queue is empty.
+        wait_until("connection", || accepted.load(Ordering::SeqCst) == 1).await;
+        webhooks.deliver(&event(EventKind::Grown)); // queued
+        webhooks.deliver(&event(EventKind::Grown)); // no room
+        assert_eq!(count(&webhooks, "dropped"), 1);
+    }
+
+    fn tls_acceptor(pki: &Path) -> tokio_rustls::TlsAcceptor {
+        use rustls_pki_types::PrivateKeyDer;
+        let certs = CertificateDer::pem_file_iter(pki.join("controller.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.join("controller.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn https_verifies_the_server_against_ca() {
+        let pki = tempfile::tempdir().unwrap();
+        roomy_proto::tls::certs::init(pki.path(), &[], &[]).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        roomy_proto::tls::certs::init(other.path(), &[], &[]).unwrap();
+        let (base, log) = server(vec![200], Some(tls_acceptor(pki.path()))).await;
+        assert!(base.starts_with("https://127.0.0.1:"));
+
+        let mut good = config(&format!("{base}/hook"));
+        good.name = Some("good".into());
+        good.ca = Some(pki.path().join("ca.pem"));
+        let mut wrong_ca = config(&format!("{base}/hook"));
+        wrong_ca.name = Some("wrong-ca".into());
+        wrong_ca.ca = Some(other.path().join("ca.pem"));
+        let webhooks = Webhooks::start_tuned(vec![good, wrong_ca], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        wait_until("both done", || {
+            let c = webhooks.counts();
+            c[0].2 == 1 && c[5].2 == 1
+        })
+        .await;
+        let counts = webhooks.counts();
+        // A certificate the CA did not sign is not retried.
+        assert_eq!((counts[3].1, counts[3].2), ("ok", 0));
+        assert_eq!((counts[4].1, counts[4].2), ("retried", 0));
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert_eq!(log.lock().unwrap()[0].target, "/hook");
+    }
+
+    #[tokio::test]
+    async fn unusable_ca_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config("https://chat.example/hook");
+        cfg.ca = Some(dir.path().join("missing.pem"));
+        let err = Webhooks::start(vec![cfg.clone()]).unwrap_err();
+        assert!(matches!(err, WebhookError::Ca { .. }), "{err}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        cfg.ca = Some(empty);
+        let err = Webhooks::start(vec![cfg]).unwrap_err().to_string();
+        assert!(err.contains("no usable CERTIFICATE"), "{err}");
+        assert!(err.contains("write ca = "), "{err}");
+    }
+
+    #[test]
+    fn start_refuses_duplicates_and_needs_a_runtime() {
+        let a = config("http://chat.example/one");
+        let b = config("http://chat.example/two");
+        let err = Webhooks::start(vec![a.clone(), b]).unwrap_err();
+        assert!(matches!(err, WebhookError::DuplicateName { .. }), "{err}");
+        assert!(err.to_string().contains("\"http://chat.example\""), "{err}");
+        assert!(err.to_string().contains("distinct name"), "{err}");
+        assert!(matches!(
+            Webhooks::start(vec![a]).unwrap_err(),
+            WebhookError::NoRuntime
+        ));
+        // Nothing configured: nothing to spawn, no runtime needed.
+        let none = Webhooks::start(vec![]).unwrap();
+        none.deliver(&event(EventKind::Grown));
+        assert!(none.counts().is_empty());
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_fix() {
+        let check = |cfg: WebhookConfig| cfg.validate().unwrap_err().to_string();
+        let err = check(config("ftp://chat.example/hook"));
+        assert!(
+            err.contains("url \"ftp://chat.example/hook\" must start with http:// or https://"),
+            "{err}"
+        );
+        assert!(
+            err.contains("write url = \"https://HOST[:PORT]/PATH\""),
+            "{err}"
+        );
+
+        let mut cfg = config("https://chat.example/hook");
+        cfg.name = Some("ops".into());
+        cfg.events = vec!["grown".into(), "shrunk".into()];
+        let err = check(cfg.clone());
+        assert!(
+            err.starts_with("[[webhooks]] name = \"ops\": events has unknown kind \"shrunk\""),
+            "{err}"
+        );
+        assert!(err.contains("\"would_grow\""), "{err}");
+
+        cfg.events = vec![];
+        assert!(check(cfg.clone()).contains("events is empty"));
+
+        cfg.events = vec!["failed".into()];
+        cfg.max_attempts = Some(0);
+        let err = check(cfg.clone());
+        assert!(
+            err.contains("max_attempts is 0: write max_attempts = 1 or more"),
+            "{err}"
+        );
+
+        cfg.max_attempts = Some(1);
+        cfg.timeout_ms = Some(0);
+        assert!(check(cfg.clone()).contains("timeout_ms is 0"));
+
+        cfg.timeout_ms = None;
+        cfg.authorization = Some("Bearer a\nb".into());
+        assert!(check(cfg.clone()).contains("authorization is not a valid header value"));
+
+        cfg.authorization = None;
+        cfg.validate().unwrap();
+
+        for (url, problem) in [
+            ("https://", "has no host"),
+            ("http://:80/x", "has no host"),
+            ("http://chat.example:99999/", "port \"99999\""),
+            ("http://chat.example:0/", "port \"0\""),
+            ("http://chat.example:+80/", "port \"+80\""),
+            ("http://user:pw@chat.example/", "authorization = "),
+            ("http://chat example/", "spaces"),
+            ("http://chat.example/#x", "#fragment"),
+            ("http://ch@t!/", "user@"),
+            ("http://chat%2e/", "letters, digits"),
+            ("http://[::1/", "closing ]"),
+            ("http://[zz]/", "not an IPv6 address"),
+            ("chat.example/hook", "must start with"),
+        ] {
+            let err = check(config(url));
+            assert!(err.contains(problem), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_parse_into_dial_and_header_parts() {
+        let url = parse_url("HTTPS://Chat.Example/services/T0K3N?x=1").unwrap();
+        assert!(url.https);
+        assert_eq!((url.host.as_str(), url.port), ("Chat.Example", 443));
+        assert_eq!(url.authority, "Chat.Example");
+        assert_eq!(url.target, "/services/T0K3N?x=1");
+        assert_eq!(url.origin(), "https://Chat.Example");
+
+        let url = parse_url("http://10.0.0.9:8080").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("10.0.0.9", 8080));
+        assert_eq!(
+            (url.authority.as_str(), url.target.as_str()),
+            ("10.0.0.9:8080", "/")
+        );
+
+        let url = parse_url("http://[::1]:9000?token=a").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
+        assert_eq!(
+            (url.authority.as_str(), url.target.as_str()),
+            ("[::1]:9000", "/?token=a")
+        );
+
+        let url = parse_url("http://pager.local:80/p").unwrap();
+        assert_eq!(url.authority, "pager.local");
+    }
+
+    #[test]
+    fn toml_table_defaults_and_unknown_fields() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            webhooks: Vec<WebhookConfig>,
+        }
+        let file: File =
+            toml::from_str("[[webhooks]]\nurl = \"https://chat.example/x\"\n").unwrap();
+        let cfg = &file.webhooks[0];
+        assert_eq!(cfg.events, ["grown", "failed", "skipped"]);
+        assert_eq!((cfg.max_attempts, cfg.timeout_ms), (None, None));
+        cfg.validate().unwrap();
+        let err = toml::from_str::<File>("[[webhooks]]\nurl = \"http://a\"\nretries = 3\n")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("retries"), "{err}");
+    }
+
+    #[test]
+    fn text_lines() {
+        let text = |e: &Event| text_line(e, EventKind::try_from(e.kind).unwrap());
+        assert_eq!(
+            text(&event(EventKind::Grown)),
+            "roomy: host1/node grown 1 GiB -> 1.5 GiB by policy grow80 (used 81% >= 80%)"
+        );
+        let mut pool = event(EventKind::WouldGrow);
+        pool.target = "pool".into();
+        pool.message = "Data 91% used\nof 100 GiB.".into();
+        assert_eq!(
+            text(&pool),
+            "roomy: host1 pool would grow 1 GiB -> 1.5 GiB by policy grow80 (Data 91% used of 100 GiB)"
+        );
+        let mut skipped = event(EventKind::Skipped);
+        skipped.reason = "cap_reached".into();
+        skipped.message = "Cap 8 GiB reached.".into();
+        assert_eq!(
+            text(&skipped),
+            "roomy: host1/node skipped by policy grow80: cap_reached (Cap 8 GiB reached)"
+        );
+        let mut failed = event(EventKind::Failed);
+        failed.to_bytes = 0;
+        failed.message = String::new();
+        assert_eq!(
+            text(&failed),
+            "roomy: host1/node failed to grow by policy grow80"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_small_jitter() {
+        let endpoint = Endpoint {
+            label: "t".into(),
+            url: parse_url("http://a").unwrap(),
+            tls: None,
+            authorization: None,
+            timeout: Duration::from_secs(1),
+            max_attempts: 6,
+            tuning: Tuning::default(),
+            counts: Arc::default(),
+        };
+        for (retry, ms) in [
+            (1, 250),
+            (2, 500),
+            (3, 1000),
+            (4, 2000),
+            (5, 4000),
+            (6, 8000),
+            (30, 8000),
+        ] {
+            let delay = endpoint.backoff(retry);
+            let base = Duration::from_millis(ms);
+            assert!(
+                delay >= base && delay <= base + base / 10,
+                "{retry}: {delay:?}"
+            );
+        }
+    }
+}
