@@ -8,6 +8,7 @@ use roomy_proto::v1::{ContainerStorage, Health, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize, SizeRequest};
 
 use crate::error::AgentError;
+pub use crate::fs::Usage;
 
 /// What a resize did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,15 @@ pub trait StorageBackend: Send + Sync + 'static {
         data: &str,
         metadata: &str,
     ) -> impl Future<Output = Result<(PoolStatus, PoolStatus), AgentError>> + Send;
+
+    /// The running containers this backend manages, for the policy
+    /// sampler: called every few seconds, so it never probes stopped
+    /// containers' devices.
+    fn running(&self) -> impl Future<Output = Result<Vec<ContainerStorage>, AgentError>> + Send;
+
+    /// Usage of a running container's filesystem now (statvfs: cheap, the
+    /// sampler calls it every 250 ms). `None` when it is not mounted.
+    fn usage(&self, container: &ContainerStorage) -> Option<Usage>;
 }
 
 /// The sizes a container's disk has in its different places. Absent ones

@@ -185,8 +185,17 @@ impl DockerClient {
 
     /// Every container, running or not.
     pub async fn list(&self) -> Result<Vec<ContainerView>, AgentError> {
+        self.list_where(true).await
+    }
+
+    /// Running (and paused) containers only.
+    pub async fn running(&self) -> Result<Vec<ContainerView>, AgentError> {
+        self.list_where(false).await
+    }
+
+    async fn list_where(&self, all: bool) -> Result<Vec<ContainerView>, AgentError> {
         let options = ListContainersOptions {
-            all: true,
+            all,
             ..Default::default()
         };
         let summaries = self.docker.list_containers(Some(options)).await?;

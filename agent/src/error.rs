@@ -191,11 +191,11 @@ impl From<bollard::errors::Error> for AgentError {
     }
 }
 
-/// The one place where agent errors become gRPC codes.
-impl From<AgentError> for tonic::Status {
-    fn from(err: AgentError) -> Self {
+impl AgentError {
+    /// The one place where agent errors become gRPC codes.
+    pub fn code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &err {
+        match self {
             AgentError::NotFound(_) => Code::NotFound,
             AgentError::Ambiguous { .. }
             | AgentError::NotDevicemapper { .. }
@@ -213,8 +213,13 @@ impl From<AgentError> for tonic::Status {
             | AgentError::Metadata { .. }
             | AgentError::Io { .. }
             | AgentError::Internal(_) => Code::Internal,
-        };
-        tonic::Status::new(code, err.to_string())
+        }
+    }
+}
+
+impl From<AgentError> for tonic::Status {
+    fn from(err: AgentError) -> Self {
+        tonic::Status::new(err.code(), err.to_string())
     }
 }
 

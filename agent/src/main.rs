@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use roomy_agent::docker::DockerClient;
+use roomy_agent::policy::Cadence;
 use roomy_agent::{AgentService, SimBackend, StorageBackend, ThinBackend, ThinConfig};
 use roomy_proto::tls::{ServerTls, TlsFiles};
 use roomy_proto::v1::agent_server::AgentServer;
@@ -77,6 +78,32 @@ struct Args {
     /// Seconds between the guard's sweeps (it also acts on Docker events).
     #[arg(long, default_value_t = 5)]
     guard_interval: u64,
+
+    /// Serve Prometheus metrics over plain HTTP on this address
+    /// (e.g. 0.0.0.0:9787); off unless given.
+    #[arg(long, env = "ROOMY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Milliseconds between policy samples of every running container's
+    /// filesystem use (statvfs).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    sample_interval_ms: u64,
+
+    /// Milliseconds between re-reads of the container list and the pool
+    /// while policies are in force.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    refresh_interval_ms: u64,
+
+    /// sim: every running container writes this much per second ("50M"),
+    /// so that policies have something to act on.
+    #[arg(long, value_parser = parse_size)]
+    sim_fill_rate: Option<u64>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<roomy_proto::ByteSize>()
+        .map(|b| b.0)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,16 +137,30 @@ async fn main() -> anyhow::Result<()> {
         (Some(_), ..) => bail!("--listen needs --tls-cert, --tls-key and --tls-ca (make them with `roomyctl certs init`)"),
     };
 
+    let cadence = Cadence {
+        sample: Duration::from_millis(args.sample_interval_ms),
+        refresh: Duration::from_millis(args.refresh_interval_ms),
+    };
     match args.backend {
         Backend::Sim => {
             let mut tasks = Vec::new();
             for i in 0..args.sim_hosts {
-                let backend = SimBackend::demo(&format!("host{i}"), args.sim_containers);
-                let listen = args
-                    .listen
-                    .map(|a| SocketAddr::new(a.ip(), a.port() + i as u16));
+                let backend = SimBackend::demo(&format!("host{i}"), args.sim_containers)
+                    .with_fill_rate(args.sim_fill_rate.unwrap_or(0));
+                let shift = |a: SocketAddr| SocketAddr::new(a.ip(), a.port() + i as u16);
                 let socket = (i == 0 && !args.no_socket).then(|| args.socket.clone());
-                tasks.push(tokio::spawn(serve(backend, socket, listen, tls.clone())));
+                let state_dir = if args.sim_hosts > 1 {
+                    args.state_dir.join(format!("host{i}"))
+                } else {
+                    args.state_dir.clone()
+                };
+                let listeners = Listeners {
+                    socket,
+                    tcp: args.listen.map(shift),
+                    tls: tls.clone(),
+                    metrics: args.metrics_listen.map(shift),
+                };
+                tasks.push(tokio::spawn(serve(backend, state_dir, cadence, listeners)));
             }
             tracing::info!(hosts = args.sim_hosts, "simulated agents ready");
             for t in tasks {
@@ -146,21 +187,42 @@ async fn main() -> anyhow::Result<()> {
                     .clone()
                     .run_guard(Duration::from_secs(args.guard_interval.max(1))),
             );
-            let socket = (!args.no_socket).then(|| args.socket.clone());
-            serve(backend, socket, args.listen, tls).await
+            let listeners = Listeners {
+                socket: (!args.no_socket).then(|| args.socket.clone()),
+                tcp: args.listen,
+                tls,
+                metrics: args.metrics_listen,
+            };
+            serve(backend, args.state_dir.clone(), cadence, listeners).await
         }
     }
 }
 
-/// Serve one backend on the unix socket and, with TLS, on TCP, until
-/// SIGTERM or Ctrl-C.
-async fn serve<B: StorageBackend>(
-    backend: B,
+/// Where one agent serves.
+struct Listeners {
     socket: Option<PathBuf>,
-    listen: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
     tls: Option<Arc<ServerTls>>,
+    metrics: Option<SocketAddr>,
+}
+
+/// Serve one backend on the unix socket and, with TLS, on TCP, and its
+/// metrics over HTTP, until SIGTERM or Ctrl-C.
+async fn serve<B: StorageBackend + Clone>(
+    backend: B,
+    state_dir: PathBuf,
+    cadence: Cadence,
+    listeners: Listeners,
 ) -> anyhow::Result<()> {
-    let service = AgentServer::new(AgentService::new(backend));
+    let Listeners {
+        socket,
+        tcp: listen,
+        tls,
+        metrics,
+    } = listeners;
+    let (service, render) = AgentService::start(backend, &state_dir, cadence)
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let service = AgentServer::new(service);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AgentServer<AgentService<B>>>()
@@ -174,6 +236,17 @@ async fn serve<B: StorageBackend>(
         .add_service(service);
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics on {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tasks.spawn(async move {
+            roomy_proto::metrics::serve(listener, render, shutdown())
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
     if let (Some(addr), Some(tls)) = (listen, tls) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -1,7 +1,12 @@
 //! The gRPC service `roomy.v1.Agent`: decode, call the backend, encode.
 //! Nothing else happens here; errors become status codes in `error`.
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
 use roomy_proto::format_bytes;
+use roomy_proto::metrics::{Exposition, Kind};
 use roomy_proto::v1::agent_server::Agent;
 use roomy_proto::v1::{
     GrowPoolRequest, GrowPoolResponse, InspectPoolRequest, InspectRequest, InspectResponse,
@@ -11,30 +16,100 @@ use roomy_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::backend::{GrowAction, StorageBackend};
+use crate::error::AgentError;
+use crate::events::EventLog;
+use crate::metrics::{result_word, AgentMetrics, Source};
+use crate::policy::{Cadence, Engine};
+use crate::sync::{PolicyStore, SyncHub};
 
-/// The agent's gRPC service over one backend.
+/// The agent's gRPC service over one backend, with its policy engine.
 pub struct AgentService<B> {
     backend: B,
+    engine: Engine<B>,
+    hub: Arc<SyncHub>,
+    metrics: Arc<AgentMetrics>,
 }
 
-impl<B: StorageBackend> AgentService<B> {
-    /// Serve `backend`.
-    pub fn new(backend: B) -> Self {
-        AgentService { backend }
+/// Renders /metrics.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+impl<B: StorageBackend + Clone> AgentService<B> {
+    /// Serve `backend`, and enforce the policies kept in `state_dir` (and
+    /// any the controller sends) with an engine started here. Returns the
+    /// service and the /metrics renderer.
+    pub fn start(
+        backend: B,
+        state_dir: &Path,
+        cadence: Cadence,
+    ) -> Result<(Self, Render), AgentError> {
+        let policies = Arc::new(PolicyStore::open(state_dir)?);
+        let events = Arc::new(EventLog::open(state_dir)?);
+        let metrics = Arc::new(AgentMetrics::default());
+        let engine = Engine::new(
+            backend.clone(),
+            policies.clone(),
+            events.clone(),
+            metrics.clone(),
+            cadence,
+        );
+        engine.spawn();
+        let hub = Arc::new(SyncHub::new(policies.clone(), events.clone()));
+        let render: Render = {
+            let (engine, hub, metrics) = (engine.clone(), hub.clone(), metrics.clone());
+            Arc::new(move || {
+                let mut out = Exposition::new();
+                engine.render(&mut out);
+                metrics.render(&mut out);
+                let gauges = [
+                    (
+                        "roomy_events_buffered",
+                        "Events not yet acknowledged by the controller.",
+                        events.pending() as f64,
+                    ),
+                    (
+                        "roomy_controller_connected",
+                        "1 while the controller's sync stream is open.",
+                        f64::from(u8::from(hub.connected())),
+                    ),
+                    (
+                        "roomy_policies",
+                        "Policies this agent holds.",
+                        policies.current().policies.len() as f64,
+                    ),
+                ];
+                for (name, help, v) in gauges {
+                    out.family(name, Kind::Gauge, help);
+                    out.sample(name, &[], v);
+                }
+                out.finish()
+            })
+        };
+        Ok((
+            AgentService {
+                backend,
+                engine,
+                hub,
+                metrics,
+            },
+            render,
+        ))
     }
 }
 
 #[tonic::async_trait]
-impl<B: StorageBackend> Agent for AgentService<B> {
+impl<B: StorageBackend + Clone> Agent for AgentService<B> {
     type SyncStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<roomy_proto::v1::Event, Status>> + Send>,
     >;
 
     async fn sync(
         &self,
-        _request: Request<tonic::Streaming<roomy_proto::v1::SyncRequest>>,
+        request: Request<tonic::Streaming<roomy_proto::v1::SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        Err(Status::unimplemented("sync: being written"))
+        let rx = self.hub.session(request.into_inner());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn inspect(
@@ -43,7 +118,10 @@ impl<B: StorageBackend> Agent for AgentService<B> {
     ) -> Result<Response<InspectResponse>, Status> {
         let name = request.into_inner().container;
         let selector = (!name.is_empty()).then_some(name.as_str());
-        let containers = self.backend.inspect(selector).await?;
+        let mut containers = self.backend.inspect(selector).await?;
+        for c in &mut containers {
+            c.fill_rate_bytes_per_second = self.engine.fill_rate(&c.id).unwrap_or(0.0);
+        }
         Ok(Response::new(InspectResponse { containers }))
     }
 
@@ -52,7 +130,12 @@ impl<B: StorageBackend> Agent for AgentService<B> {
         request: Request<ResizeRequest>,
     ) -> Result<Response<ResizeResponse>, Status> {
         let ResizeRequest { container, size } = request.into_inner();
-        let outcome = self.backend.resize(&container, &size).await?;
+        let started = Instant::now();
+        let result = self.backend.resize(&container, &size).await;
+        let word = result_word(&result, |o| matches!(o.action, GrowAction::Grown { .. }));
+        self.metrics
+            .resize(Source::Api, word, started.elapsed().as_secs_f64());
+        let outcome = result?;
         let (action, from_bytes, to_bytes) = match outcome.action {
             GrowAction::Unchanged { size } => (ResizeAction::Unchanged, size, size),
             GrowAction::Grown { from, to } => (ResizeAction::Grown, from, to),
@@ -81,7 +164,13 @@ impl<B: StorageBackend> Agent for AgentService<B> {
             data_size,
             metadata_size,
         } = request.into_inner();
-        let (before, after) = self.backend.grow_pool(&data_size, &metadata_size).await?;
+        let result = self.backend.grow_pool(&data_size, &metadata_size).await;
+        let word = result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
+            a.data_total_bytes > b.data_total_bytes
+                || a.metadata_total_bytes > b.metadata_total_bytes
+        });
+        self.metrics.pool_grow(Source::Api, word);
+        let (before, after) = result?;
         let unchanged = before.data_total_bytes == after.data_total_bytes
             && before.metadata_total_bytes == after.metadata_total_bytes;
         let message = if unchanged {

@@ -34,11 +34,35 @@ struct SimState {
     containers: Vec<SimContainer>,
     pool_total: u64,
     pool_used: u64,
+    /// Bytes per second every running container writes (fleet tests of
+    /// policies); it stops when the filesystem is full, as ENOSPC would.
+    fill_rate: u64,
+    last_fill: std::time::Instant,
 }
 
-/// The in-memory backend.
+impl SimState {
+    /// Bring the simulated writers up to now.
+    fn fill(&mut self) {
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.last_fill).as_secs_f64();
+        self.last_fill = now;
+        if self.fill_rate == 0 {
+            return;
+        }
+        let wrote = (self.fill_rate as f64 * dt) as u64;
+        for c in self.containers.iter_mut().filter(|c| c.running) {
+            let room = c.sizes.fs.unwrap_or(0).saturating_sub(c.used);
+            let n = wrote.min(room);
+            c.used += n;
+            self.pool_used += n;
+        }
+    }
+}
+
+/// The in-memory backend. Clones share the same host.
+#[derive(Clone)]
 pub struct SimBackend {
-    state: Mutex<SimState>,
+    state: std::sync::Arc<Mutex<SimState>>,
     pool_margin_percent: u64,
 }
 
@@ -47,13 +71,27 @@ impl SimBackend {
     pub fn new(containers: Vec<SimContainer>, pool_total: u64, pool_margin_percent: u64) -> Self {
         let pool_used = containers.iter().map(|c| c.used).sum();
         SimBackend {
-            state: Mutex::new(SimState {
+            state: std::sync::Arc::new(Mutex::new(SimState {
                 containers,
                 pool_total,
                 pool_used,
-            }),
+                fill_rate: 0,
+                last_fill: std::time::Instant::now(),
+            })),
             pool_margin_percent,
         }
+    }
+
+    /// Every running container writes `bytes_per_second` until full.
+    pub fn with_fill_rate(self, bytes_per_second: u64) -> Self {
+        self.state.lock().expect("sim state poisoned").fill_rate = bytes_per_second;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        let mut state = self.state.lock().expect("sim state poisoned");
+        state.fill();
+        state
     }
 
     /// `count` running 2 GiB xfs containers named `c0`, `c1`, ... each a
@@ -164,8 +202,34 @@ fn fnv(text: &str) -> u64 {
 }
 
 impl StorageBackend for SimBackend {
+    async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+        let state = self.lock();
+        Ok(state
+            .containers
+            .iter()
+            .filter(|c| c.running && c.driver == "devicemapper")
+            .map(Self::describe)
+            .collect())
+    }
+
+    fn usage(&self, container: &ContainerStorage) -> Option<crate::backend::Usage> {
+        let state = self.lock();
+        let c = state
+            .containers
+            .iter()
+            .find(|c| c.id == container.id && c.running)?;
+        let total = c.sizes.fs.unwrap_or(0);
+        Some(crate::backend::Usage {
+            total,
+            used: c.used,
+            avail: total.saturating_sub(c.used),
+            inodes_total: 1 << 20,
+            inodes_used: 1000,
+        })
+    }
+
     async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
-        let mut state = self.state.lock().expect("sim state poisoned");
+        let mut state = self.lock();
         Ok(match container {
             Some(query) => vec![Self::describe(Self::find(&mut state, query)?)],
             None => state.containers.iter().map(Self::describe).collect(),
@@ -174,7 +238,7 @@ impl StorageBackend for SimBackend {
 
     async fn resize(&self, container: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
         let _: roomy_proto::SizeRequest = size.parse()?;
-        let mut state = self.state.lock().expect("sim state poisoned");
+        let mut state = self.lock();
         let (total, used) = (state.pool_total, state.pool_used);
         let c = Self::find(&mut state, container)?;
         if c.driver != "devicemapper" {
@@ -235,7 +299,7 @@ impl StorageBackend for SimBackend {
     }
 
     async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
-        let state = self.state.lock().expect("sim state poisoned");
+        let state = self.lock();
         Ok(Self::pool(&state))
     }
 
@@ -244,7 +308,7 @@ impl StorageBackend for SimBackend {
         data: &str,
         metadata: &str,
     ) -> Result<(PoolStatus, PoolStatus), AgentError> {
-        let mut state = self.state.lock().expect("sim state poisoned");
+        let mut state = self.lock();
         let before = Self::pool(&state);
         if let Some(total) = crate::pool::plan("data", data, state.pool_total, 65536)? {
             state.pool_total = total;
@@ -254,7 +318,7 @@ impl StorageBackend for SimBackend {
     }
 
     async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
-        let mut state = self.state.lock().expect("sim state poisoned");
+        let mut state = self.lock();
         let c = Self::find(&mut state, container)?;
         let before = Self::describe(c);
         if before.health() != roomy_proto::v1::Health::AtRisk {

@@ -321,6 +321,29 @@ fn unmanaged(view: &ContainerView) -> ContainerStorage {
 }
 
 impl StorageBackend for ThinBackend {
+    async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+        let info = self.inner.docker.info().await?;
+        let mut out = Vec::new();
+        for view in self.inner.docker.running().await? {
+            if view.driver != "devicemapper" || !view.running {
+                continue;
+            }
+            // A container that stops or vanishes mid-read is simply left
+            // out until the next refresh.
+            if let Ok(row) = self.inspect_one(view, &info).await {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    fn usage(&self, container: &ContainerStorage) -> Option<crate::backend::Usage> {
+        if container.mountpoint.is_empty() {
+            return None;
+        }
+        fs::usage(Path::new(&container.mountpoint)).ok()
+    }
+
     async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         let views = match container {

@@ -1,0 +1,618 @@
+//! The policy engine: enforces the controller's policies on this host, by
+//! itself, so that growth goes on while the controller is down.
+//!
+//! Two loops. The refresh loop lists the running containers and reads the
+//! pool every few seconds (Docker calls, dm ioctls) and runs pool policies.
+//! The sample loop reads every container's filesystem use with statvfs
+//! every 250 ms, measures its fill rate, and asks the one decision function
+//! (`roomy_proto::policy::decide`) what to do. Growth runs in its own task,
+//! through the same backend call as a manual resize, one per container at a
+//! time. Every action and every change of skip reason is an event.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use roomy_proto::format_bytes;
+use roomy_proto::policy::{cap_for, decide, decide_pool, select, PoolNumbers, Verdict};
+use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
+
+use crate::backend::{GrowAction, StorageBackend};
+use crate::events::EventLog;
+use crate::metrics::{AgentMetrics, ContainerGauges, Source};
+use crate::sync::PolicyStore;
+
+/// Fill rate is the slope over this much recent history: long enough to
+/// smooth page-cache bursts, short enough to see a new writer at once.
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+/// After a failed grow, wait this long before the policy tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Without policies, refresh only for the metrics.
+const IDLE_REFRESH: Duration = Duration::from_secs(15);
+
+/// How often the engine looks.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// statvfs of every running container.
+    pub sample: Duration,
+    /// Container list and pool.
+    pub refresh: Duration,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Cadence {
+            sample: Duration::from_millis(250),
+            refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One target's history.
+#[derive(Debug, Default)]
+struct Track {
+    samples: VecDeque<(Instant, u64)>,
+    rate: f64,
+    last_grow_ms: Option<i64>,
+    /// (policy, reason) of the last skip or dry-run event: the same one is
+    /// not sent again until something changes.
+    noted: Option<(String, &'static str)>,
+    /// First sample that asked for this growth.
+    fired_at: Option<Instant>,
+    busy: bool,
+    retry_at: Option<Instant>,
+    /// Policy in force and its cap, for metrics.
+    cap: Option<(String, u64)>,
+}
+
+impl Track {
+    fn sample(&mut self, now: Instant, used: u64) {
+        self.samples.push_back((now, used));
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > RATE_WINDOW {
+            self.samples.pop_front();
+        }
+        if let (Some(&(t0, u0)), Some(&(t1, u1))) = (self.samples.front(), self.samples.back()) {
+            let dt = t1.duration_since(t0).as_secs_f64();
+            if dt >= 0.2 {
+                self.rate = (u1 as f64 - u0 as f64) / dt;
+            }
+        }
+    }
+
+    /// Whether this note is news (and remember it).
+    fn note(&mut self, policy: &str, reason: &'static str) -> bool {
+        let key = (policy.to_string(), reason);
+        if self.noted.as_ref() == Some(&key) {
+            return false;
+        }
+        self.noted = Some(key);
+        true
+    }
+}
+
+struct Watched {
+    c: ContainerStorage,
+    track: Track,
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Watched>,
+    pool: Option<PoolStatus>,
+    pool_track: Track,
+    refreshed_at: Option<Instant>,
+}
+
+/// The engine. Cheap to clone.
+pub struct Engine<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Engine<B> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B> {
+    backend: B,
+    policies: Arc<PolicyStore>,
+    events: Arc<EventLog>,
+    metrics: Arc<AgentMetrics>,
+    cadence: Cadence,
+    state: Mutex<State>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What a grow starts from: the largest size the container has anywhere.
+fn size_of(c: &ContainerStorage) -> u64 {
+    c.table_size_bytes
+        .max(c.docker_size_bytes)
+        .max(c.persisted_size_bytes)
+        .max(c.fs_size_bytes)
+}
+
+fn pool_numbers(p: &PoolStatus, rate: f64) -> PoolNumbers {
+    PoolNumbers {
+        data_used: p.data_used_bytes,
+        data_total: p.data_total_bytes,
+        meta_used: p.metadata_used_bytes,
+        meta_total: p.metadata_total_bytes,
+        // Only backings the agent knows how to grow.
+        backing_free: match p.backing.as_str() {
+            "loop" | "lvm" => Some(p.backing_free_bytes),
+            "sim" => Some(u64::MAX / 4),
+            _ => None,
+        },
+        data_rate: rate,
+    }
+}
+
+/// A grow the sample loop decided on.
+struct Grow {
+    id: String,
+    name: String,
+    policy: String,
+    reason: &'static str,
+    why: String,
+    from: u64,
+    to: u64,
+    fired_at: Instant,
+}
+
+impl<B: StorageBackend + Clone> Engine<B> {
+    /// An engine over `backend`, enforcing what `policies` holds.
+    pub fn new(
+        backend: B,
+        policies: Arc<PolicyStore>,
+        events: Arc<EventLog>,
+        metrics: Arc<AgentMetrics>,
+        cadence: Cadence,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                backend,
+                policies,
+                events,
+                metrics,
+                cadence,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Start both loops.
+    pub fn spawn(&self) {
+        let this = self.clone();
+        tokio::spawn(async move { this.refresh_loop().await });
+        let this = self.clone();
+        tokio::spawn(async move { this.sample_loop().await });
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().expect("engine state poisoned")
+    }
+
+    /// Append an event and count it.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        kind: EventKind,
+        policy: &str,
+        target: &str,
+        container_id: &str,
+        reason: &str,
+        from: u64,
+        to: u64,
+        message: String,
+        duration: Option<Duration>,
+    ) {
+        let m = &self.inner.metrics;
+        match kind {
+            EventKind::Skipped => m.skips.inc(&[policy, reason]),
+            other => m.actions.inc(&[policy, other.word()]),
+        }
+        match kind {
+            EventKind::Failed => tracing::error!(policy, target, "{message}"),
+            _ => tracing::info!(policy, target, kind = kind.word(), "{message}"),
+        }
+        let event = Event {
+            time_ms: now_ms(),
+            policy: policy.into(),
+            target: target.into(),
+            container_id: container_id.into(),
+            kind: kind as i32,
+            reason: reason.into(),
+            from_bytes: from,
+            to_bytes: to,
+            message,
+            duration_ms: duration.map_or(0, |d| d.as_millis() as u64),
+            ..Default::default()
+        };
+        if let Err(e) = self.inner.events.append(event) {
+            tracing::error!("event not buffered: {e}");
+        }
+    }
+
+    async fn refresh_loop(self) {
+        loop {
+            let busy = !self.inner.policies.current().policies.is_empty();
+            let wait = if busy {
+                self.inner.cadence.refresh
+            } else {
+                IDLE_REFRESH
+            };
+            let due = self
+                .state()
+                .refreshed_at
+                .is_none_or(|t| t.elapsed() >= wait);
+            if due {
+                self.refresh().await;
+            }
+            tokio::time::sleep(self.inner.cadence.refresh.min(Duration::from_secs(1))).await;
+        }
+    }
+
+    /// Re-read the running containers and the pool; run pool policies.
+    async fn refresh(&self) {
+        let listed = self.inner.backend.running().await;
+        let pool = self.inner.backend.inspect_pool().await.ok();
+        {
+            let mut state = self.state();
+            state.refreshed_at = Some(Instant::now());
+            if let Ok(list) = listed {
+                let mut old = std::mem::take(&mut state.containers);
+                for c in list {
+                    let track = old.remove(&c.id).map(|w| w.track).unwrap_or_default();
+                    state.containers.insert(c.id.clone(), Watched { c, track });
+                }
+                // A grow in flight keeps its container until it reports.
+                for (id, w) in old {
+                    if w.track.busy {
+                        state.containers.insert(id, w);
+                    }
+                }
+            }
+            if let Some(p) = &pool {
+                state.pool_track.sample(Instant::now(), p.data_used_bytes);
+            }
+            state.pool = pool.clone();
+        }
+        if let Some(p) = pool {
+            self.pool_policies(p).await;
+        }
+    }
+
+    async fn pool_policies(&self, pool: PoolStatus) {
+        let set = self.inner.policies.current();
+        let hits = select(
+            &set.policies,
+            PolicyKind::Pool,
+            &set.host,
+            "",
+            &HashMap::new(),
+        );
+        let Some(policy) = hits.first() else {
+            return;
+        };
+        let (numbers, last) = {
+            let state = self.state();
+            (
+                pool_numbers(&pool, state.pool_track.rate),
+                state.pool_track.last_grow_ms,
+            )
+        };
+        let d = decide_pool(policy, &numbers, last, now_ms());
+        let fired = Instant::now();
+        match d.verdict {
+            Verdict::Idle => self.state().pool_track.noted = None,
+            Verdict::Skip | Verdict::WouldGrow => {
+                if self.state().pool_track.note(&policy.name, d.reason) {
+                    let kind = if d.verdict == Verdict::Skip {
+                        EventKind::Skipped
+                    } else {
+                        EventKind::WouldGrow
+                    };
+                    let to = d.data_to.unwrap_or(pool.data_total_bytes);
+                    self.emit(
+                        kind,
+                        &policy.name,
+                        "pool",
+                        "",
+                        d.reason,
+                        pool.data_total_bytes,
+                        to,
+                        d.message,
+                        None,
+                    );
+                }
+            }
+            Verdict::Grow => {
+                let data = d.data_to.map(|b| b.to_string()).unwrap_or_default();
+                let meta = d.meta_to.map(|b| b.to_string()).unwrap_or_default();
+                let result = self.inner.backend.grow_pool(&data, &meta).await;
+                let word =
+                    crate::metrics::result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
+                        a.data_total_bytes > b.data_total_bytes
+                            || a.metadata_total_bytes > b.metadata_total_bytes
+                    });
+                self.inner.metrics.pool_grow(Source::Policy, word);
+                match result {
+                    Ok((before, after)) => {
+                        {
+                            let mut state = self.state();
+                            state.pool_track.last_grow_ms = Some(now_ms());
+                            state.pool_track.noted = None;
+                            state.pool = Some(after.clone());
+                        }
+                        let message = format!(
+                            "{}: data {} -> {}, metadata {} -> {}",
+                            d.message,
+                            format_bytes(before.data_total_bytes),
+                            format_bytes(after.data_total_bytes),
+                            format_bytes(before.metadata_total_bytes),
+                            format_bytes(after.metadata_total_bytes)
+                        );
+                        self.emit(
+                            EventKind::Grown,
+                            &policy.name,
+                            "pool",
+                            "",
+                            d.reason,
+                            before.data_total_bytes,
+                            after.data_total_bytes,
+                            message,
+                            Some(fired.elapsed()),
+                        );
+                    }
+                    Err(e) => {
+                        if self.state().pool_track.note(&policy.name, "error") {
+                            self.emit(
+                                EventKind::Failed,
+                                &policy.name,
+                                "pool",
+                                "",
+                                "error",
+                                pool.data_total_bytes,
+                                d.data_to.unwrap_or(pool.data_total_bytes),
+                                format!("{}: the grow failed: {e}", d.message),
+                                Some(fired.elapsed()),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sample_loop(self) {
+        let mut tick = tokio::time::interval(self.inner.cadence.sample);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            for grow in self.sample() {
+                let this = self.clone();
+                tokio::spawn(async move { this.grow(grow).await });
+            }
+        }
+    }
+
+    /// One pass over every running container: statvfs, rate, decision.
+    fn sample(&self) -> Vec<Grow> {
+        let set = self.inner.policies.current();
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let mut grows = Vec::new();
+        let mut notes = Vec::new();
+        let mut state = self.state();
+        let pool = state
+            .pool
+            .as_ref()
+            .map(|p| pool_numbers(p, state.pool_track.rate));
+        for w in state.containers.values_mut() {
+            let Some(u) = self.inner.backend.usage(&w.c) else {
+                continue;
+            };
+            w.c.fs_total_bytes = u.total;
+            w.c.fs_used_bytes = u.used;
+            w.c.fs_avail_bytes = u.avail;
+            w.c.inodes_total = u.inodes_total;
+            w.c.inodes_used = u.inodes_used;
+            let t = &mut w.track;
+            t.sample(now, u.used);
+            w.c.fill_rate_bytes_per_second = t.rate;
+            let labels: HashMap<String, String> = w.c.labels.clone().into_iter().collect();
+            let hits = select(
+                &set.policies,
+                PolicyKind::Container,
+                &set.host,
+                &w.c.name,
+                &labels,
+            );
+            let Some(policy) = hits.first() else {
+                t.cap = None;
+                continue;
+            };
+            t.cap = Some((policy.name.clone(), cap_for(policy, &labels)));
+            if t.busy || t.retry_at.is_some_and(|r| now < r) {
+                continue;
+            }
+            let obs = roomy_proto::policy::Observation {
+                size_bytes: size_of(&w.c),
+                used_bytes: u.used,
+                avail_bytes: u.avail,
+                inodes_total: u.inodes_total,
+                inodes_used: u.inodes_used,
+                fill_rate: t.rate,
+                labels,
+                pool,
+            };
+            let d = decide(policy, &obs, t.last_grow_ms, now_ms);
+            match d.verdict {
+                Verdict::Idle => {
+                    t.noted = None;
+                    t.fired_at = None;
+                }
+                Verdict::Grow => {
+                    t.busy = true;
+                    grows.push(Grow {
+                        id: w.c.id.clone(),
+                        name: w.c.name.clone(),
+                        policy: policy.name.clone(),
+                        reason: d.reason,
+                        why: d.message,
+                        from: d.from_bytes,
+                        to: d.to_bytes,
+                        fired_at: *t.fired_at.get_or_insert(now),
+                    });
+                }
+                Verdict::Skip | Verdict::WouldGrow => {
+                    if t.note(&policy.name, d.reason) {
+                        let kind = if d.verdict == Verdict::Skip {
+                            EventKind::Skipped
+                        } else {
+                            EventKind::WouldGrow
+                        };
+                        notes.push((
+                            kind,
+                            policy.name.clone(),
+                            w.c.name.clone(),
+                            w.c.id.clone(),
+                            d,
+                        ));
+                    }
+                }
+            }
+        }
+        drop(state);
+        for (kind, policy, name, id, d) in notes {
+            self.emit(
+                kind,
+                &policy,
+                &name,
+                &id,
+                d.reason,
+                d.from_bytes,
+                d.to_bytes,
+                d.message,
+                None,
+            );
+        }
+        grows
+    }
+
+    /// Carry out one grow and report it.
+    async fn grow(&self, g: Grow) {
+        let started = Instant::now();
+        let result = self.inner.backend.resize(&g.id, &g.to.to_string()).await;
+        let word =
+            crate::metrics::result_word(&result, |o| matches!(o.action, GrowAction::Grown { .. }));
+        self.inner
+            .metrics
+            .resize(Source::Policy, word, started.elapsed().as_secs_f64());
+        let took = g.fired_at.elapsed();
+        let mut state = self.state();
+        let mut track = state.containers.get_mut(&g.id);
+        if let Some(w) = track.as_mut() {
+            w.track.busy = false;
+            w.track.fired_at = None;
+        }
+        match result {
+            Ok(outcome) => {
+                if let Some(w) = track {
+                    let labels = std::mem::take(&mut w.c.labels);
+                    w.c = outcome.container;
+                    if w.c.labels.is_empty() {
+                        w.c.labels = labels;
+                    }
+                    w.track.noted = None;
+                    if matches!(outcome.action, GrowAction::Grown { .. }) {
+                        w.track.last_grow_ms = Some(now_ms());
+                    }
+                }
+                drop(state);
+                if let GrowAction::Grown { from, to } = outcome.action {
+                    let message = format!(
+                        "{}; grew {} from {} to {} in {} ms",
+                        g.why,
+                        g.name,
+                        format_bytes(from),
+                        format_bytes(to),
+                        took.as_millis()
+                    );
+                    self.emit(
+                        EventKind::Grown,
+                        &g.policy,
+                        &g.name,
+                        &g.id,
+                        g.reason,
+                        from,
+                        to,
+                        message,
+                        Some(took),
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(w) = track {
+                    w.track.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+                drop(state);
+                let message = format!(
+                    "{}; the grow failed: {e}; trying again in {}s",
+                    g.why,
+                    RETRY_AFTER.as_secs()
+                );
+                self.emit(
+                    EventKind::Failed,
+                    &g.policy,
+                    &g.name,
+                    &g.id,
+                    "error",
+                    g.from,
+                    g.to,
+                    message,
+                    Some(took),
+                );
+            }
+        }
+    }
+
+    /// The fill rate the sampler measured for a container, if it watches it.
+    pub fn fill_rate(&self, id: &str) -> Option<f64> {
+        self.state().containers.get(id).map(|w| w.track.rate)
+    }
+
+    /// Gauges for /metrics, from the last samples.
+    pub fn render(&self, out: &mut roomy_proto::metrics::Exposition) {
+        let state = self.state();
+        let mut rows: Vec<ContainerGauges<'_>> = state
+            .containers
+            .values()
+            .map(|w| ContainerGauges {
+                name: &w.c.name,
+                id: &w.c.id,
+                size: size_of(&w.c),
+                fs_size: w.c.fs_total_bytes,
+                fs_used: w.c.fs_used_bytes,
+                fs_avail: w.c.fs_avail_bytes,
+                inodes: w.c.inodes_total,
+                inodes_used: w.c.inodes_used,
+                fill_rate: w.track.rate,
+                cap: w.track.cap.as_ref().map(|(p, c)| (p.as_str(), *c)),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(b.name));
+        crate::metrics::render_containers(out, &rows);
+        if let Some(pool) = &state.pool {
+            crate::metrics::render_pool(out, pool);
+        }
+    }
+}
