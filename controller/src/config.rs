@@ -14,6 +14,14 @@
 //! [[hosts]]
 //! name = "host1"
 //! address = "10.0.0.2:7444"
+//! [[policies]]
+//! name = "grow80"
+//! containers = "web-*"
+//! at = "80%"
+//! grow = "50%"
+//! max = "50G"
+//! [[webhooks]]
+//! url = "https://chat.example.com/hooks/roomy"
 //! ```
 
 use std::collections::HashMap;
@@ -45,6 +53,16 @@ pub struct Config {
     /// Hosts known from the file.
     #[serde(default)]
     pub hosts: Vec<HostSection>,
+    /// Policies from the file (source "config"): written to the store at
+    /// every start; `roomyctl policy set|rm` leaves them alone.
+    #[serde(default)]
+    pub policies: Vec<roomy_proto::policy::PolicySpec>,
+    /// Where policy events are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhook::WebhookConfig>,
+    /// Serve Prometheus metrics over plain HTTP here (e.g. 0.0.0.0:9788).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_timeout() -> u64 {
@@ -96,6 +114,16 @@ impl Config {
                 return Err(format!("[[hosts]] name {:?} is not a host name", h.name));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for p in &config.policies {
+            p.to_policy().map_err(|e| format!("[[policies]] {e}"))?;
+            if !names.insert(&p.name) {
+                return Err(format!("[[policies]] name {:?} appears twice", p.name));
+            }
+        }
+        for w in &config.webhooks {
+            w.validate().map_err(|e| e.to_string())?;
+        }
         Ok(config)
     }
 }
@@ -115,5 +143,22 @@ mod tests {
             .unwrap_err()
             .contains("listne"));
         assert!(Config::parse(&text.replace("host1", "host 1")).is_err());
+    }
+
+    #[test]
+    fn policies_in_the_file_are_checked_at_load() {
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"/tmp/x.db\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
+        let good = format!(
+            "{base}[[policies]]\nname = \"grow80\"\nat = \"80%\"\ngrow = \"50%\"\nmax = \"4G\"\n"
+        );
+        let c = Config::parse(&good).unwrap();
+        assert_eq!(c.policies[0].to_policy().unwrap().max_bytes, 4 << 30);
+        let err = Config::parse(&good.replace("80%", "180%")).unwrap_err();
+        assert!(
+            err.contains("[[policies]]") && err.contains("at most 100"),
+            "{err}"
+        );
+        let err = Config::parse(&good.replace("grow =", "grwo =")).unwrap_err();
+        assert!(err.contains("grwo"), "{err}");
     }
 }

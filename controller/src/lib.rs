@@ -1,13 +1,18 @@
 //! roomy-controller: one place for the fleet. Knows the agents, fans
-//! requests out, routes `HOST/CONTAINER` targets, authorizes by role and
-//! keeps an audit log. Storage work is the agents'.
+//! requests out, routes `HOST/CONTAINER` targets, authorizes by role,
+//! keeps an audit log, and distributes policies to the agents that enforce
+//! them (collecting their events). Storage work is the agents'.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod distribute;
 pub mod error;
+pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod roles;
 pub mod service;
 pub mod store;
+pub mod webhook;
 
 pub use error::ControllerError;

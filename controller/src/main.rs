@@ -7,10 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use roomy_controller::config::Config;
+use roomy_controller::distribute::Distributor;
+use roomy_controller::metrics::ControllerMetrics;
 use roomy_controller::registry::{Registry, TlsConnector};
 use roomy_controller::roles::Roles;
 use roomy_controller::service::ControllerService;
 use roomy_controller::store::{HostRecord, SqliteStore, Store};
+use roomy_controller::webhook::Webhooks;
 use roomy_proto::tls::{ServerTls, TlsFiles};
 use roomy_proto::v1::controller_server::ControllerServer;
 
@@ -66,6 +69,48 @@ async fn main() -> anyhow::Result<()> {
         deadline,
     )?);
 
+    // Policies in the config file are (re)written at every start; config
+    // policies dropped from the file are dropped from the store.
+    let in_file: Vec<String> = config.policies.iter().map(|p| p.name.clone()).collect();
+    for old in store.policies()? {
+        if old.source == "config" && !in_file.contains(&old.name) {
+            store.remove_policy(&old.name)?;
+        }
+    }
+    for spec in &config.policies {
+        let mut policy = spec.to_policy()?;
+        policy.source = "config".into();
+        policy.updated_by = args.config.display().to_string();
+        store.put_policy(&policy)?;
+    }
+
+    let webhooks = Webhooks::start(config.webhooks.clone()).context("[[webhooks]]")?;
+    let metrics = Arc::new(ControllerMetrics::default());
+    let distributor = Distributor::new(
+        registry.clone(),
+        store.clone(),
+        webhooks.clone(),
+        metrics.clone(),
+    )?;
+    distributor.spawn();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics on {addr}"))?;
+        let render = roomy_controller::metrics::renderer(
+            metrics.clone(),
+            registry.clone(),
+            distributor.clone(),
+            webhooks.clone(),
+        );
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = roomy_proto::metrics::serve(listener, render, shutdown()).await {
+                tracing::error!("metrics endpoint stopped: {e}");
+            }
+        });
+    }
+
     let server_tls = ServerTls::load(files, vec![]).context("controller TLS server config")?;
     server_tls.spawn_reloader(Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -87,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
         .add_service(ControllerServer::new(ControllerService::new(
             registry,
             store,
+            distributor,
+            metrics,
             roles,
             Duration::from_millis(config.agent_call_timeout_ms.max(1)),
         )))

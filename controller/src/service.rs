@@ -1,21 +1,26 @@
 //! The gRPC service `roomy.v1.Controller`: authorize, route or fan out,
 //! audit. Agents do the storage work.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use roomy_proto::v1::controller_server::Controller;
 use roomy_proto::v1::{
-    AddHostRequest, AuditEntry, GrowPoolRequest, GrowPoolResponse, Host, HostContainer, HostError,
-    HostGrowPoolRequest, HostPool, InspectPoolRequest, InspectRequest, ListAuditRequest,
-    ListAuditResponse, ListContainersRequest, ListContainersResponse, ListHostsRequest,
-    ListHostsResponse, ListPoolsResponse, RemoveHostRequest, RemoveHostResponse, RepairRequest,
-    RepairResponse, ResizeRequest, ResizeResponse, TargetRequest, TargetResizeRequest,
+    AddHostRequest, AuditEntry, Event, EventKind, EventsRequest, Explanation, GrowPoolRequest,
+    GrowPoolResponse, Host, HostContainer, HostError, HostGrowPoolRequest, HostPool,
+    InspectPoolRequest, InspectRequest, ListAuditRequest, ListAuditResponse, ListContainersRequest,
+    ListContainersResponse, ListHostsRequest, ListHostsResponse, ListPoliciesRequest,
+    ListPoliciesResponse, ListPoolsResponse, Policy, RemoveHostRequest, RemoveHostResponse,
+    RemovePolicyRequest, RemovePolicyResponse, RepairRequest, RepairResponse, ResizeRequest,
+    ResizeResponse, SetPolicyResponse, TargetRequest, TargetResizeRequest,
 };
 use roomy_proto::Target;
 use tonic::{Request, Response, Status};
 
+use crate::distribute::Distributor;
 use crate::error::ControllerError;
+use crate::metrics::ControllerMetrics;
 use crate::registry::Registry;
 use crate::roles::{Role, Roles};
 use crate::store::{AuditRecord, Store};
@@ -24,6 +29,8 @@ use crate::store::{AuditRecord, Store};
 pub struct ControllerService {
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
+    distributor: Arc<Distributor>,
+    metrics: Arc<ControllerMetrics>,
     roles: Roles,
     /// Bound on one routed call (a resize of a large filesystem takes a while).
     call_timeout: std::time::Duration,
@@ -54,12 +61,16 @@ impl ControllerService {
     pub fn new(
         registry: Arc<Registry>,
         store: Arc<dyn Store>,
+        distributor: Arc<Distributor>,
+        metrics: Arc<ControllerMetrics>,
         roles: Roles,
         call_timeout: std::time::Duration,
     ) -> Self {
         ControllerService {
             registry,
             store,
+            distributor,
+            metrics,
             roles,
             call_timeout,
         }
@@ -106,6 +117,7 @@ impl ControllerService {
             result,
             message,
         };
+        self.metrics.audit(&record.action, &record.result);
         if let Err(e) = self.store.append_audit(&record) {
             tracing::error!(error = %e, ?record, "could not write the audit log");
         }
@@ -143,6 +155,100 @@ impl ControllerService {
         Ok((answers, errors))
     }
 
+    /// When a policy last grew `target` on `host`, from the stored events.
+    fn last_grown(&self, host: &str, target: &str) -> Option<i64> {
+        let events = self.store.events(10_000, Some(host)).ok()?;
+        events
+            .iter()
+            .rev()
+            .find(|e| e.target == target && e.kind == EventKind::Grown as i32)
+            .map(|e| e.time_ms)
+    }
+
+    /// Validate, check the cap against the containers it selects, store,
+    /// send to the agents.
+    async fn set_policy_checked(
+        &self,
+        mut policy: Policy,
+        who: &str,
+    ) -> Result<SetPolicyResponse, ControllerError> {
+        roomy_proto::policy::validate(&policy)
+            .map_err(|e| ControllerError::Invalid(e.to_string()))?;
+        if let Some(old) = self
+            .distributor
+            .policies()
+            .iter()
+            .find(|p| p.name == policy.name)
+        {
+            if old.source == "config" {
+                return Err(ControllerError::Invalid(format!(
+                    "policy {} comes from the controller's config file: change it there and restart the controller, or pick another name",
+                    policy.name
+                )));
+            }
+        }
+        let selector = policy.selector.clone().unwrap_or_default();
+        let hosts: Vec<String> = self
+            .registry
+            .names()
+            .into_iter()
+            .filter(|h| roomy_proto::policy::glob_match(&selector.host, h))
+            .collect();
+        let mut unchecked = Vec::new();
+        let mut past = Vec::new();
+        if policy.target_kind() == roomy_proto::v1::PolicyKind::Container {
+            for (host, answer) in self
+                .registry
+                .fan_out(&hosts, |mut client| async move {
+                    client
+                        .inspect(InspectRequest::default())
+                        .await
+                        .map(Response::into_inner)
+                })
+                .await
+            {
+                match answer {
+                    Ok(inspect) => {
+                        past.extend(crate::policy::past_cap(&policy, &host, &inspect.containers))
+                    }
+                    Err(status) => unchecked.push(HostError {
+                        host: host.clone(),
+                        code: format!("{:?}", status.code()),
+                        message: ControllerError::from_agent(&host, status).to_string(),
+                    }),
+                }
+            }
+        }
+        if !past.is_empty() {
+            return Err(ControllerError::Invalid(format!(
+                "policy {}: the cap is below containers it selects: {}; raise --max, narrow the selector, or label those containers roomy.max-size=SIZE",
+                policy.name,
+                past.join(", ")
+            )));
+        }
+        policy.source = "cli".into();
+        policy.updated_by = who.to_string();
+        policy.updated_ms = now_ms();
+        let replaced = self.store.put_policy(&policy)?;
+        self.distributor.reload()?;
+        let message = format!(
+            "{} policy {}: {}; {} host(s) selected",
+            if replaced.is_some() {
+                "replaced"
+            } else {
+                "created"
+            },
+            policy.name,
+            roomy_proto::policy::describe(&policy),
+            hosts.len()
+        );
+        Ok(SetPolicyResponse {
+            policy: Some(policy),
+            message,
+            unchecked,
+        })
+    }
+
     async fn call_agent<T, F, Fut>(&self, host: &str, f: F) -> Result<T, ControllerError>
     where
         F: FnOnce(roomy_proto::v1::agent_client::AgentClient<tonic::transport::Channel>) -> Fut,
@@ -164,43 +270,169 @@ impl ControllerService {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    type EventsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<roomy_proto::v1::Event, Status>> + Send>,
-    >;
+    type EventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Event, Status>> + Send>>;
 
     async fn events(
         &self,
-        _request: Request<roomy_proto::v1::EventsRequest>,
+        request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        Err(Status::unimplemented("events: being written"))
+        self.authorize(&request, Role::Viewer, "events", "")?;
+        let EventsRequest {
+            limit,
+            follow,
+            host,
+        } = request.into_inner();
+        // Subscribe before reading the past, so nothing falls in between.
+        let mut live = self.distributor.subscribe();
+        let host = (!host.is_empty()).then_some(host);
+        let past = self
+            .store
+            .events(
+                if limit == 0 { 20 } else { limit.min(10_000) },
+                host.as_deref(),
+            )
+            .map_err(Status::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, u64> = HashMap::new();
+            for e in past {
+                seen.insert(e.host.clone(), e.seq);
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let e = tokio::select! {
+                    e = live.recv() => e,
+                    _ = tx.closed() => return,
+                };
+                match e {
+                    Ok(e) => {
+                        let wanted = host.as_ref().is_none_or(|h| *h == e.host);
+                        let new = seen.get(&e.host).is_none_or(|&s| e.seq > s);
+                        if wanted && new && tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let msg = format!("{n} events were skipped because this client read too slowly; `roomyctl events` shows them");
+                        let _ = tx.send(Err(Status::data_loss(msg))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_policies(
         &self,
-        _request: Request<roomy_proto::v1::ListPoliciesRequest>,
-    ) -> Result<Response<roomy_proto::v1::ListPoliciesResponse>, Status> {
-        Err(Status::unimplemented("policies: being written"))
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.authorize(&request, Role::Viewer, "policy ls", "")?;
+        let policies = self.store.policies().map_err(Status::from)?;
+        Ok(Response::new(ListPoliciesResponse { policies }))
     }
 
     async fn set_policy(
         &self,
-        _request: Request<roomy_proto::v1::Policy>,
-    ) -> Result<Response<roomy_proto::v1::SetPolicyResponse>, Status> {
-        Err(Status::unimplemented("policies: being written"))
+        request: Request<Policy>,
+    ) -> Result<Response<SetPolicyResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let who = self.authorize(&request, Role::Operator, "policy set", &name)?;
+        let result = self.set_policy_checked(request.into_inner(), &who).await;
+        match &result {
+            Ok(r) => self.audit(
+                &who,
+                "policy set",
+                &name,
+                0,
+                r.policy.as_ref().map_or(0, |p| p.max_bytes),
+                Ok(&r.message),
+            ),
+            Err(e) => self.audit(&who, "policy set", &name, 0, 0, Err(e)),
+        }
+        Ok(Response::new(result?))
     }
 
     async fn remove_policy(
         &self,
-        _request: Request<roomy_proto::v1::RemovePolicyRequest>,
-    ) -> Result<Response<roomy_proto::v1::RemovePolicyResponse>, Status> {
-        Err(Status::unimplemented("policies: being written"))
+        request: Request<RemovePolicyRequest>,
+    ) -> Result<Response<RemovePolicyResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let who = self.authorize(&request, Role::Operator, "policy rm", &name)?;
+        let result = (|| {
+            if let Some(p) = self.distributor.policies().iter().find(|p| p.name == name) {
+                if p.source == "config" {
+                    return Err(ControllerError::Invalid(format!(
+                        "policy {name} comes from the controller's config file: remove it there and restart the controller"
+                    )));
+                }
+            }
+            self.store.remove_policy(&name)?.ok_or_else(|| {
+                ControllerError::Invalid(format!(
+                    "no policy {name:?}: `roomyctl policy ls` lists them"
+                ))
+            })?;
+            self.distributor.reload()?;
+            Ok(format!(
+                "removed policy {name}; agents stop enforcing it at once"
+            ))
+        })();
+        match &result {
+            Ok(m) => self.audit(&who, "policy rm", &name, 0, 0, Ok(m)),
+            Err(e) => self.audit(&who, "policy rm", &name, 0, 0, Err(e)),
+        }
+        Ok(Response::new(RemovePolicyResponse { message: result? }))
     }
 
     async fn explain_policy(
         &self,
-        _request: Request<roomy_proto::v1::TargetRequest>,
-    ) -> Result<Response<roomy_proto::v1::Explanation>, Status> {
-        Err(Status::unimplemented("policies: being written"))
+        request: Request<TargetRequest>,
+    ) -> Result<Response<Explanation>, Status> {
+        self.authorize(&request, Role::Viewer, "policy explain", "")?;
+        let target = parse_target(&request.into_inner().target)?;
+        let policies = self.distributor.policies();
+        let pool = self
+            .call_agent(&target.host, |mut c| async move {
+                c.inspect_pool(InspectPoolRequest {}).await
+            })
+            .await;
+        let last = |name: &str| self.last_grown(&target.host, name);
+        if target.container == crate::policy::POOL_TARGET {
+            let pool = pool?;
+            return Ok(Response::new(crate::policy::explain_pool(
+                &policies,
+                &target.host,
+                &pool,
+                last(crate::policy::POOL_TARGET),
+                now_ms(),
+            )));
+        }
+        let container = target.container.clone();
+        let reply = self
+            .call_agent(&target.host, |mut c| async move {
+                c.inspect(InspectRequest { container }).await
+            })
+            .await?;
+        let c = reply.containers.into_iter().next().ok_or_else(|| {
+            ControllerError::Invalid(format!("{target}: the agent returned no container"))
+        })?;
+        Ok(Response::new(crate::policy::explain_container(
+            &policies,
+            &target.host,
+            &c,
+            pool.ok().as_ref(),
+            last(&c.name),
+            now_ms(),
+        )))
     }
 
     async fn list_containers(

@@ -1,10 +1,13 @@
-//! The controller's durable state: the host registry and the audit log,
-//! behind a small trait so another engine can be added. SQLite by default.
+//! The controller's durable state: the host registry, the audit log, the
+//! policies and the agents' events, behind a small trait so another engine
+//! can be added. SQLite by default.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection};
+use prost::Message;
+use roomy_proto::v1::{Event, Policy};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::ControllerError;
 
@@ -54,6 +57,24 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, entry: &AuditRecord) -> Result<(), ControllerError>;
     /// The newest `limit` entries, newest first.
     fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError>;
+
+    /// Insert or replace a policy; returns the one it replaced.
+    fn put_policy(&self, policy: &Policy) -> Result<Option<Policy>, ControllerError>;
+    /// Remove a policy; returns it, or `None` when there was none.
+    fn remove_policy(&self, name: &str) -> Result<Option<Policy>, ControllerError>;
+    /// Every policy, by name.
+    fn policies(&self) -> Result<Vec<Policy>, ControllerError>;
+
+    /// Store an agent's event, and its audit entry when it has one, in one
+    /// transaction. False when (host, seq) is already stored: the agent
+    /// sent it again before it saw the ack; nothing is written twice.
+    fn record_event(
+        &self,
+        event: &Event,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, ControllerError>;
+    /// The newest `limit` events (of `host`, when given), oldest first.
+    fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError>;
 }
 
 /// SQLite in one file (WAL, synchronous=FULL: an audit entry that was
@@ -85,7 +106,12 @@ impl SqliteStore {
                  id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
                  principal TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
                  from_bytes INTEGER NOT NULL, to_bytes INTEGER NOT NULL,
-                 result TEXT NOT NULL, message TEXT NOT NULL);",
+                 result TEXT NOT NULL, message TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS policies (
+                 name TEXT PRIMARY KEY, body BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS events (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
+                 seq INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (host, seq));",
         )
         .map_err(db_err)?;
         Ok(SqliteStore {
@@ -147,6 +173,83 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
+    fn put_policy(&self, policy: &Policy) -> Result<Option<Policy>, ControllerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let old = get_policy(&tx, &policy.name)?;
+        tx.execute(
+            "INSERT INTO policies (name, body) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+            params![policy.name, policy.encode_to_vec()],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(old)
+    }
+
+    fn remove_policy(&self, name: &str) -> Result<Option<Policy>, ControllerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let old = get_policy(&tx, name)?;
+        tx.execute("DELETE FROM policies WHERE name = ?1", params![name])
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(old)
+    }
+
+    fn policies(&self) -> Result<Vec<Policy>, ControllerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT body FROM policies ORDER BY name")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err).and_then(|b| decode(&b)))
+            .collect()
+    }
+
+    fn record_event(
+        &self,
+        event: &Event,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, ControllerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let added = tx
+            .execute(
+                "INSERT OR IGNORE INTO events (host, seq, body) VALUES (?1, ?2, ?3)",
+                params![event.host, event.seq as i64, event.encode_to_vec()],
+            )
+            .map_err(db_err)?
+            > 0;
+        if let (true, Some(e)) = (added, audit) {
+            tx.execute(
+                "INSERT INTO audit (time_ms, principal, action, target, from_bytes, to_bytes, result, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![e.time_ms, e.principal, e.action, e.target, e.from_bytes as i64, e.to_bytes as i64, e.result, e.message],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(added)
+    }
+
+    fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT body FROM (SELECT id, body FROM events WHERE ?1 IS NULL OR host = ?1
+                 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![host, limit], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err).and_then(|b| decode(&b)))
+            .collect()
+    }
+
     fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError> {
         let conn = self.conn();
         let mut stmt = conn
@@ -171,6 +274,22 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ControllerError> {
+    M::decode(bytes).map_err(|e| ControllerError::Store(format!("undecodable row: {e}")))
+}
+
+fn get_policy(conn: &Connection, name: &str) -> Result<Option<Policy>, ControllerError> {
+    conn.query_row(
+        "SELECT body FROM policies WHERE name = ?1",
+        params![name],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .map_err(db_err)?
+    .map(|b| decode(&b))
+    .transpose()
 }
 
 #[cfg(test)]
@@ -231,5 +350,67 @@ mod tests {
             ["m2", "m1"]
         );
         assert_eq!(audit[0].to_bytes, 4 << 30);
+    }
+
+    #[test]
+    fn events_are_stored_once_with_their_audit_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("roomy.db")).unwrap();
+        let event = |host: &str, seq| Event {
+            host: host.into(),
+            seq,
+            message: format!("{host}-{seq}"),
+            ..Default::default()
+        };
+        let audit = AuditRecord {
+            principal: "policy:grow80@host1".into(),
+            ..Default::default()
+        };
+        assert!(store
+            .record_event(&event("host1", 1), Some(&audit))
+            .unwrap());
+        // The agent resends before it saw the ack: not stored, not audited twice.
+        assert!(!store
+            .record_event(&event("host1", 1), Some(&audit))
+            .unwrap());
+        assert!(store.record_event(&event("host2", 1), None).unwrap());
+        assert!(store.record_event(&event("host1", 2), None).unwrap());
+        assert_eq!(store.audit(10).unwrap().len(), 1);
+        let all: Vec<_> = store
+            .events(10, None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(all, ["host1-1", "host2-1", "host1-2"]);
+        let last: Vec<_> = store
+            .events(1, Some("host1"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(last, ["host1-2"]);
+    }
+
+    #[test]
+    fn policies_replace_and_remove_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("roomy.db")).unwrap();
+        let p = Policy {
+            name: "grow80".into(),
+            max_bytes: 1,
+            ..Default::default()
+        };
+        assert!(store.put_policy(&p).unwrap().is_none());
+        let old = store
+            .put_policy(&Policy {
+                max_bytes: 2,
+                ..p.clone()
+            })
+            .unwrap();
+        assert_eq!(old.unwrap().max_bytes, 1);
+        assert_eq!(store.policies().unwrap()[0].max_bytes, 2);
+        assert!(store.remove_policy("grow80").unwrap().is_some());
+        assert!(store.remove_policy("grow80").unwrap().is_none());
     }
 }

@@ -1,0 +1,226 @@
+//! Policies down, events up: one standing Sync stream per agent.
+//!
+//! For every registered host a link task opens the agent's Sync stream,
+//! sends the policy set (and again on every change), and stores each event
+//! the agent sends before acknowledging it, so an event is acknowledged
+//! only once it is durable here. A policy's action is audited in the same
+//! transaction, with principal `policy:<name>@<host>`. New events go on to
+//! `roomyctl events --follow` and to the webhooks. A broken stream is
+//! reopened with backoff; meanwhile the agent enforces its last copy and
+//! buffers its events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use roomy_proto::v1::{sync_request, Event, EventKind, Policy, PolicySet, SyncRequest};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::error::ControllerError;
+use crate::metrics::ControllerMetrics;
+use crate::registry::Registry;
+use crate::store::{AuditRecord, Store};
+use crate::webhook::Webhooks;
+
+/// Backoff between attempts to reopen a link.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+struct Link {
+    task: JoinHandle<()>,
+    connected: Arc<AtomicBool>,
+}
+
+/// The links to every agent.
+pub struct Distributor {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    policies: watch::Sender<Arc<Vec<Policy>>>,
+    events: broadcast::Sender<Event>,
+    webhooks: Webhooks,
+    metrics: Arc<ControllerMetrics>,
+    links: Mutex<HashMap<String, Link>>,
+}
+
+impl Distributor {
+    /// A distributor with the store's policies.
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<dyn Store>,
+        webhooks: Webhooks,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let policies = watch::Sender::new(Arc::new(store.policies()?));
+        Ok(Arc::new(Distributor {
+            registry,
+            store,
+            policies,
+            events: broadcast::channel(1024).0,
+            webhooks,
+            metrics,
+            links: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Re-read the policies from the store and send them to every agent.
+    pub fn reload(&self) -> Result<(), ControllerError> {
+        self.policies.send_replace(Arc::new(self.store.policies()?));
+        Ok(())
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<Vec<Policy>> {
+        self.policies.borrow().clone()
+    }
+
+    /// New events as they are stored.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Whether the link to `host` is open now.
+    pub fn connected(&self, host: &str) -> bool {
+        self.links
+            .lock()
+            .expect("links poisoned")
+            .get(host)
+            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
+    }
+
+    /// Keep one link per registered host, for good.
+    pub fn spawn(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.reconcile();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Start links for new hosts, stop those of removed ones.
+    fn reconcile(self: &Arc<Self>) {
+        let names = self.registry.names();
+        let mut links = self.links.lock().expect("links poisoned");
+        links.retain(|host, link| {
+            let keep = names.contains(host);
+            if !keep {
+                link.task.abort();
+            }
+            keep
+        });
+        for host in names {
+            if links.contains_key(&host) {
+                continue;
+            }
+            let connected = Arc::new(AtomicBool::new(false));
+            let this = self.clone();
+            let (h, c) = (host.clone(), connected.clone());
+            let task = tokio::spawn(async move { this.link(h, c).await });
+            links.insert(host, Link { task, connected });
+        }
+    }
+
+    async fn link(self: Arc<Self>, host: String, connected: Arc<AtomicBool>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = self.session(&host, &connected).await;
+            connected.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(status) => {
+                    tracing::debug!(%host, "sync link: {}", status.message());
+                    self.registry.observe(&host, Err(&status));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One stream, until it breaks.
+    async fn session(&self, host: &str, connected: &AtomicBool) -> Result<(), Status> {
+        let mut client = self.registry.client(host)?;
+        let mut policies = self.policies.subscribe();
+        let set = |p: &[Policy]| SyncRequest {
+            msg: Some(sync_request::Msg::Policies(PolicySet {
+                policies: p.to_vec(),
+                host: host.to_string(),
+            })),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let first = set(&policies.borrow_and_update());
+        tx.send(first).await.expect("receiver is alive");
+        let mut inbound = client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        connected.store(true, Ordering::Relaxed);
+        self.registry.observe(host, Ok(()));
+        tracing::info!(%host, "sync link open: policies sent, events flowing");
+        let closed = || Status::unavailable("sync stream closed");
+        loop {
+            tokio::select! {
+                changed = policies.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let next = set(&policies.borrow_and_update());
+                    tx.send(next).await.map_err(|_| closed())?;
+                }
+                message = inbound.message() => {
+                    let Some(event) = message? else {
+                        return Err(closed());
+                    };
+                    let seq = event.seq;
+                    self.accept(host, event)?;
+                    let ack = SyncRequest { msg: Some(sync_request::Msg::Ack(seq)) };
+                    tx.send(ack).await.map_err(|_| closed())?;
+                }
+            }
+        }
+    }
+
+    /// Store an event (and audit its action) once; pass new ones on.
+    fn accept(&self, host: &str, mut event: Event) -> Result<(), Status> {
+        event.host = host.to_string();
+        let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
+        let pool = event.target == "pool";
+        let audit = matches!(kind, EventKind::Grown | EventKind::Failed).then(|| AuditRecord {
+            time_ms: event.time_ms,
+            principal: format!("policy:{}@{host}", event.policy),
+            action: if pool { "pool grow" } else { "resize" }.into(),
+            target: if pool {
+                host.to_string()
+            } else {
+                format!("{host}/{}", event.target)
+            },
+            from_bytes: event.from_bytes,
+            to_bytes: event.to_bytes,
+            result: if kind == EventKind::Grown {
+                "ok".into()
+            } else {
+                "failed".into()
+            },
+            message: event.message.clone(),
+        });
+        let new = self
+            .store
+            .record_event(&event, audit.as_ref())
+            .map_err(Status::from)?;
+        if !new {
+            return Ok(());
+        }
+        if let Some(a) = &audit {
+            self.metrics.audit(&a.action, &a.result);
+        }
+        self.metrics.event(host, kind.word(), &event.reason);
+        self.webhooks.deliver(&event);
+        // No followers is fine.
+        let _ = self.events.send(event);
+        Ok(())
+    }
+}

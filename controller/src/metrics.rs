@@ -1,0 +1,126 @@
+//! The controller's Prometheus metrics: hosts (from the registry at scrape
+//! time), events received, audit entries, webhook deliveries.
+
+use std::sync::Arc;
+
+use roomy_proto::metrics::{CounterVec, Exposition, Kind};
+use roomy_proto::v1::HostState;
+
+use crate::distribute::Distributor;
+use crate::registry::Registry;
+use crate::webhook::Webhooks;
+
+/// Counters kept as things happen.
+pub struct ControllerMetrics {
+    events: CounterVec,
+    audit: CounterVec,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            events: CounterVec::new(
+                "roomy_events_total",
+                "Policy events received from agents, by host, kind and reason.",
+                &["host", "kind", "reason"],
+            ),
+            audit: CounterVec::new(
+                "roomy_audit_entries_total",
+                "Audit log entries by action and result.",
+                &["action", "result"],
+            ),
+        }
+    }
+}
+
+impl ControllerMetrics {
+    /// Count an event.
+    pub fn event(&self, host: &str, kind: &str, reason: &str) {
+        self.events.inc(&[host, kind, reason]);
+    }
+
+    /// Count an audit entry.
+    pub fn audit(&self, action: &str, result: &str) {
+        self.audit.inc(&[action, result]);
+    }
+}
+
+/// The whole /metrics page.
+pub fn render(
+    metrics: &ControllerMetrics,
+    registry: &Registry,
+    distributor: &Distributor,
+    webhooks: &Webhooks,
+) -> String {
+    let mut out = Exposition::new();
+    let hosts = registry.list();
+    out.family(
+        "roomy_host_up",
+        Kind::Gauge,
+        "1 when the host's agent answered last time, 0 when unreachable.",
+    );
+    for h in &hosts {
+        let up = h.state == HostState::Up as i32;
+        out.sample(
+            "roomy_host_up",
+            &[("host", &h.name)],
+            f64::from(u8::from(up)),
+        );
+    }
+    out.family(
+        "roomy_host_last_seen_timestamp_seconds",
+        Kind::Gauge,
+        "Unix time of the agent's last answer.",
+    );
+    for h in hosts.iter().filter(|h| h.last_seen > 0) {
+        out.sample(
+            "roomy_host_last_seen_timestamp_seconds",
+            &[("host", &h.name)],
+            h.last_seen as f64,
+        );
+    }
+    out.family(
+        "roomy_host_sync_connected",
+        Kind::Gauge,
+        "1 while the policy and event stream to the host's agent is open.",
+    );
+    for h in &hosts {
+        let on = distributor.connected(&h.name);
+        out.sample(
+            "roomy_host_sync_connected",
+            &[("host", &h.name)],
+            f64::from(u8::from(on)),
+        );
+    }
+    out.family(
+        "roomy_policies",
+        Kind::Gauge,
+        "Policies the controller holds.",
+    );
+    out.sample("roomy_policies", &[], distributor.policies().len() as f64);
+    metrics.events.render(&mut out);
+    metrics.audit.render(&mut out);
+    out.family(
+        "roomy_webhook_deliveries_total",
+        Kind::Counter,
+        "Webhook deliveries by webhook and result (ok, retried, dropped).",
+    );
+    for (name, result, n) in webhooks.counts() {
+        out.sample(
+            "roomy_webhook_deliveries_total",
+            &[("webhook", &name), ("result", result)],
+            n as f64,
+        );
+    }
+    out.finish()
+}
+
+/// The renderer the HTTP endpoint calls.
+pub fn renderer(
+    metrics: Arc<ControllerMetrics>,
+    registry: Arc<Registry>,
+    distributor: Arc<Distributor>,
+    webhooks: Webhooks,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || render(&metrics, &registry, &distributor, &webhooks))
+}
