@@ -28,7 +28,7 @@ pub fn init(out: &Path, agents: &[String], users: &[String]) -> Result<(), Strin
     }
     for a in agents {
         if !roomy_proto::valid_host_name(a) {
-            return Err(format!("--agent {a:?} is not a host name"));
+            return Err(format!("--host {a:?} is not a host name"));
         }
     }
     let written = roomy_proto::tls::certs::init(out, agents, &names).map_err(|e| e.to_string())?;

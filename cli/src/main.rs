@@ -19,9 +19,10 @@ use hyper_util::rt::TokioIo;
 use roomy_proto::v1::agent_client::AgentClient;
 use roomy_proto::v1::controller_client::ControllerClient;
 use roomy_proto::v1::{
-    AddHostRequest, GrowPoolRequest, HostGrowPoolRequest, InspectPoolRequest, InspectRequest,
-    ListAuditRequest, ListContainersRequest, ListHostsRequest, RemoveHostRequest, RepairRequest,
-    ResizeRequest, TargetRequest, TargetResizeRequest,
+    AddHostRequest, EventsRequest, GrowPoolRequest, HostGrowPoolRequest, InspectPoolRequest,
+    InspectRequest, ListAuditRequest, ListContainersRequest, ListHostsRequest, ListPoliciesRequest,
+    RemoveHostRequest, RemovePolicyRequest, RepairRequest, ResizeRequest, TargetRequest,
+    TargetResizeRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
@@ -115,6 +116,23 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Auto-grow policies, enforced by every agent: `policy set grow80 --at 80% --grow 50% --max 50G`.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Policy decisions fleet-wide: grown, would_grow, skipped, failed.
+    Events {
+        /// How many past events to show first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Keep streaming new events as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Certificates for a fleet.
     Certs {
         #[command(subcommand)]
@@ -148,6 +166,108 @@ enum PoolCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Create or replace a policy by name.
+    Set(Box<PolicyArgs>),
+    /// Every policy, with where it came from.
+    Ls,
+    /// Remove a policy; agents stop enforcing it at once.
+    Rm {
+        /// Policy name.
+        name: String,
+    },
+    /// Which policy applies to HOST/CONTAINER (or HOST/pool) and what it would do now, with the numbers.
+    Explain {
+        /// HOST/CONTAINER or HOST/pool.
+        target: String,
+    },
+}
+
+/// A policy, as `policy set` takes it (the same words as the controller's
+/// `[[policies]]`).
+#[derive(clap::Args, Debug)]
+struct PolicyArgs {
+    /// Unique name: events and the audit log name it.
+    name: String,
+    /// A pool policy: grows the host's thin pool instead of containers.
+    #[arg(long)]
+    pool: bool,
+    /// Host glob (web*, host[1-3]); default all.
+    #[arg(long, default_value = "")]
+    hosts: String,
+    /// Container name glob; default all.
+    #[arg(long, default_value = "")]
+    containers: String,
+    /// Docker label the container must carry: key=value or key (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Grow when the filesystem (pool: data) is this full: 80%.
+    #[arg(long)]
+    at: Option<String>,
+    /// Grow when less than this is free: 1G.
+    #[arg(long)]
+    free: Option<String>,
+    /// Grow when this share of inodes is used: 90%.
+    #[arg(long)]
+    inodes: Option<String>,
+    /// Pool policies: grow metadata when it is this full: 80%.
+    #[arg(long)]
+    metadata_at: Option<String>,
+    /// Grow when the fill rate would fill the disk within this: 20s (default); 0 turns it off.
+    #[arg(long)]
+    horizon: Option<String>,
+    /// Step: 50% of the current size, or 1G.
+    #[arg(long, allow_hyphen_values = true)]
+    grow: Option<String>,
+    /// Least step: 256M.
+    #[arg(long)]
+    min_step: Option<String>,
+    /// Pool policies: metadata step: 64M.
+    #[arg(long)]
+    grow_metadata: Option<String>,
+    /// Cap: never grow past this (a container label roomy.max-size overrides it).
+    #[arg(long)]
+    max: Option<String>,
+    /// Least time between two growths of one target, unless it would fill within the horizon: 30s (default), 5m.
+    #[arg(long)]
+    cooldown: Option<String>,
+    /// Never grow a container when the pool's data use could then pass this: 95% (default); 0 turns it off.
+    #[arg(long)]
+    pool_guard: Option<String>,
+    /// Same for the pool's metadata: 95% (default).
+    #[arg(long)]
+    pool_guard_metadata: Option<String>,
+    /// Record what it would do (events), change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl PolicyArgs {
+    fn spec(self) -> roomy_proto::policy::PolicySpec {
+        roomy_proto::policy::PolicySpec {
+            name: self.name,
+            pool: self.pool,
+            hosts: self.hosts,
+            containers: self.containers,
+            labels: self.labels,
+            at: self.at,
+            free: self.free,
+            inodes: self.inodes,
+            metadata_at: self.metadata_at,
+            horizon: self.horizon,
+            grow: self.grow,
+            min_step: self.min_step,
+            grow_metadata: self.grow_metadata,
+            max: self.max,
+            cooldown: self.cooldown,
+            pool_guard: self.pool_guard,
+            pool_guard_metadata: self.pool_guard_metadata,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
 enum HostsCommand {
     /// Hosts with their state: up, unreachable (since when), last error.
     Ls,
@@ -176,8 +296,9 @@ enum CertsCommand {
         /// Directory to write (must not hold a CA already).
         #[arg(long)]
         out: PathBuf,
-        /// Agent (host) names, each gets a certificate: --agent host1 --agent host2.
-        #[arg(long = "agent")]
+        /// Host names, each gets an agent certificate: --host host1 --host host2.
+        /// (Not --agent: that global flag names an agent socket.)
+        #[arg(long = "host")]
         agents: Vec<String>,
         /// Users as NAME:ROLE (viewer, operator, admin): --user alice:admin.
         #[arg(long = "user")]
@@ -605,6 +726,59 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
                 .entries;
             output::print_audit(&entries, json);
         }
+        (Command::Policy { command }, Conn::Controller(mut c)) => match command {
+            PolicyCommand::Set(args) => {
+                // Parsed and checked here too, so a typo is refused before
+                // anything is sent; the controller checks again.
+                let policy = args
+                    .spec()
+                    .to_policy()
+                    .map_err(|e| Failure::Refused(e.to_string()))?;
+                let reply = c.set_policy(policy).await?.into_inner();
+                output::print_set_policy(&reply, json);
+            }
+            PolicyCommand::Ls => {
+                let policies = c
+                    .list_policies(ListPoliciesRequest {})
+                    .await?
+                    .into_inner()
+                    .policies;
+                output::print_policies(&policies, json);
+            }
+            PolicyCommand::Rm { name } => {
+                let reply = c.remove_policy(RemovePolicyRequest { name }).await?;
+                println!("{}", reply.into_inner().message);
+            }
+            PolicyCommand::Explain { target } => {
+                let reply = c
+                    .explain_policy(TargetRequest { target })
+                    .await?
+                    .into_inner();
+                output::print_explanation(&reply, json);
+            }
+        },
+        (
+            Command::Events {
+                limit,
+                follow,
+                host,
+            },
+            Conn::Controller(mut c),
+        ) => {
+            let mut stream = c
+                .events(EventsRequest {
+                    limit,
+                    follow,
+                    host: host.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                output::print_event(&event, json);
+            }
+        }
+        (Command::Policy { .. }, Conn::Agent(_)) => return Err(fleet_only("policy")),
+        (Command::Events { .. }, Conn::Agent(_)) => return Err(fleet_only("events")),
         (Command::Hosts { .. }, Conn::Agent(_)) => return Err(fleet_only("hosts")),
         (Command::Audit { .. }, Conn::Agent(_)) => return Err(fleet_only("audit")),
         (Command::Certs { .. } | Command::Completions { .. }, _) => {
@@ -631,5 +805,17 @@ async fn main() -> ExitCode {
             eprintln!("roomyctl: failed: {m}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (duplicate flags and the like), which
+    /// release builds skip.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -2,8 +2,9 @@
 
 use roomy_proto::format_bytes;
 use roomy_proto::v1::{
-    AuditEntry, ContainerStorage, GrowPoolResponse, Health, Host, HostError, HostState, PoolStatus,
-    RepairResponse, ResizeAction, ResizeResponse,
+    AuditEntry, ContainerStorage, Event, EventKind, Explanation, GrowPoolResponse, Health, Host,
+    HostError, HostState, Policy, PoolStatus, RepairResponse, ResizeAction, ResizeResponse,
+    SetPolicyResponse,
 };
 use serde_json::{json, Value};
 
@@ -385,6 +386,161 @@ pub fn repair_json(r: &RepairResponse) -> Value {
         "message": r.message,
         "container": r.container.as_ref().map(storage_json),
     })
+}
+
+fn policy_json(p: &Policy) -> Value {
+    let s = p.selector.clone().unwrap_or_default();
+    let t = p.trigger.unwrap_or_default();
+    let i = p.increase.unwrap_or_default();
+    let g = p.pool_guard.unwrap_or_default();
+    json!({
+        "name": p.name,
+        "kind": if p.target_kind() == roomy_proto::v1::PolicyKind::Pool { "pool" } else { "container" },
+        "selector": {"hosts": s.host, "containers": s.container, "labels": s.labels},
+        "trigger": {"used_percent": t.used_percent, "free_bytes": t.free_bytes, "inodes_percent": t.inodes_percent,
+                    "metadata_percent": t.metadata_percent, "horizon_seconds": t.horizon_seconds},
+        "increase": {"percent": i.percent, "bytes": i.bytes, "min_step_bytes": i.min_step_bytes, "metadata_bytes": i.metadata_bytes},
+        "max_bytes": p.max_bytes,
+        "cooldown_seconds": p.cooldown_seconds,
+        "pool_guard": {"max_data_percent": g.max_data_percent, "max_metadata_percent": g.max_metadata_percent},
+        "dry_run": p.dry_run,
+        "source": p.source,
+        "updated_by": p.updated_by,
+        "updated_ms": p.updated_ms,
+        "description": roomy_proto::policy::describe(p),
+    })
+}
+
+/// `policy set`.
+pub fn print_set_policy(reply: &SetPolicyResponse, json: bool) {
+    if json {
+        print_json(&json!({
+            "message": reply.message,
+            "policy": reply.policy.as_ref().map(policy_json),
+            "unchecked": reply.unchecked.iter().map(|e| json!({"host": e.host, "code": e.code, "message": e.message})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("{}", reply.message);
+    for e in &reply.unchecked {
+        eprintln!(
+            "warning: {}: could not check the cap against its containers: {}",
+            e.host, e.message
+        );
+    }
+}
+
+/// `policy ls`.
+pub fn print_policies(policies: &[Policy], json: bool) {
+    if json {
+        print_json(&Value::Array(policies.iter().map(policy_json).collect()));
+        return;
+    }
+    let mut lines = vec![[
+        "NAME",
+        "KIND",
+        "HOSTS",
+        "CONTAINERS",
+        "LABELS",
+        "POLICY",
+        "SOURCE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for p in policies {
+        let s = p.selector.clone().unwrap_or_default();
+        let or_all = |g: &str| {
+            if g.is_empty() {
+                "*".to_string()
+            } else {
+                g.to_string()
+            }
+        };
+        let pool = p.target_kind() == roomy_proto::v1::PolicyKind::Pool;
+        lines.push(vec![
+            p.name.clone(),
+            if pool { "pool" } else { "container" }.into(),
+            or_all(&s.host),
+            if pool {
+                "-".into()
+            } else {
+                or_all(&s.container)
+            },
+            if s.labels.is_empty() {
+                "-".into()
+            } else {
+                s.labels.join(",")
+            },
+            roomy_proto::policy::describe(p),
+            p.source.clone(),
+        ]);
+    }
+    print!("{}", render(&lines));
+}
+
+/// `policy explain`.
+pub fn print_explanation(e: &Explanation, json: bool) {
+    if json {
+        print_json(&json!({
+            "host": e.host, "target": e.target, "policy": e.policy, "also_matching": e.also_matching,
+            "decision": e.decision, "reason": e.reason, "current_bytes": e.current_bytes,
+            "to_bytes": e.to_bytes, "lines": e.lines,
+        }));
+        return;
+    }
+    let policy = if e.policy.is_empty() {
+        "none"
+    } else {
+        &e.policy
+    };
+    println!("{}/{}: policy {policy}", e.host, e.target);
+    if !e.also_matching.is_empty() {
+        println!(
+            "  also matching (less specific): {}",
+            e.also_matching.join(", ")
+        );
+    }
+    for line in &e.lines {
+        println!("  {line}");
+    }
+    let mut verdict = format!("decision: {}", e.decision);
+    if !e.reason.is_empty() {
+        verdict.push_str(&format!(" ({})", e.reason));
+    }
+    if e.to_bytes > 0 {
+        verdict.push_str(&format!(
+            ", {} -> {}",
+            format_bytes(e.current_bytes),
+            format_bytes(e.to_bytes)
+        ));
+    }
+    println!("{verdict}");
+}
+
+/// `events`: one line per event, as it arrives.
+pub fn print_event(e: &Event, json: bool) {
+    let kind = EventKind::try_from(e.kind)
+        .unwrap_or(EventKind::Unspecified)
+        .word();
+    if json {
+        // One object per line, so `--follow -o json` pipes into jq.
+        println!(
+            "{}",
+            json!({"host": e.host, "seq": e.seq, "time_ms": e.time_ms, "policy": e.policy, "target": e.target,
+                   "kind": kind, "reason": e.reason, "from_bytes": e.from_bytes, "to_bytes": e.to_bytes,
+                   "duration_ms": e.duration_ms, "message": e.message})
+        );
+        return;
+    }
+    println!(
+        "{}  {}/{}  {kind}  {}  {}: {}",
+        when(e.time_ms),
+        e.host,
+        e.target,
+        e.reason,
+        e.policy,
+        e.message
+    );
 }
 
 #[cfg(test)]

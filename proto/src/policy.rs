@@ -677,6 +677,15 @@ fn cooling(cooldown: u32, last_grow_ms: Option<i64>, now_ms: i64, urgent: bool) 
     })
 }
 
+/// A container's cap: its `roomy.max-size` label when that is a size,
+/// otherwise the policy's.
+pub fn cap_for(policy: &Policy, labels: &HashMap<String, String>) -> u64 {
+    labels
+        .get(LABEL_MAX_SIZE)
+        .and_then(|v| v.parse::<ByteSize>().ok())
+        .map_or(policy.max_bytes, |b| b.0)
+}
+
 /// The one decision: given a container policy, what the agent sees, when
 /// the policy last grew this container and the time, what to do.
 pub fn decide(
@@ -785,21 +794,19 @@ pub fn decide(
         );
     };
 
-    let mut cap = policy.max_bytes;
+    let cap = cap_for(policy, &obs.labels);
     if let Some(v) = obs.labels.get(LABEL_MAX_SIZE) {
-        match v.parse::<ByteSize>() {
-            Ok(b) => {
-                lines.push(format!(
-                    "label {LABEL_MAX_SIZE}={v} sets the cap to {}",
-                    format_bytes(b.0)
-                ));
-                cap = b.0;
-            }
-            Err(_) => lines.push(format!(
+        lines.push(if cap == policy.max_bytes {
+            format!(
                 "label {LABEL_MAX_SIZE}={v} is not a size; the policy's cap {} holds",
                 format_bytes(cap)
-            )),
-        }
+            )
+        } else {
+            format!(
+                "label {LABEL_MAX_SIZE}={v} sets the cap to {}",
+                format_bytes(cap)
+            )
+        });
     }
     if size >= cap {
         return decision(
@@ -1021,18 +1028,20 @@ pub fn decide_pool(
                 lines,
             )
         }
-        Some(free) if need > free => return out(
-            Verdict::Skip,
-            "backing_space",
-            data_to,
-            meta_to,
-            format!(
+        Some(free) if need > free => {
+            return out(
+                Verdict::Skip,
+                "backing_space",
+                data_to,
+                meta_to,
+                format!(
                 "{what}: growing needs {} but its backing has {} free: add space under the pool",
                 format_bytes(need),
                 format_bytes(free)
             ),
-            lines,
-        ),
+                lines,
+            )
+        }
         Some(_) => {}
     }
     let mut parts = Vec::new();

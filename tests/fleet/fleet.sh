@@ -62,7 +62,7 @@ stop_controller() { kill "$(<"$WORK/controller.pid")"; wait "$(<"$WORK/controlle
 # Test traffic must never leave this machine: with a test link down, packets
 # for the test hosts hit this blackhole instead of the default route.
 ip route add blackhole 10.199.0.0/16 metric 4000 || exit 1
-"$BIN/roomyctl" certs init --out "$WORK/pki" --agent host1 --agent host2 --agent host3 \
+"$BIN/roomyctl" certs init --out "$WORK/pki" --host host1 --host host2 --host host3 \
     --user alice:admin --user olga:operator --user vic:viewer >/dev/null || exit 1
 for i in 1 2 3; do
     ns=$PREFIX-h$i
@@ -175,7 +175,7 @@ as alice hosts rm host3
 check "admin hosts rm exit 0" test "$RC" -eq 0
 
 echo "=== mutual TLS refusals"
-"$BIN/roomyctl" certs init --out "$WORK/other" --user mallory:admin --agent host1 >/dev/null
+"$BIN/roomyctl" certs init --out "$WORK/other" --user mallory:admin --host host1 >/dev/null
 OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/other/users/mallory.pem" \
     --key "$WORK/other/users/mallory.key" --ca "$WORK/pki/ca.pem" ls 2>&1)
 RC=$?

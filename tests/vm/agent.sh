@@ -272,7 +272,7 @@ s9_no_deferred_removal() {
 # dockerd, and the audit log names who did it.
 s10_through_the_controller() {
     local pki=$LAB/pki sum
-    "$BIN/roomyctl" certs init --out "$pki" --agent vmhost --user olga:operator >/dev/null
+    "$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
     agent_stop
     AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key" --tls-ca "$pki/ca.pem")
     agent_start || return 1

@@ -336,6 +336,20 @@ fn pool_policy(extra: impl FnOnce(&mut PolicySpec)) -> Policy {
     })
 }
 
+/// What, policy, pool, verdict, reason, data to, metadata to.
+type PoolCase = (
+    &'static str,
+    Policy,
+    PoolNumbers,
+    Verdict,
+    &'static str,
+    Option<u64>,
+    Option<u64>,
+);
+
+/// What, the change to a valid spec, a piece of the expected message.
+type BadSpec = (&'static str, Box<dyn Fn(&mut PolicySpec)>, &'static str);
+
 #[test]
 fn pool_decisions() {
     let base = PoolNumbers {
@@ -346,15 +360,7 @@ fn pool_decisions() {
         backing_free: Some(50 * G),
         data_rate: 0.0,
     };
-    let cases: Vec<(
-        &str,
-        Policy,
-        PoolNumbers,
-        Verdict,
-        &str,
-        Option<u64>,
-        Option<u64>,
-    )> = vec![
+    let cases: Vec<PoolCase> = vec![
         (
             "idle",
             pool_policy(|_| {}),
@@ -494,7 +500,7 @@ fn pool_decisions() {
 
 #[test]
 fn invalid_policies_say_what_to_fix() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut PolicySpec)>, &str)> = vec![
+    let cases: Vec<BadSpec> = vec![
         (
             "threshold above 100",
             Box::new(|s| s.at = Some("120%".into())),
