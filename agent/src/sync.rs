@@ -155,6 +155,8 @@ impl SyncHub {
                     _ = latest.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = tx.closed() => return,
+                    // Ending the stream lets the server's graceful stop finish.
+                    _ = roomy_proto::signal::shutdown() => return,
                 }
             }
         });

@@ -145,9 +145,17 @@ impl Distributor {
     async fn session(&self, host: &str, connected: &AtomicBool) -> Result<(), Status> {
         let mut client = self.registry.client(host)?;
         let mut policies = self.policies.subscribe();
+        // Each agent gets the policies whose host glob matches it.
         let set = |p: &[Policy]| SyncRequest {
             msg: Some(sync_request::Msg::Policies(PolicySet {
-                policies: p.to_vec(),
+                policies: p
+                    .iter()
+                    .filter(|p| {
+                        let glob = p.selector.as_ref().map_or("", |s| s.host.as_str());
+                        roomy_proto::policy::glob_match(glob, host)
+                    })
+                    .cloned()
+                    .collect(),
                 host: host.to_string(),
             })),
         };

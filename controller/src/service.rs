@@ -309,6 +309,8 @@ impl Controller for ControllerService {
                 let e = tokio::select! {
                     e = live.recv() => e,
                     _ = tx.closed() => return,
+                    // Followers must not hold the controller's stop open.
+                    _ = roomy_proto::signal::shutdown() => return,
                 };
                 match e {
                     Ok(e) => {

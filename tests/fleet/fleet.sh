@@ -56,6 +56,33 @@ start_controller() {
     tail -20 "$WORK/controller.log" >&2
     return 1
 }
+# Agent I in its namespace; extra arguments go to roomy-agent.
+start_agent() {
+    local i=$1
+    shift
+    ip netns exec "$PREFIX-h$i" "$BIN/roomy-agent" --backend sim --sim-containers 3 --no-socket \
+        --listen "10.199.$i.2:7444" --tls-cert "$WORK/pki/agents/host$i.pem" \
+        --tls-key "$WORK/pki/agents/host$i.key" --tls-ca "$WORK/pki/ca.pem" \
+        --state-dir "$WORK/state$i" --metrics-listen "10.199.$i.2:9787" "$@" \
+        >>"$WORK/agent$i.log" 2>&1 &
+    echo $! >"$WORK/agent$i.pid"
+}
+stop_agent() { kill "$(<"$WORK/agent$1.pid")"; wait "$(<"$WORK/agent$1.pid")" 2>/dev/null; }
+# One sample of agent I's metrics (NAME{LABELS} exactly as exported), or 0.
+agent_metric() {
+    curl -s --max-time 2 "http://10.199.$1.2:9787/metrics" |
+        awk -v name="$2 " 'index($0, name) == 1 {v=$NF} END {print v+0}'
+}
+# Wait up to SECONDS for a shell condition (a string, evaluated each time).
+wait_for() {
+    local seconds=$1 condition=$2
+    for _ in $(seq $((seconds * 5))); do
+        eval "$condition" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 stop_controller() { kill "$(<"$WORK/controller.pid")"; wait "$(<"$WORK/controller.pid")" 2>/dev/null; }
 
 # ------------------------------------------------------------------ setup
@@ -73,17 +100,21 @@ for i in 1 2 3; do
     ip -n "$ns" addr add "10.199.$i.2/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
-    ip netns exec "$ns" "$BIN/roomy-agent" --backend sim --sim-containers 3 --no-socket \
-        --listen "10.199.$i.2:7444" --tls-cert "$WORK/pki/agents/host$i.pem" \
-        --tls-key "$WORK/pki/agents/host$i.key" --tls-ca "$WORK/pki/ca.pem" \
-        >>"$WORK/agent$i.log" 2>&1 &
-    echo $! >"$WORK/agent$i.pid"
+    start_agent "$i"
 done
 sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 1500/' \
     "$WORK/pki/controller.toml" >"$WORK/controller.toml"
+printf 'metrics_listen = "127.0.0.1:9788"\n' | cat - "$WORK/controller.toml" >"$WORK/c.toml"
+mv "$WORK/c.toml" "$WORK/controller.toml"
 for i in 1 2; do
     printf '\n[[hosts]]\nname = "host%s"\naddress = "10.199.%s.2:7444"\n' "$i" "$i" >>"$WORK/controller.toml"
 done
+# A policy from the file (it selects no host), and a webhook that fails
+# twice before it accepts.
+printf '\n[[policies]]\nname = "from-config"\nhosts = "db*"\nat = "90%%"\ngrow = "1G"\nmax = "100G"\n' >>"$WORK/controller.toml"
+printf '\n[[webhooks]]\nname = "sink"\nurl = "http://127.0.0.1:9799/hook"\nevents = ["grown", "skipped"]\n' >>"$WORK/controller.toml"
+python3 webhook_sink.py 9799 2 "$WORK/webhook.jsonl" &
+echo $! >"$WORK/sink.pid"
 start_controller || exit 1
 
 # ------------------------------------------------------------------ tests
@@ -163,6 +194,85 @@ as olga pool grow host1 --data 1G
 check "pool shrink exit 3" test "$RC" -eq 3
 as vic audit
 check "audit lists the pool growth" grep -q "olga .*pool grow .*host1 .*100 GiB -> 110 GiB .*ok" <<<"$OUT"
+
+echo "=== policies: refused when invalid, nothing changed"
+as olga policy set bad --at 120% --grow 50% --max 4G
+check "threshold over 100% exit 3" test "$RC" -eq 3
+check "threshold over 100% says what to fix" grep -q "at most 100" <<<"$OUT"
+as olga policy set bad --at 80% --grow 0% --max 4G
+check "zero step exit 3" test "$RC" -eq 3 -a "$(grep -c "the step is zero" <<<"$OUT")" -eq 1
+as olga policy set bad --at 80% --grow 50% --max 4G --containers 'c[0-'
+check "selector that does not parse exit 3" test "$RC" -eq 3 -a "$(grep -c "never closes" <<<"$OUT")" -eq 1
+as olga policy set bad --hosts host1 --at 80% --grow 50% --max 2500M
+check "cap below a selected container exit 3" test "$RC" -eq 3
+check "cap refusal names the container" grep -q "host1/c0 is 3 GiB, above the cap" <<<"$OUT"
+as vic policy set bad --at 80% --grow 50% --max 4G
+check "viewer policy set exit 3" test "$RC" -eq 3
+as vic policy ls
+check "refused policies changed nothing" test "$(grep -c '^bad ' <<<"$OUT")" -eq 0
+check "config policy listed with source config" grep -q "^from-config .* config$" <<<"$OUT"
+as olga policy rm from-config
+check "config policy cannot be removed from the cli (exit 3)" test "$RC" -eq 3
+as vic audit
+check "refused policy set is audited" grep -q "olga .*policy set .*bad .*InvalidArgument" <<<"$OUT"
+
+echo "=== policies: agents enforce them, with the controller down too"
+# host3's containers fill at 150 MiB/s from now on.
+stop_agent 3
+start_agent 3 --sim-fill-rate 150M
+as olga policy set grow80 --hosts host3 --at 80% --grow 50% --max 4G --horizon 0 --cooldown 0
+check "operator policy set exit 0" test "$RC" -eq 0
+check "policy set says what it does" grep -q "created policy grow80: grow by 50% when used >= 80%, up to 4 GiB" <<<"$OUT"
+check "the agent holds the policy" wait_for 10 'test "$(agent_metric 3 roomy_policies)" -eq 1'
+check "host1 does not" test "$(agent_metric 1 roomy_policies)" -eq 0
+as vic policy explain host1/c1
+check "explain: host1 is not selected" grep -q "decision: none" <<<"$OUT"
+check "explain shows the fill rate the agent measures" wait_for 5 'as vic policy explain host3/c0; grep -Eq "filling at 1[45][0-9](\.[0-9]+)? MiB/s" <<<"$OUT"'
+check "explain names the policy" grep -q "^host3/c0: policy grow80" <<<"$OUT"
+stop_controller
+# 2 GiB at 0.5 GiB used: 80% in ~8 s, then 3 GiB, then the 4 GiB cap.
+check "growth goes on with the controller down" wait_for 40 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="grow80",action="grown"}'\'')" -ge 6'
+check "cap reached while the controller is down" wait_for 20 'test "$(agent_metric 3 '\''roomy_policy_skips_total{policy="grow80",reason="cap_reached"}'\'')" -ge 3'
+check "events buffered on the agent" test "$(agent_metric 3 roomy_events_buffered)" -ge 9
+start_controller
+check "buffered events delivered once the controller is back" wait_for 10 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
+as vic audit --limit 100
+check "every growth audited as policy:grow80@host3" test "$(grep -c "policy:grow80@host3 .*resize .*host3/c[0-2] .* ok" <<<"$OUT")" -eq 6
+check "audit shows 2 GiB -> 3 GiB" grep -q "policy:grow80@host3 .*host3/c0 .*2 GiB -> 3 GiB" <<<"$OUT"
+as vic events --limit 100 -o json
+check "events: grown and cap_reached, in order, each once" python3 -c '
+import json, sys
+ev = [json.loads(l) for l in sys.stdin if l.strip()]
+h3 = [e for e in ev if e["host"] == "host3"]
+seqs = [e["seq"] for e in h3]
+assert seqs == sorted(set(seqs)), seqs
+assert sum(e["kind"] == "grown" for e in h3) == 6, h3
+caps = [e for e in h3 if e["reason"] == "cap_reached"]
+assert len(caps) == 3 and "cap 4 GiB" in caps[0]["message"], caps
+' <<<"$OUT"
+as vic inspect host3/c2 -o json
+check "inspect shows the cap size" grep -q '"fs_size_bytes": 4294967296' <<<"$OUT"
+as vic policy explain host3/c0
+check "explain at the cap: skip (cap_reached)" grep -q "decision: skip (cap_reached)" <<<"$OUT"
+check "webhook got a grown event after 2 failures" wait_for 15 'grep -q '\''"kind":"grown".*"host":"host3"\|"host":"host3".*"kind":"grown"'\'' "$WORK/webhook.jsonl"'
+check "webhook text line for chat" grep -q 'roomy: host3/c[0-2] grown 2 GiB' "$WORK/webhook.jsonl"
+OUT=$(curl -s --max-time 2 http://127.0.0.1:9788/metrics)
+check "controller metrics: host up" grep -q '^roomy_host_up{host="host1"} 1' <<<"$OUT"
+check "controller metrics: events by kind" grep -q '^roomy_events_total{host="host3",kind="grown",reason="used_percent"} 6' <<<"$OUT"
+check "controller metrics: webhook retried" grep -q '^roomy_webhook_deliveries_total{webhook="sink",result="retried"} 2' <<<"$OUT"
+OUT=$(curl -s --max-time 2 http://10.199.3.2:9787/metrics)
+check "agent metrics: container size" grep -q '^roomy_container_size_bytes{container="c0",.*} 4294967296' <<<"$OUT"
+check "agent metrics: cap of the policy" grep -q '^roomy_container_max_size_bytes{container="c0",.*policy="grow80"} 4294967296' <<<"$OUT"
+check "agent metrics: resize histogram" grep -q '^roomy_resize_duration_seconds_count{source="policy"} 6' <<<"$OUT"
+timeout 5 "$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/pki/users/vic.pem" \
+    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" events --follow --limit 0 >"$WORK/follow.out" 2>&1 &
+sleep 1
+as olga policy set grow80 --hosts host3 --at 80% --grow 50% --max 6G --horizon 0 --cooldown 0
+check "replaced policy exit 0" grep -q "replaced policy grow80" <<<"$OUT"
+check "events --follow streams the growth past the old cap" wait_for 10 'grep -q "host3/c[0-2]  grown .*4 GiB -> 6 GiB" "$WORK/follow.out"'
+as olga policy rm grow80
+check "policy rm exit 0" test "$RC" -eq 0
+check "agents drop a removed policy" wait_for 5 'test "$(agent_metric 3 roomy_policies)" -eq 0'
 
 echo "=== controller restart keeps hosts and audit"
 stop_controller
