@@ -100,6 +100,21 @@ impl DeviceMapper {
             .map_err(|e| AgentError::kernel("resume", device, e))
     }
 
+    /// Swap in a staged table that only makes the device longer, without
+    /// freezing the filesystem or flushing I/O in flight: existing sectors
+    /// map exactly as before, so nothing needs to settle first. A plain
+    /// resume (lockfs) syncs every dirty page of the filesystem first,
+    /// which under a busy writer stalls it for seconds.
+    pub fn resume_grown(&self, device: &str) -> Result<(), AgentError> {
+        self.dm
+            .device_suspend(
+                &DevId::Name(name(device)?),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS),
+            )
+            .map(|_| ())
+            .map_err(|e| AgentError::kernel("resume", device, e))
+    }
+
     /// Drop a staged table nobody will swap in.
     pub fn clear_inactive(&self, device: &str) -> Result<(), AgentError> {
         self.dm

@@ -27,6 +27,10 @@ use crate::sync::PolicyStore;
 const RATE_WINDOW: Duration = Duration::from_secs(3);
 /// After a failed grow, wait this long before the policy tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// The same skip is reported again after this long.
+const NOTE_AGAIN: Duration = Duration::from_secs(300);
+/// A container unlisted this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Without policies, refresh only for the metrics.
 const IDLE_REFRESH: Duration = Duration::from_secs(15);
 
@@ -54,9 +58,10 @@ struct Track {
     samples: VecDeque<(Instant, u64)>,
     rate: f64,
     last_grow_ms: Option<i64>,
-    /// (policy, reason) of the last skip or dry-run event: the same one is
-    /// not sent again until something changes.
-    noted: Option<(String, &'static str)>,
+    /// (policy, reason, when) of the last skip or dry-run event: the same
+    /// one is not sent again until something else happens or NOTE_AGAIN
+    /// passes, so a container hovering at a threshold does not flood.
+    noted: Option<(String, &'static str, Instant)>,
     /// First sample that asked for this growth.
     fired_at: Option<Instant>,
     busy: bool,
@@ -81,11 +86,12 @@ impl Track {
 
     /// Whether this note is news (and remember it).
     fn note(&mut self, policy: &str, reason: &'static str) -> bool {
-        let key = (policy.to_string(), reason);
-        if self.noted.as_ref() == Some(&key) {
-            return false;
+        if let Some((p, r, at)) = &self.noted {
+            if p == policy && *r == reason && at.elapsed() < NOTE_AGAIN {
+                return false;
+            }
         }
-        self.noted = Some(key);
+        self.noted = Some((policy.to_string(), reason, Instant::now()));
         true
     }
 }
@@ -93,6 +99,8 @@ impl Track {
 struct Watched {
     c: ContainerStorage,
     track: Track,
+    /// Last listed by the backend.
+    seen: Instant,
 }
 
 #[derive(Default)]
@@ -268,14 +276,21 @@ impl<B: StorageBackend + Clone> Engine<B> {
             let mut state = self.state();
             state.refreshed_at = Some(Instant::now());
             if let Ok(list) = listed {
+                let now = Instant::now();
                 let mut old = std::mem::take(&mut state.containers);
                 for c in list {
                     let track = old.remove(&c.id).map(|w| w.track).unwrap_or_default();
-                    state.containers.insert(c.id.clone(), Watched { c, track });
+                    let seen = now;
+                    state
+                        .containers
+                        .insert(c.id.clone(), Watched { c, track, seen });
                 }
-                // A grow in flight keeps its container until it reports.
+                // A container missing from one listing (a read that failed
+                // mid-way) keeps its history for a while, so that its
+                // cooldown and noted skips hold; a grow in flight keeps it
+                // until it reports.
                 for (id, w) in old {
-                    if w.track.busy {
+                    if w.track.busy || now.duration_since(w.seen) < FORGET_AFTER {
                         state.containers.insert(id, w);
                     }
                 }
@@ -312,7 +327,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let d = decide_pool(policy, &numbers, last, now_ms());
         let fired = Instant::now();
         match d.verdict {
-            Verdict::Idle => self.state().pool_track.noted = None,
+            Verdict::Idle => {}
             Verdict::Skip | Verdict::WouldGrow => {
                 if self.state().pool_track.note(&policy.name, d.reason) {
                     let kind = if d.verdict == Verdict::Skip {
@@ -456,10 +471,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             };
             let d = decide(policy, &obs, t.last_grow_ms, now_ms);
             match d.verdict {
-                Verdict::Idle => {
-                    t.noted = None;
-                    t.fired_at = None;
-                }
+                Verdict::Idle => t.fired_at = None,
                 Verdict::Grow => {
                     t.busy = true;
                     grows.push(Grow {

@@ -64,7 +64,7 @@ impl ThinBackend {
         obs: Observed,
         target: u64,
         grow_fs: bool,
-    ) -> Result<(), AgentError> {
+    ) -> Result<StepTimes, AgentError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.apply(&obs, target, grow_fs))
             .await
@@ -111,13 +111,29 @@ impl ThinBackend {
             to_bytes: target,
             started: now(),
         };
+        let t0 = std::time::Instant::now();
         self.inner.journal.record(&intent)?;
         failpoint::hit("after-intent");
         let from = obs.sizes.fs.unwrap_or(current);
         let online = obs.mountpoint.is_some();
-        self.apply_blocking(obs, target, true).await?;
+        let t1 = std::time::Instant::now();
+        let steps = self.apply_blocking(obs, target, true).await?;
+        let t2 = std::time::Instant::now();
         self.inner.journal.clear(&view.id)?;
-        tracing::info!(container = %view.name, from, to = target, online, "grown");
+        // Where the time went, for operators chasing a slow grow (fsyncs
+        // behind a busy writer's dirty pages are the usual suspect).
+        tracing::info!(
+            container = %view.name,
+            from,
+            to = target,
+            online,
+            intent_ms = (t1 - t0).as_millis() as u64,
+            device_ms = steps.device.as_millis() as u64,
+            fs_ms = steps.fs.as_millis() as u64,
+            metadata_ms = steps.metadata.as_millis() as u64,
+            clear_ms = t2.elapsed().as_millis() as u64,
+            "grown"
+        );
 
         let (view, info) = self.find(&view.id).await?;
         self.reconcile_locked(&view, &info).await?;
@@ -170,9 +186,10 @@ impl ThinBackend {
         obs: &Observed,
         target: u64,
         grow_fs: bool,
-    ) -> Result<(), AgentError> {
+    ) -> Result<StepTimes, AgentError> {
         let dm = &self.inner.dm;
         let device = obs.device.as_str();
+        let started = std::time::Instant::now();
 
         // 1. The device, at least `target` long.
         match dm.state(device)? {
@@ -191,7 +208,7 @@ impl ThinBackend {
                     let grown = table.with_bytes(target)?;
                     dm.load(device, &grown)?;
                     failpoint::hit("after-load");
-                    if let Err(e) = dm.resume(device) {
+                    if let Err(e) = dm.resume_grown(device) {
                         self.settle_after_failed_resume(device);
                         return Err(e);
                     }
@@ -216,6 +233,7 @@ impl ThinBackend {
             }
         }
 
+        let device_done = std::time::Instant::now();
         // 2. The filesystem, filling the device.
         if grow_fs {
             let state = dm
@@ -235,12 +253,17 @@ impl ThinBackend {
             failpoint::hit("after-grow");
         }
 
+        let fs_done = std::time::Instant::now();
         // 3. Docker's metadata, so dockerd adopts the size when it restarts.
         if obs.meta.size()? < target {
             obs.meta.set_size(target)?;
         }
         failpoint::hit("after-persist");
-        Ok(())
+        Ok(StepTimes {
+            device: device_done - started,
+            fs: fs_done - device_done,
+            metadata: fs_done.elapsed(),
+        })
     }
 
     /// A resume can fail after the swap and leave the device suspended:
@@ -359,4 +382,11 @@ impl ThinBackend {
         self.inner.journal.clear(&intent.container_id)?;
         self.reconcile_locked(&view, &info).await
     }
+}
+/// How long each kernel step of a grow took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepTimes {
+    pub(crate) device: std::time::Duration,
+    pub(crate) fs: std::time::Duration,
+    pub(crate) metadata: std::time::Duration,
 }

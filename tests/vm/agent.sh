@@ -404,6 +404,103 @@ p3_direct_lvm() {
     check "p3 docker sees the grown pool" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
 }
 
+
+# A1. auto-grow by policy (issue 5): a container with a 1G device and a
+# policy "grow by 50% at 80%, cap 4G"; a writer writes as fast as it can to
+# 3.5G and never sees ENOSPC; every growth is in the audit log; at the cap
+# the writer gets ENOSPC and an event says the cap was reached. Then again
+# on a second container with the controller stopped after the policy was
+# distributed: growth still happens, and the audit entries arrive when the
+# controller is back.
+agent_metric() { curl -s --max-time 2 http://127.0.0.1:9787/metrics | awk -v name="$1 " 'index($0, name) == 1 {v=$NF} END {print v+0}'; }
+wait_until() { # SECONDS CONDITION-STRING
+    local i
+    for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
+    return 1
+}
+# Writes MiB of zeros to FILE in container C as fast as it can; the exit
+# code and dd's complaint land in FILE.rc and FILE.err.
+writer() { # C FILE MiB
+    D exec -d "$1" sh -c "dd if=/dev/zero of=$2 bs=1M count=$3 2>$2.err; echo \$? >$2.rc"
+}
+writer_done() { D exec "$1" test -f "$2.rc"; }
+a1_autogrow() {
+    local pki=$LAB/pki-a1 controller sum grown audited t0
+    "$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
+    agent_stop
+    AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key"
+        --tls-ca "$pki/ca.pem" --metrics-listen 127.0.0.1:9787)
+    agent_start || return 1
+    AGENT_ARGS=()
+    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/a1-controller.toml"
+    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/a1-controller.toml"
+    a1_controller_start() {
+        "$BIN/roomy-controller" --config "$LAB/a1-controller.toml" >>"$LAB/a1-controller.log" 2>&1 &
+        controller=$!
+        for _ in $(seq 50); do C hosts ls; [[ $RC -eq 0 ]] && return 0; sleep 0.2; done
+        return 1
+    }
+    C() {
+        OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
+        RC=$?
+    }
+    a1_controller_start || { fail "a1 controller starts" "$(tail -5 "$LAB/a1-controller.log")"; return 1; }
+    run_box a1
+    # XFS keeps ~6% of a 1G filesystem for its log and metadata.
+    check "a1 starts at 1G" test "$(df_bytes a1)" -le "$GiB" -a "$(df_bytes a1)" -gt $((900 << 20))
+    sum=$(write_data a1)
+    C policy set auto --containers 'a*' --at 80% --grow 50% --max 4G
+    check "a1 policy set exit 0" test "$RC" -eq 0
+    check "a1 agent holds the policy" wait_until 10 'test "$(agent_metric roomy_policies)" -eq 1'
+    t0=$(lab_now)
+    writer a1 /fill 3584
+    wait_until 300 'writer_done a1 /fill'
+    lab_time a1-write-3.5G "$t0"
+    check "a1 writer wrote 3.5G without ENOSPC" test "$(D exec a1 cat /fill.rc)" = 0 -a -z "$(D exec a1 cat /fill.err | grep -i 'no space')"
+    check "a1 grown past 3.5G" test "$(df_bytes a1)" -gt $((3584 << 20))
+    check "a1 data written before intact" test "$(data_sum a1)" = "$sum"
+    # Fill the rest: at the 4G cap the writer gets ENOSPC.
+    writer a1 /fill2 2048
+    wait_until 120 'writer_done a1 /fill2'
+    check "a1 at the cap the writer gets ENOSPC" grep -qi "no space left" <<<"$(D exec a1 cat /fill2.err)"
+    check "a1 df 4G at the cap" df_near "$(df_bytes a1)" $((4 * GiB))
+    check "a1 metadata persisted at 4G" test "$(meta_bytes a1)" -eq $((4 * GiB))
+    check "a1 event says the cap was reached" wait_until 15 'C events --limit 200 --host vmhost; grep -q "vmhost/a1  skipped  cap_reached  auto: .*cap 4 GiB" <<<"$OUT"'
+    C events --limit 200 -o json
+    grown=$(grep -c '"target":"a1".*"kind":"grown"' <<<"$OUT")
+    C audit --limit 200
+    audited=$(grep -c "policy:auto@vmhost .*resize .*vmhost/a1 .* ok" <<<"$OUT")
+    check "a1 every growth is in the audit log ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
+    check "a1 audit shows the first growth from 1G" grep -q "policy:auto@vmhost .*vmhost/a1 .*1 GiB -> " <<<"$OUT"
+    C events --limit 200 -o json
+    grep '"target":"a1".*"kind":"grown"' <<<"$OUT" | grep -o '"duration_ms":[0-9]*' | cut -d: -f2 >"$ROOMY_VM_OUT/a1-grow-ms" || true
+
+    echo "--- a2: the controller stopped after the policy was distributed"
+    kill "$controller"
+    wait "$controller" 2>/dev/null
+    run_box a2
+    check "a2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
+    writer a2 /fill 3584
+    wait_until 300 'writer_done a2 /fill'
+    check "a2 writer wrote 3.5G without ENOSPC, controller down" test "$(D exec a2 cat /fill.rc)" = 0
+    check "a2 grown past 3.5G" test "$(df_bytes a2)" -gt $((3584 << 20))
+    check "a2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
+    a1_controller_start || { fail "a1 controller restarts" "$(tail -5 "$LAB/a1-controller.log")"; return 1; }
+    check "a2 buffered events delivered when the controller is back" wait_until 15 'test "$(agent_metric roomy_events_buffered)" -eq 0'
+    C events --limit 200 -o json
+    grown=$(grep -c '"target":"a2".*"kind":"grown"' <<<"$OUT")
+    C audit --limit 200
+    audited=$(grep -c "policy:auto@vmhost .*resize .*vmhost/a2 .* ok" <<<"$OUT")
+    check "a2 growth audited after the outage ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
+    curl -s --max-time 2 http://127.0.0.1:9787/metrics >"$ROOMY_VM_OUT/a1-agent-metrics.txt"
+    check "a1 agent metrics: resizes by policy" grep -q '^roomy_resizes_total{result="grown",source="policy"} [1-9]' "$ROOMY_VM_OUT/a1-agent-metrics.txt"
+    C policy rm auto
+    kill "$controller"
+    wait "$controller" 2>/dev/null
+    D rm -f a1 a2 >/dev/null
+    cp "$LAB/a1-controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
+}
+
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
@@ -462,6 +559,32 @@ if want p1_pool_grows_online || want p2_pool_out_of_space; then
     done
     agent_stop
     dockerd_stop pool
+fi
+
+if want a1_autogrow; then
+    NAME=autogrow
+    # The emulated disk writes ~45 MB/s, some 40x slower than a real one,
+    # while the default dirty limit (20% of RAM, ~800 MB) was sized for real
+    # disks: any dm suspend would then wait ~20 s for loop-device writeback.
+    # Cap dirty memory at about one second of this disk, as on a real host.
+    dirty=$(sysctl -n vm.dirty_bytes vm.dirty_background_bytes vm.dirty_ratio vm.dirty_background_ratio | tr '\n' ' ')
+    sysctl -q -w vm.dirty_bytes=$((48 << 20)) vm.dirty_background_bytes=$((16 << 20))
+    ROOMY_BASESIZE=1G dockerd_start autogrow xfs || exit 1
+    image_import
+    agent_start || exit 1
+    echo "=== a1_autogrow"
+    t0=$(lab_now)
+    a1_autogrow
+    lab_time a1_autogrow "$t0"
+    check "autogrow: no suspended device or staged table" no_stray_dm_state
+    agent_stop
+    dockerd_stop autogrow
+    read -r db dbb dr dbr <<<"$dirty"
+    if [[ $db -eq 0 ]]; then
+        sysctl -q -w vm.dirty_ratio="$dr" vm.dirty_background_ratio="$dbr"
+    else
+        sysctl -q -w vm.dirty_bytes="$db" vm.dirty_background_bytes="$dbb"
+    fi
 fi
 
 if want p3_direct_lvm; then

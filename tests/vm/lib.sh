@@ -102,7 +102,7 @@ dockerd_start() {
     t0=$(lab_now)
     /usr/sbin/dockerd \
         --storage-driver devicemapper \
-        --storage-opt "dm.fs=$fs" --storage-opt dm.basesize=2G \
+        --storage-opt "dm.fs=$fs" --storage-opt "dm.basesize=${ROOMY_BASESIZE:-2G}" \
         --iptables=false --bridge=none \
         --data-root "$dir/root" --exec-root "$dir/exec" \
         -H "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" \
