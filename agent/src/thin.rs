@@ -147,25 +147,36 @@ impl ThinBackend {
             fs_kind: None,
             usage: None,
         };
-        let active = match dev {
-            Some(state) => match self.observe_active(&mut out, state) {
-                Ok(()) => true,
-                // Docker's deferred removal can take the device away between
-                // two reads: then it is simply not active.
-                Err(_) if dm.state(&device)?.is_none() => {
-                    out.dev = None;
-                    out.table = None;
-                    out.mountpoint = None;
-                    out.usage = None;
-                    out.fs_kind = None;
-                    out.sizes.table = None;
-                    out.sizes.fs = None;
-                    false
+        // Docker's deferred removal can take the device away between two
+        // reads (right after `docker stop`): while it goes, opening its node
+        // fails with ENXIO though dm still lists it. Look again briefly;
+        // a device that is gone is simply not active.
+        let mut active = false;
+        let mut state = dev;
+        for attempt in 0.. {
+            let Some(st) = state else { break };
+            match self.observe_active(&mut out, st) {
+                Ok(()) => {
+                    out.dev = Some(st);
+                    active = true;
+                    break;
                 }
-                Err(e) => return Err(e),
-            },
-            None => false,
-        };
+                Err(e) if attempt >= 10 => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    state = dm.state(&device)?;
+                }
+            }
+        }
+        if !active {
+            out.dev = None;
+            out.table = None;
+            out.mountpoint = None;
+            out.usage = None;
+            out.fs_kind = None;
+            out.sizes.table = None;
+            out.sizes.fs = None;
+        }
         if !active {
             if let Some(sb) = self.probe_superblock(&out)? {
                 out.fs_kind = Some(sb.kind);

@@ -146,6 +146,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::parse(include_str!("../../deploy/config/controller.example.toml")).unwrap();
+        assert_eq!(c.policies.len(), 2);
+        assert_eq!(c.webhooks.len(), 1);
+        assert!(c.metrics_listen.is_some());
+    }
+
+    #[test]
     fn policies_in_the_file_are_checked_at_load() {
         let base = "listen = \"127.0.0.1:7443\"\nstore = \"/tmp/x.db\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
         let good = format!(

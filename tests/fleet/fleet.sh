@@ -274,6 +274,18 @@ as olga policy rm grow80
 check "policy rm exit 0" test "$RC" -eq 0
 check "agents drop a removed policy" wait_for 5 'test "$(agent_metric 3 roomy_policies)" -eq 0'
 
+echo "=== pool policies"
+as olga policy set poolp --pool --hosts host2 --at 1% --grow 10G --max 105G --cooldown 0
+check "pool policy set exit 0" test "$RC" -eq 0
+check "pool policy grows host2's pool to its cap" wait_for 10 'as vic pool ls host2; grep -q "^host2  sim-pool  105 GiB " <<<"$OUT"'
+check "pool growth audited as policy:poolp@host2" wait_for 5 'as vic audit; grep -q "policy:poolp@host2 .*pool grow .*host2 .*100 GiB -> 105 GiB .*ok" <<<"$OUT"'
+check "pool at its cap: a skipped event says so" wait_for 10 'as vic events --host host2 -o json; grep -q "\"target\":\"pool\".*\"reason\":\"cap_reached\"" <<<"$OUT"'
+as vic policy explain host2/pool
+check "explain HOST/pool: skip (cap_reached)" grep -q "decision: skip (cap_reached)" <<<"$OUT"
+as vic pool ls host1
+check "pool policy left host1's pool alone" grep -q "^host1  sim-pool  110 GiB " <<<"$OUT"
+as olga policy rm poolp
+
 echo "=== controller restart keeps hosts and audit"
 stop_controller
 start_controller
