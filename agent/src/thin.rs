@@ -149,8 +149,10 @@ impl ThinBackend {
         };
         // Docker's deferred removal can take the device away between two
         // reads (right after `docker stop`): while it goes, opening its node
-        // fails with ENXIO though dm still lists it. Look again briefly;
-        // a device that is gone is simply not active.
+        // fails with ENXIO though dm still lists it, for as long as someone
+        // (udev's probe, say) holds it. Look again briefly; a stopped
+        // container's device that still cannot be read is treated as not
+        // active and read through a private activation instead.
         let mut active = false;
         let mut state = dev;
         for attempt in 0.. {
@@ -161,7 +163,14 @@ impl ThinBackend {
                     active = true;
                     break;
                 }
-                Err(e) if attempt >= 10 => return Err(e),
+                Err(e) if attempt >= 10 && view.running => return Err(e),
+                Err(e) if attempt >= 10 => {
+                    tracing::debug!(
+                        device,
+                        "stopped container's device unreadable while it goes ({e}); probing"
+                    );
+                    break;
+                }
                 Err(_) => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     state = dm.state(&device)?;
