@@ -224,6 +224,11 @@ impl ThinBackend {
     /// short-lived read-only activation under a private name. dm-thin lets
     /// two devices map one thin id, so a concurrent `docker start` is safe.
     fn probe_superblock(&self, obs: &Observed) -> Result<Option<fs::Superblock>, AgentError> {
+        // One probe at a time: the guard (on Docker's die event) and a
+        // user's inspect can probe the same container at once, and each
+        // would take the other's probe device for a leftover.
+        static PROBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = PROBING.lock().unwrap_or_else(|e| e.into_inner());
         let dm = &self.inner.dm;
         let pool_dev = dm.device_number(&obs.pool)?;
         let name = format!(
@@ -240,7 +245,10 @@ impl ThinBackend {
         let removed = dm.remove(&name);
         let _ = std::fs::remove_file(crate::devmapper::mapper_path(&name));
         let sb = sb?;
-        removed?;
+        // Gone already is what we wanted.
+        if removed.is_err() && dm.state(&name)?.is_some() {
+            removed?;
+        }
         Ok(sb)
     }
 
