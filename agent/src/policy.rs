@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use roomy_proto::format_bytes;
-use roomy_proto::policy::{cap_for, decide, decide_pool, select, PoolNumbers, Verdict};
+use roomy_proto::policy::{
+    cap_for, container_size, decide, decide_pool, select, PoolNumbers, Verdict,
+};
 use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
 
 use crate::backend::{GrowAction, StorageBackend};
@@ -137,30 +139,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// What a grow starts from: the largest size the container has anywhere.
-fn size_of(c: &ContainerStorage) -> u64 {
-    c.table_size_bytes
-        .max(c.docker_size_bytes)
-        .max(c.persisted_size_bytes)
-        .max(c.fs_size_bytes)
-}
-
-fn pool_numbers(p: &PoolStatus, rate: f64) -> PoolNumbers {
-    PoolNumbers {
-        data_used: p.data_used_bytes,
-        data_total: p.data_total_bytes,
-        meta_used: p.metadata_used_bytes,
-        meta_total: p.metadata_total_bytes,
-        // Only backings the agent knows how to grow.
-        backing_free: match p.backing.as_str() {
-            "loop" | "lvm" => Some(p.backing_free_bytes),
-            "sim" => Some(u64::MAX / 4),
-            _ => None,
-        },
-        data_rate: rate,
-    }
 }
 
 /// A grow the sample loop decided on.
@@ -320,7 +298,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let (numbers, last) = {
             let state = self.state();
             (
-                pool_numbers(&pool, state.pool_track.rate),
+                PoolNumbers::from_status(&pool, state.pool_track.rate),
                 state.pool_track.last_grow_ms,
             )
         };
@@ -434,7 +412,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let pool = state
             .pool
             .as_ref()
-            .map(|p| pool_numbers(p, state.pool_track.rate));
+            .map(|p| PoolNumbers::from_status(p, state.pool_track.rate));
         for w in state.containers.values_mut() {
             let Some(u) = self.inner.backend.usage(&w.c) else {
                 continue;
@@ -464,7 +442,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 continue;
             }
             let obs = roomy_proto::policy::Observation {
-                size_bytes: size_of(&w.c),
+                size_bytes: container_size(&w.c),
                 used_bytes: u.used,
                 avail_bytes: u.avail,
                 inodes_total: u.inodes_total,
@@ -615,7 +593,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             .map(|w| ContainerGauges {
                 name: &w.c.name,
                 id: &w.c.id,
-                size: size_of(&w.c),
+                size: container_size(&w.c),
                 fs_size: w.c.fs_total_bytes,
                 fs_used: w.c.fs_used_bytes,
                 fs_avail: w.c.fs_avail_bytes,

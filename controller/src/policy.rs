@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use roomy_proto::format_bytes;
-use roomy_proto::policy::{cap_for, decide, decide_pool, select, Observation, PoolNumbers};
+use roomy_proto::policy::{
+    cap_for, container_size, decide, decide_pool, select, Observation, PoolNumbers,
+};
 use roomy_proto::v1::{ContainerStorage, Explanation, Policy, PolicyKind, PoolStatus};
 
 /// The name explain and events use for a host's pool.
@@ -13,13 +15,6 @@ pub const POOL_TARGET: &str = "pool";
 
 fn labels(c: &ContainerStorage) -> HashMap<String, String> {
     c.labels.clone().into_iter().collect()
-}
-
-fn size_of(c: &ContainerStorage) -> u64 {
-    c.table_size_bytes
-        .max(c.docker_size_bytes)
-        .max(c.persisted_size_bytes)
-        .max(c.fs_size_bytes)
 }
 
 /// Containers on `host` that `policy` would apply to and that are already
@@ -33,7 +28,7 @@ pub fn past_cap(policy: &Policy, host: &str, containers: &[ContainerStorage]) ->
         .filter(|c| c.driver == "devicemapper" && policy.matches(host, &c.name, &labels(c)))
         .filter_map(|c| {
             let cap = cap_for(policy, &labels(c));
-            let size = size_of(c);
+            let size = container_size(c);
             (size > cap).then(|| {
                 format!(
                     "{host}/{} is {}, above the cap {}",
@@ -44,18 +39,6 @@ pub fn past_cap(policy: &Policy, host: &str, containers: &[ContainerStorage]) ->
             })
         })
         .collect()
-}
-
-fn pool_numbers(p: &PoolStatus) -> PoolNumbers {
-    PoolNumbers {
-        data_used: p.data_used_bytes,
-        data_total: p.data_total_bytes,
-        meta_used: p.metadata_used_bytes,
-        meta_total: p.metadata_total_bytes,
-        backing_free: matches!(p.backing.as_str(), "loop" | "lvm" | "sim")
-            .then_some(p.backing_free_bytes),
-        data_rate: 0.0,
-    }
 }
 
 /// What the policy in force would do with `container` now.
@@ -72,7 +55,7 @@ pub fn explain_container(
     let mut out = Explanation {
         host: host.into(),
         target: c.name.clone(),
-        current_bytes: size_of(c),
+        current_bytes: container_size(c),
         also_matching: hits.iter().skip(1).map(|p| p.name.clone()).collect(),
         ..Default::default()
     };
@@ -91,14 +74,14 @@ pub fn explain_container(
         return out;
     }
     let obs = Observation {
-        size_bytes: size_of(c),
+        size_bytes: container_size(c),
         used_bytes: c.fs_used_bytes,
         avail_bytes: c.fs_avail_bytes,
         inodes_total: c.inodes_total,
         inodes_used: c.inodes_used,
         fill_rate: c.fill_rate_bytes_per_second,
         labels,
-        pool: pool.map(pool_numbers),
+        pool: pool.map(|p| PoolNumbers::from_status(p, 0.0)),
     };
     let d = decide(policy, &obs, last_grow_ms, now_ms);
     out.policy = policy.name.clone();
@@ -134,7 +117,12 @@ pub fn explain_pool(
         out.lines = vec![format!("no pool policy selects {host}")];
         return out;
     };
-    let d = decide_pool(policy, &pool_numbers(pool), last_grow_ms, now_ms);
+    let d = decide_pool(
+        policy,
+        &PoolNumbers::from_status(pool, 0.0),
+        last_grow_ms,
+        now_ms,
+    );
     out.policy = policy.name.clone();
     out.decision = d.verdict.word().into();
     out.reason = d.reason.into();

@@ -43,8 +43,6 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
-/// The kind words `events` accepts, as they appear in payloads.
-const KINDS: [&str; 4] = ["grown", "would_grow", "skipped", "failed"];
 const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -354,16 +352,6 @@ fn kind_of(word: &str) -> Option<EventKind> {
     }
 }
 
-fn word_of(kind: EventKind) -> Option<&'static str> {
-    match kind {
-        EventKind::Grown => Some(KINDS[0]),
-        EventKind::WouldGrow => Some(KINDS[1]),
-        EventKind::Skipped => Some(KINDS[2]),
-        EventKind::Failed => Some(KINDS[3]),
-        EventKind::Unspecified => None,
-    }
-}
-
 /// The JSON body of every POST.
 #[derive(serde::Serialize)]
 struct Payload<'a> {
@@ -591,7 +579,7 @@ impl Webhooks {
     /// logged and counted.
     pub fn deliver(&self, event: &Event) {
         let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
-        let Some(word) = word_of(kind) else {
+        let Some(word) = (kind != EventKind::Unspecified).then(|| kind.word()) else {
             debug!(
                 kind = event.kind,
                 seq = event.seq,

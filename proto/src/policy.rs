@@ -586,6 +586,37 @@ pub struct PoolNumbers {
     pub data_rate: f64,
 }
 
+impl PoolNumbers {
+    /// A pool's numbers as an agent reports them; `rate` is the data fill
+    /// rate when measured. Agents and explain build them here, so both
+    /// decide on the same inputs.
+    pub fn from_status(p: &crate::v1::PoolStatus, rate: f64) -> Self {
+        PoolNumbers {
+            data_used: p.data_used_bytes,
+            data_total: p.data_total_bytes,
+            meta_used: p.metadata_used_bytes,
+            meta_total: p.metadata_total_bytes,
+            // Only backings the agent knows how to grow; the simulated
+            // one never runs out.
+            backing_free: match p.backing.as_str() {
+                "loop" | "lvm" => Some(p.backing_free_bytes),
+                "sim" => Some(u64::MAX / 4),
+                _ => None,
+            },
+            data_rate: rate,
+        }
+    }
+}
+
+/// What a grow starts from: the largest size a container has anywhere
+/// (table, dockerd, Docker's metadata, filesystem).
+pub fn container_size(c: &crate::v1::ContainerStorage) -> u64 {
+    c.table_size_bytes
+        .max(c.docker_size_bytes)
+        .max(c.persisted_size_bytes)
+        .max(c.fs_size_bytes)
+}
+
 /// What the decision function concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
