@@ -42,4 +42,7 @@ if [[ ${ROOMY_SKIP_VM:-} == 1 ]]; then
 fi
 
 step "real-kernel tier (QEMU, dm-thin, XFS, ext4, dockerd 20.10)"
-ROOMY_BIN=$(realpath "$bin") tests/vm/boot.sh tests/vm/agent.sh
+# Each scenario group has its own watchdog inside the guest (and says which
+# ran out); the boot's own watchdog is their sum plus the boot.
+budget=$(tests/vm/agent.sh --budget)
+ROOMY_VM_TIMEOUT=$((budget + 300)) ROOMY_BIN=$(realpath "$bin") tests/vm/boot.sh tests/vm/agent.sh

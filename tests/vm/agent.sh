@@ -10,6 +10,27 @@
 # roomyctl), ROOMY_SCENARIOS (space-separated subset, default all).
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
+
+# GROUP BUDGET_S SCENARIOS: budgets are about 2.5x the group's time on the
+# machine that measured it (see README: machines differ by 2x), so a group
+# that runs out is stuck, not slow.
+GROUPS_TABLE="
+xfs       900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s10_through_the_controller
+ext4      300 s4_running_ext4 s4_stopped_ext4
+nodefer   200 s9_no_deferred_removal
+pool      420 p1_pool_grows_online p2_pool_out_of_space
+autogrow  720 a1_autogrow
+lvm       300 p3_direct_lvm
+"
+
+# --budget: the sum of the groups' budgets, for the host's watchdog (runs
+# on the host, before anything else).
+if [[ ${1:-} == --budget ]]; then
+    awk 'NF { t += $2 } END { print t }' <<<"$GROUPS_TABLE"
+    exit 0
+fi
+
+
 # shellcheck source=lib.sh
 . ./lib.sh
 
@@ -285,7 +306,7 @@ s10_through_the_controller() {
         OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
         RC=$?
     }
-    for _ in $(seq 50); do C hosts ls; [[ $RC -eq 0 ]] && break; sleep 0.2; done
+    for _ in $(seq 150); do C hosts ls; [[ $RC -eq 0 ]] && break; sleep 0.2; done
     run_box s10
     sum=$(write_data s10)
     C ls vmhost
@@ -316,7 +337,7 @@ p1_pool_grows_online() {
     check "p1 pool grow exit 0" test "$RC" -eq 0
     check "p1 pool grow message" grep -q "grew pool .* online: data" <<<"$OUT"
     check "p1 pool grew by 2G" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
-    for _ in $(seq 120); do D exec p1 test -f /w.rc && break; sleep 1; done
+    for _ in $(seq 300); do D exec p1 test -f /w.rc && break; sleep 1; done
     check "p1 writer finished without error" test "$(D exec p1 cat /w.rc)" = 0
     local meta
     meta=$(pool_field metadata_total_bytes)
@@ -350,7 +371,7 @@ p2_pool_out_of_space() {
         D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=1100 conv=fsync 2>/dev/null; echo $? >/w.rc'
     done
     local mode=""
-    for _ in $(seq 240); do
+    for _ in $(seq 480); do
         mode=$(pool_field mode)
         [[ $mode == out_of_data_space ]] && break
         sleep 1
@@ -360,7 +381,7 @@ p2_pool_out_of_space() {
     check "p2 pool grow while full exit 0" test "$RC" -eq 0
     check "p2 pool back to rw" test "$(pool_field mode)" = rw
     for c in p2a p2b; do
-        for _ in $(seq 120); do D exec "$c" test -f /w.rc && break; sleep 1; done
+        for _ in $(seq 300); do D exec "$c" test -f /w.rc && break; sleep 1; done
         check "p2 $c writer finished without error" test "$(D exec "$c" cat /w.rc)" = 0
     done
     check "p2 no suspended device" no_stray_dm_state
@@ -392,7 +413,7 @@ p3_direct_lvm() {
     check "p3 data grew by 1G" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
     check "p3 metadata grew by 32M" test "$(pool_field metadata_total_bytes)" -ge $((meta + (32 << 20)))
     check "p3 lvs agrees" bash -c "lvs --noheadings --units b --nosuffix -o lv_size docker/thinpool | grep -q $((before + GiB))"
-    for _ in $(seq 120); do D exec p3 test -f /w.rc && break; sleep 1; done
+    for _ in $(seq 300); do D exec p3 test -f /w.rc && break; sleep 1; done
     check "p3 writer finished without error" test "$(D exec p3 cat /w.rc)" = 0
     R pool grow --data +100G
     check "p3 beyond the VG exit 3" test "$RC" -eq 3
@@ -437,7 +458,7 @@ a1_autogrow() {
     a1_controller_start() {
         "$BIN/roomy-controller" --config "$LAB/a1-controller.toml" >>"$LAB/a1-controller.log" 2>&1 &
         controller=$!
-        for _ in $(seq 50); do C hosts ls; [[ $RC -eq 0 ]] && return 0; sleep 0.2; done
+        for _ in $(seq 150); do C hosts ls; [[ $RC -eq 0 ]] && return 0; sleep 0.2; done
         return 1
     }
     C() {
@@ -454,14 +475,14 @@ a1_autogrow() {
     check "a1 agent holds the policy" wait_until 10 'test "$(agent_metric roomy_policies)" -eq 1'
     t0=$(lab_now)
     writer a1 /fill 3584
-    wait_until 300 'writer_done a1 /fill'
+    wait_until 600 'writer_done a1 /fill'
     lab_time a1-write-3.5G "$t0"
     check "a1 writer wrote 3.5G without ENOSPC" test "$(D exec a1 cat /fill.rc)" = 0 -a -z "$(D exec a1 cat /fill.err | grep -i 'no space')"
     check "a1 grown past 3.5G" test "$(df_bytes a1)" -gt $((3584 << 20))
     check "a1 data written before intact" test "$(data_sum a1)" = "$sum"
     # Fill the rest: at the 4G cap the writer gets ENOSPC.
     writer a1 /fill2 2048
-    wait_until 120 'writer_done a1 /fill2'
+    wait_until 300 'writer_done a1 /fill2'
     check "a1 at the cap the writer gets ENOSPC" grep -qi "no space left" <<<"$(D exec a1 cat /fill2.err)"
     check "a1 df 4G at the cap" df_near "$(df_bytes a1)" $((4 * GiB))
     check "a1 metadata persisted at 4G" test "$(meta_bytes a1)" -eq $((4 * GiB))
@@ -481,7 +502,7 @@ a1_autogrow() {
     run_box a2
     check "a2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
     writer a2 /fill 3584
-    wait_until 300 'writer_done a2 /fill'
+    wait_until 600 'writer_done a2 /fill'
     check "a2 writer wrote 3.5G without ENOSPC, controller down" test "$(D exec a2 cat /fill.rc)" = 0
     check "a2 grown past 3.5G" test "$(df_bytes a2)" -gt $((3584 << 20))
     check "a2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
@@ -504,78 +525,87 @@ a1_autogrow() {
 # ------------------------------------------------------------------- main
 
 want() { [[ -z ${ROOMY_SCENARIOS:-} || " $ROOMY_SCENARIOS " == *" $1 "* ]]; }
+want_any() {
+    local s
+    for s in "$@"; do want "$s" && return 0; done
+    return 1
+}
 
-lab_init || exit 1
-NAME=xfs
-dockerd_start xfs xfs || exit 1
-image_import
-agent_start || exit 1
-for s in s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s10_through_the_controller; do
-    want "$s" || continue
-    t0=$(lab_now)
-    echo "=== $s"
-    "$s"
-    lab_time "$s" "$t0"
-done
-check "xfs: no suspended device or staged table" no_stray_dm_state
-agent_stop
-dockerd_stop xfs
-
-if want s4_running_ext4 || want s4_stopped_ext4; then
-    NAME=ext4
-    dockerd_start ext4 ext4 || exit 1
-    image_import
-    agent_start || exit 1
-    echo "=== s4 ext4"
-    want s4_running_ext4 && s4_running_ext4
-    want s4_stopped_ext4 && stopped_case e2 ext4
-    check "ext4: no suspended device or staged table" no_stray_dm_state
-    agent_stop
-    dockerd_stop ext4
-fi
-
-if want s9_no_deferred_removal; then
-    NAME=nodefer
-    dockerd_start nodefer xfs --storage-opt dm.use_deferred_removal=false --storage-opt dm.use_deferred_deletion=false || exit 1
-    image_import
-    agent_start || exit 1
-    echo "=== s9_no_deferred_removal"
-    s9_no_deferred_removal
-    agent_stop
-    dockerd_stop nodefer
-fi
-
-if want p1_pool_grows_online || want p2_pool_out_of_space; then
-    NAME=pool
-    dockerd_start pool xfs --storage-opt dm.loopdatasize=2G --storage-opt dm.loopmetadatasize=128M || exit 1
-    image_import
-    agent_start || exit 1
-    for s in p2_pool_out_of_space p1_pool_grows_online; do
+# scenarios FN...: run the wanted ones in order, timed and named for the
+# group's watchdog.
+scenarios() {
+    local s t0
+    for s in "$@"; do
         want "$s" || continue
         t0=$(lab_now)
         echo "=== $s"
+        lab_scenario "$s"
         "$s"
         lab_time "$s" "$t0"
     done
+}
+
+# One dockerd (and agent) per group, so a group that runs out of time
+# leaves nothing the next one uses.
+group_xfs() {
+    NAME=xfs
+    dockerd_start xfs xfs || { fail "group xfs: dockerd starts"; return 1; }
+    image_import
+    agent_start || { fail "group xfs: agent starts"; return 1; }
+    scenarios s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent \
+        s7_plain_recipe_repair s8_killed_agent s10_through_the_controller
+    check "xfs: no suspended device or staged table" no_stray_dm_state
+    agent_stop
+    dockerd_stop xfs
+}
+
+group_ext4() {
+    NAME=ext4
+    dockerd_start ext4 ext4 || { fail "group ext4: dockerd starts"; return 1; }
+    image_import
+    agent_start || { fail "group ext4: agent starts"; return 1; }
+    scenarios s4_running_ext4 s4_stopped_ext4
+    check "ext4: no suspended device or staged table" no_stray_dm_state
+    agent_stop
+    dockerd_stop ext4
+}
+s4_stopped_ext4() { stopped_case e2 ext4; }
+
+group_nodefer() {
+    NAME=nodefer
+    dockerd_start nodefer xfs --storage-opt dm.use_deferred_removal=false --storage-opt dm.use_deferred_deletion=false ||
+        { fail "group nodefer: dockerd starts"; return 1; }
+    image_import
+    agent_start || { fail "group nodefer: agent starts"; return 1; }
+    scenarios s9_no_deferred_removal
+    agent_stop
+    dockerd_stop nodefer
+}
+
+group_pool() {
+    NAME=pool
+    dockerd_start pool xfs --storage-opt dm.loopdatasize=2G --storage-opt dm.loopmetadatasize=128M ||
+        { fail "group pool: dockerd starts"; return 1; }
+    image_import
+    agent_start || { fail "group pool: agent starts"; return 1; }
+    scenarios p2_pool_out_of_space p1_pool_grows_online
     agent_stop
     dockerd_stop pool
-fi
+}
 
-if want a1_autogrow; then
+group_autogrow() {
     NAME=autogrow
     # The emulated disk writes ~45 MB/s, some 40x slower than a real one,
     # while the default dirty limit (20% of RAM, ~800 MB) was sized for real
     # disks: any dm suspend would then wait ~20 s for loop-device writeback.
     # Cap dirty memory at about one second of this disk, as on a real host.
+    local dirty db dbb dr dbr
     dirty=$(sysctl -n vm.dirty_bytes vm.dirty_background_bytes vm.dirty_ratio vm.dirty_background_ratio | tr '\n' ' ')
     sysctl -q -w vm.dirty_bytes=$((48 << 20)) vm.dirty_background_bytes=$((16 << 20))
-    ROOMY_BASESIZE=1G dockerd_start autogrow xfs || exit 1
+    ROOMY_BASESIZE=1G dockerd_start autogrow xfs || { fail "group autogrow: dockerd starts"; return 1; }
     image_import
-    agent_start || exit 1
-    echo "=== a1_autogrow"
-    t0=$(lab_now)
-    a1_autogrow
-    lab_time a1_autogrow "$t0"
+    agent_start || { fail "group autogrow: agent starts"; return 1; }
+    scenarios a1_autogrow
     check "autogrow: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop autogrow
@@ -585,24 +615,28 @@ if want a1_autogrow; then
     else
         sysctl -q -w vm.dirty_bytes="$db" vm.dirty_background_bytes="$dbb"
     fi
-fi
+}
 
-if want p3_direct_lvm; then
+group_lvm() {
     NAME=lvm
-    if lvm_pool_setup; then
-        dockerd_start lvm xfs --storage-opt dm.thinpooldev=/dev/mapper/docker-thinpool || exit 1
-        image_import
-        agent_start || exit 1
-        echo "=== p3_direct_lvm"
-        t0=$(lab_now)
-        p3_direct_lvm
-        lab_time p3_direct_lvm "$t0"
-        agent_stop
-        dockerd_stop lvm
-    else
-        fail "p3 LVM thin pool setup" "pvcreate/vgcreate/lvcreate/lvconvert failed"
-    fi
-fi
+    lvm_pool_setup || { fail "p3 LVM thin pool setup" "pvcreate/vgcreate/lvcreate/lvconvert failed"; return 1; }
+    dockerd_start lvm xfs --storage-opt dm.thinpooldev=/dev/mapper/docker-thinpool ||
+        { fail "group lvm: dockerd starts"; return 1; }
+    image_import
+    agent_start || { fail "group lvm: agent starts"; return 1; }
+    scenarios p3_direct_lvm
+    agent_stop
+    dockerd_stop lvm
+}
+
+lab_init || exit 1
+# fd 3: nothing a group runs may eat the table from stdin.
+while read -r -u 3 group budget wanted; do
+    [[ -n $group ]] || continue
+    # shellcheck disable=SC2086 # a list of names
+    want_any $wanted || continue
+    lab_group "$group" "$budget" "group_$group" </dev/null
+done 3<<<"$GROUPS_TABLE"
 
 check_dmesg
 for d in "$LAB"/*/; do

@@ -9,7 +9,8 @@
 #      ROOMY_VM_KERNEL (default /boot/vmlinuz-6.1.0-56-amd64, else the newest
 #      /boot/vmlinuz-*-amd64),
 #      ROOMY_VM_MEMORY (4G), ROOMY_VM_CPUS (2), ROOMY_VM_DISK_SIZE (16G),
-#      ROOMY_VM_TIMEOUT (1500 s). Every ROOMY_* variable set by the caller is
+#      ROOMY_VM_TIMEOUT (1500 s; scripts/test.sh sets it from the scenario
+#      groups' budgets). Every ROOMY_* variable set by the caller is
 #      exported to the guest script, plus ROOMY_VM_OUT (the rw shared dir,
 #      same path on host and guest) and ROOMY_VM_DISK_SERIAL.
 set -euo pipefail

@@ -4,15 +4,22 @@
 #
 # Functions:
 #   lab_init                       modules, scratch disk at $LAB, dirs
-#   dockerd_start NAME FS [ARGS..] start a devicemapper dockerd (dm.fs=FS),
-#                                  wait for it, export DOCKER_HOST for it
+#   dockerd_launch NAME ARGS..     start containerd and a dockerd with ARGS,
+#                                  wait for both, export DOCKER_HOST for it
+#   dockerd_start NAME FS [ARGS..] the same for a devicemapper dockerd
+#                                  (dm.fs=FS)
 #   dockerd_use NAME               point DOCKER_HOST at dockerd NAME
 #   dockerd_stop NAME              SIGTERM, wait for exit
 #   dockerd_restart NAME           stop + start with the args given at start
 #   image_import                   build roomy/busybox:latest (no registry)
 #   D ARGS..                       /usr/bin/docker (20.10) on $DOCKER_HOST
 #   lab_now / lab_time LABEL START print and record "TIME LABEL: Ns"
-#   pass NAME / fail NAME REASON   count results; summary prints the total
+#   pass NAME / fail NAME REASON   record a result; summary prints the total
+#   lab_group NAME BUDGET FN       run FN as one scenario group under its own
+#                                  watchdog (BUDGET seconds); a group that
+#                                  runs out is killed and fails by name
+#   lab_scenario NAME              note the scenario now running (named by
+#                                  the watchdog when it fires)
 #   check_dmesg                    fail on WARNING:/BUG: in the kernel log
 #
 # Env: LAB (default /tmp/lab), ROOMY_VM_OUT (shared rw dir from boot.sh;
@@ -21,8 +28,10 @@
 
 LAB=${LAB:-/tmp/lab}
 ROOMY_VM_OUT=${ROOMY_VM_OUT:-/tmp}
-LAB_PASSED=0
-LAB_FAILED=0
+# Results go to a file, not shell variables: scenario groups run in
+# subshells (so a watchdog can kill one), and their counts must survive.
+LAB_RESULTS=${LAB_RESULTS:-$ROOMY_VM_OUT/results}
+: >"$LAB_RESULTS"
 # When lib.sh was sourced: the start of "script time" in this guest.
 export LAB_T_SCRIPT
 LAB_T_SCRIPT=$(date +%s.%N)
@@ -89,27 +98,78 @@ D() { /usr/bin/docker "$@"; }
 
 dockerd_use() { export DOCKER_HOST="unix://$LAB/$1/docker.sock"; }
 
-# dockerd_start NAME FS [EXTRA_DOCKERD_ARGS...]
-# Each NAME gets its own data-root, exec-root and socket; dockerd 20.10 then
-# spawns its own containerd under the exec-root (/usr/bin/containerd), so
-# several dockerds can run side by side (each with its own loop-lvm pool).
-dockerd_start() {
-    local name=$1 fs=$2 dir=$LAB/$1 t0 i
-    shift 2
+# containerd_start NAME: a containerd for dockerd NAME, started and waited
+# for by the harness. dockerd 20.10 would spawn its own, but gives it a
+# fixed 60 s to answer, which a loaded emulated machine overruns (the lab
+# failed that way right after a build); hosts run containerd as a service
+# of its own anyway. CRI is off: nothing here speaks it.
+containerd_start() {
+    local dir=$LAB/$1/containerd t0 i
+    mkdir -p "$dir"
+    cat >"$dir/config.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+EOF
+    t0=$(lab_now)
+    /usr/bin/containerd --config "$dir/config.toml" </dev/null >>"$dir/containerd.log" 2>&1 &
+    echo $! >"$dir/containerd.pid"
+    # Up to 300 s: a machine twice as slow as the slowest start seen (35 s
+    # for dockerd with its containerd) still fits, many times over.
+    for ((i = 0; i < 600; i++)); do
+        if ctr --address "$dir/containerd.sock" version >/dev/null 2>&1; then
+            lab_time "containerd-$1-ready" "$t0"
+            return 0
+        fi
+        kill -0 "$(<"$dir/containerd.pid")" 2>/dev/null || break
+        sleep 0.5
+    done
+    lab_log "containerd for $1 did not come up; log tail:"
+    tail -n 20 "$dir/containerd.log" >&2
+    return 1
+}
+
+containerd_running() {
+    local pidf=$LAB/$1/containerd/containerd.pid
+    [[ -f $pidf ]] && kill -0 "$(<"$pidf")" 2>/dev/null
+}
+
+containerd_stop() {
+    local dir=$LAB/$1/containerd pid i
+    [[ -f $dir/containerd.pid ]] || return 0
+    pid=$(<"$dir/containerd.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 60; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$dir/containerd.pid"
+}
+
+# dockerd_launch NAME DOCKERD_ARGS...: containerd (above), then dockerd with
+# its own data-root, exec-root and socket, so several can run side by side;
+# waits until it answers.
+dockerd_launch() {
+    local name=$1 dir=$LAB/$1 t0 i
+    shift
     mkdir -p "$dir"
     # Remembered for dockerd_restart.
-    printf '%q ' "$fs" "$@" >"$dir/args"
+    printf '%q ' "$@" >"$dir/args"
+    containerd_running "$name" || containerd_start "$name" || return 1
     t0=$(lab_now)
-    /usr/sbin/dockerd \
-        --storage-driver devicemapper \
-        --storage-opt "dm.fs=$fs" --storage-opt "dm.basesize=${ROOMY_BASESIZE:-2G}" \
+    /usr/sbin/dockerd --containerd "$dir/containerd/containerd.sock" \
         --iptables=false --bridge=none \
         --data-root "$dir/root" --exec-root "$dir/exec" \
         -H "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" \
         "$@" </dev/null >>"$dir/dockerd.log" 2>&1 &
     echo $! >"$dir/dockerd.pid.launch"
     dockerd_use "$name"
-    for ((i = 0; i < 120; i++)); do
+    # Up to 300 s (35 s seen on a slow machine under TCG).
+    for ((i = 0; i < 600; i++)); do
         if D info >/dev/null 2>&1; then
             lab_time "dockerd-$name-ready" "$t0"
             return 0
@@ -125,28 +185,41 @@ dockerd_start() {
     return 1
 }
 
+# dockerd_start NAME FS [EXTRA_DOCKERD_ARGS...]: a devicemapper dockerd
+# (loop-lvm unless the extra args say otherwise) with dm.fs=FS.
+dockerd_start() {
+    local name=$1 fs=$2
+    shift 2
+    dockerd_launch "$name" --storage-driver devicemapper \
+        --storage-opt "dm.fs=$fs" --storage-opt "dm.basesize=${ROOMY_BASESIZE:-2G}" "$@"
+}
+
+# dockerd_stop NAME [keep-containerd]
 dockerd_stop() {
     local name=$1 dir=$LAB/$1 pid i
     pid=$(<"$dir/dockerd.pid.launch")
     kill -TERM "$pid" 2>/dev/null || true
     # dockerd waits up to 15 s for containers (--shutdown-timeout), then
-    # deactivates devices and stops its containerd.
-    for ((i = 0; i < 120; i++)); do
+    # deactivates devices.
+    for ((i = 0; i < 240; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
     done
     if kill -0 "$pid" 2>/dev/null; then
-        lab_log "dockerd $name still alive after 60 s; killing"
+        lab_log "dockerd $name still alive after 120 s; killing"
         kill -KILL "$pid" 2>/dev/null || true
     fi
+    [[ ${2:-} == keep-containerd ]] || containerd_stop "$name"
     cp "$dir/dockerd.log" "$ROOMY_VM_OUT/dockerd-$name.log" 2>/dev/null || true
 }
 
+# Restarts dockerd only, as `systemctl restart docker` does: containerd
+# (and, with live-restore, the containers) stay up.
 dockerd_restart() {
     local name=$1 args
     args=$(<"$LAB/$1/args")
-    dockerd_stop "$name"
-    eval "dockerd_start \"\$name\" $args"
+    dockerd_stop "$name" keep-containerd
+    eval "dockerd_launch \"\$name\" $args"
 }
 
 # roomy/busybox:latest from the host's busybox-static: a rootfs with
@@ -166,19 +239,64 @@ image_import() {
 }
 
 pass() {
-    LAB_PASSED=$((LAB_PASSED + 1))
     echo "PASS $1"
+    echo "PASS $1" >>"$LAB_RESULTS"
 }
 
 fail() {
-    LAB_FAILED=$((LAB_FAILED + 1))
     echo "FAIL $1: ${2:-}"
+    echo "FAIL $1" >>"$LAB_RESULTS"
 }
 
 # Exactly one final line; non-zero when anything failed.
 summary() {
-    echo "$LAB_PASSED passed, $LAB_FAILED failed"
-    [[ $LAB_FAILED -eq 0 ]]
+    local p f
+    p=$(grep -c '^PASS' "$LAB_RESULTS")
+    f=$(grep -c '^FAIL' "$LAB_RESULTS")
+    echo "$p passed, $f failed"
+    [[ $f -eq 0 ]]
+}
+
+lab_scenario() { echo "$1" >"$ROOMY_VM_OUT/current-scenario"; }
+
+# lab_group NAME BUDGET FN: run FN in its own process group with a watchdog
+# of BUDGET seconds. Budgets are set at about 2.5x what the group takes on
+# the machine it was measured on, since machines here differ by 2x: a group
+# that runs out is stuck, not slow. Everything the group started (dockerd,
+# its containerd, the agent) is in its process group and dies with it; the
+# next group starts its own dockerd, so it does not inherit the wreck.
+lab_group() {
+    local name=$1 budget=$2 fn=$3 t0 start pid current
+    echo "=== group $name (budget ${budget}s)"
+    lab_scenario "$name (setup)"
+    t0=$(lab_now)
+    start=$SECONDS
+    set -m
+    # Job control off inside, so the group's own background jobs stay in
+    # its process group.
+    (
+        set +m
+        "$fn"
+    ) &
+    pid=$!
+    set +m
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS - start >= budget)); then
+            current=$(<"$ROOMY_VM_OUT/current-scenario")
+            echo "lab: group $name ran out of its ${budget}s budget during $current; killing it" >&2
+            kill -TERM -- "-$pid" 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                kill -0 -- "-$pid" 2>/dev/null || break
+                sleep 0.5
+            done
+            kill -KILL -- "-$pid" 2>/dev/null
+            fail "group $name" "ran out of its ${budget}s budget during $current (see TIME lines for how far it got)"
+            break
+        fi
+        sleep 1
+    done
+    wait "$pid" 2>/dev/null
+    lab_time "group-$name" "$t0"
 }
 
 check_dmesg() {
@@ -211,7 +329,7 @@ agent_start() {
         --docker-host "unix://$dir/docker.sock" --guard-interval 2 "${AGENT_ARGS[@]}" \
         </dev/null >>"$dir/agent.log" 2>&1 &
     echo $! >"$dir/agent.pid"
-    for ((i = 0; i < 100; i++)); do
+    for ((i = 0; i < 300; i++)); do
         [[ -S $dir/agent.sock ]] && return 0
         kill -0 "$(<"$dir/agent.pid")" 2>/dev/null || break
         sleep 0.2
