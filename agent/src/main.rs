@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 use roomy_agent::docker::DockerClient;
 use roomy_agent::policy::Cadence;
 use roomy_agent::{AgentService, SimBackend, StorageBackend, ThinBackend, ThinConfig};
-use roomy_proto::tls::{ServerTls, TlsFiles};
+use roomy_proto::tls::{ClientRule, Kind, ServerTls, TlsFiles};
 use roomy_proto::v1::agent_server::AgentServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -46,7 +46,8 @@ struct Args {
     /// The fleet's CA (PEM).
     #[arg(long, env = "ROOMY_TLS_CA")]
     tls_ca: Option<PathBuf>,
-    /// Client identities allowed on TCP (repeatable).
+    /// Client identities allowed on TCP (repeatable). Whatever the name, only
+    /// controller certificates (kind URI SAN urn:roomy:kind:controller) get in.
     #[arg(long = "allow-client", default_value = "roomy-controller")]
     allow_client: Vec<String>,
 
@@ -130,7 +131,10 @@ async fn main() -> anyhow::Result<()> {
                 key: key.clone(),
                 ca: ca.clone(),
             };
-            let tls = ServerTls::load(files, args.allow_client.clone()).context("agent TLS")?;
+            let tls = ServerTls::load(
+                files,
+                ClientRule::only(&[Kind::Controller], args.allow_client.clone()),
+            ).context("agent TLS")?;
             tls.spawn_reloader(Duration::from_secs(2));
             Some(tls)
         }

@@ -15,6 +15,16 @@ pub enum ControllerError {
         /// The role it needs.
         needed: &'static str,
     },
+    /// The client's certificate is not a user certificate: an agent's, the
+    /// controller's own, or one without a Roomy kind (made by hand or by an
+    /// older roomyctl).
+    #[error("{identity:?} presented {what}, and roomyctl needs a user certificate: issue one with `roomyctl certs issue --dir PKI user NAME`")]
+    NotAUser {
+        /// Certificate identity.
+        identity: String,
+        /// What it presented, in words.
+        what: String,
+    },
     /// No verified client identity on the connection.
     #[error("no client certificate identity: connect over mutual TLS with a certificate from the fleet's CA")]
     Unauthenticated,
@@ -65,7 +75,9 @@ impl ControllerError {
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            ControllerError::PermissionDenied { .. } => Code::PermissionDenied,
+            ControllerError::PermissionDenied { .. } | ControllerError::NotAUser { .. } => {
+                Code::PermissionDenied
+            }
             ControllerError::Unauthenticated => Code::Unauthenticated,
             ControllerError::UnknownHost(_) => Code::NotFound,
             ControllerError::Invalid(_) => Code::InvalidArgument,

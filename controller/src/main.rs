@@ -14,7 +14,7 @@ use roomy_controller::roles::Roles;
 use roomy_controller::service::ControllerService;
 use roomy_controller::store::{HostRecord, SqliteStore, Store};
 use roomy_controller::webhook::Webhooks;
-use roomy_proto::tls::{ServerTls, TlsFiles};
+use roomy_proto::tls::{ClientRule, ServerTls, TlsFiles};
 use roomy_proto::v1::controller_server::ControllerServer;
 
 /// The fleet controller. Serves roomyctl over mutual TLS.
@@ -111,7 +111,8 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let server_tls = ServerTls::load(files, vec![]).context("controller TLS server config")?;
+    let server_tls =
+        ServerTls::load(files, ClientRule::any()).context("controller TLS server config")?;
     server_tls.spawn_reloader(Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use roomy_proto::tls::certs::CONTROLLER_NAME;
+use roomy_proto::tls::Kind;
 use roomy_proto::v1::controller_server::Controller;
 use roomy_proto::v1::{
     AddHostRequest, AuditEntry, Event, EventKind, EventsRequest, Explanation, GrowPoolRequest,
@@ -43,11 +45,28 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The caller's verified certificate identity.
-fn identity<T>(request: &Request<T>) -> Result<String, ControllerError> {
-    roomy_proto::tls::peer(request)
-        .map(|p| p.identity.clone())
-        .ok_or(ControllerError::Unauthenticated)
+/// The caller's verified certificate identity, and why it may not call at
+/// all when its certificate is not a user's (roles are for people; an
+/// agent's or a forged certificate gets no role, whatever its name).
+fn identity<T>(request: &Request<T>) -> Result<(String, Option<ControllerError>), ControllerError> {
+    let peer = roomy_proto::tls::peer(request).ok_or(ControllerError::Unauthenticated)?;
+    let wrong = match peer.kind {
+        // Made by hand or by an older roomyctl, which did not reserve it.
+        Some(Kind::User) if peer.identity.eq_ignore_ascii_case(CONTROLLER_NAME) => {
+            Some("a user certificate with the controller's reserved name".to_string())
+        }
+        Some(Kind::User) => None,
+        Some(kind) => Some(format!("a {kind} certificate")),
+        None => Some(format!(
+            "a certificate without a Roomy kind (URI SAN {}…)",
+            roomy_proto::tls::KIND_URI_PREFIX
+        )),
+    };
+    let refusal = wrong.map(|what| ControllerError::NotAUser {
+        identity: peer.identity.clone(),
+        what,
+    });
+    Ok((peer.identity.clone(), refusal))
 }
 
 fn parse_target(text: &str) -> Result<Target, ControllerError> {
@@ -84,7 +103,13 @@ impl ControllerService {
         action: &'static str,
         target: &str,
     ) -> Result<String, ControllerError> {
-        let who = identity(request)?;
+        let (who, refusal) = identity(request)?;
+        if let Some(e) = refusal {
+            // Always audited, reads too: someone holds a certificate from
+            // the fleet's CA that is not meant for roomyctl.
+            self.audit(&who, action, target, 0, 0, Err(&e));
+            return Err(e);
+        }
         if let Err(e) = self.roles.check(&who, needed, action) {
             if needed > Role::Viewer {
                 self.audit(&who, action, target, 0, 0, Err(&e));

@@ -332,6 +332,55 @@ OUT=$(curl -sS --max-time 5 --cacert "$WORK/other/ca.pem" --cert "$WORK/other/ag
 check "agent refuses a certificate from another CA" test $? -ne 0
 check "agent logged the other CA" grep -qi "UnknownIssuer\|unknown" "$WORK/agent1.log"
 
+echo "=== certificate kinds: a name is not a permission"
+OUT=$("$BIN/roomyctl" certs issue --dir "$WORK/pki" user roomy-controller 2>&1)
+RC=$?
+check "certs issue refuses a user named roomy-controller" test "$RC" -ne 0
+check "the refusal says the name is reserved" grep -q "reserved for the controller" <<<"$OUT"
+check "the refusal wrote nothing" test ! -e "$WORK/pki/users/roomy-controller.pem"
+OUT=$("$BIN/roomyctl" certs issue --dir "$WORK/pki" agent ROOMY-CONTROLLER 2>&1)
+check "certs issue refuses an agent named like the controller" grep -q "reserved" <<<"$OUT"
+# What an older roomyctl (or openssl) would sign: CN roomy-controller, a
+# client certificate marked user (forged-user), and one with the
+# controller's key usages and no kind at all (forged-none).
+forge() { # NAME EXTENSIONS
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=roomy-controller \
+        -keyout "$WORK/$1.key" -out "$WORK/$1.csr" 2>/dev/null &&
+        openssl x509 -req -in "$WORK/$1.csr" -CA "$WORK/pki/ca.pem" -CAkey "$WORK/pki/ca.key" \
+            -set_serial "0x$(openssl rand -hex 8)" -days 2 -out "$WORK/$1.pem" \
+            -extfile <(printf '%s\n' "$2") 2>/dev/null
+}
+forge forged-user $'extendedKeyUsage=clientAuth\nsubjectAltName=DNS:roomy-controller,URI:urn:roomy:kind:user'
+forge forged-none $'extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:roomy-controller'
+check "forged certificates made" test -s "$WORK/forged-user.pem" -a -s "$WORK/forged-none.pem"
+for i in 1 2 3; do
+    for f in forged-user forged-none; do
+        OUT=$(curl -sS --max-time 5 --http2 --cacert "$WORK/pki/ca.pem" --cert "$WORK/$f.pem" --key "$WORK/$f.key" \
+            --resolve "host$i:7444:10.199.$i.2" -H 'content-type: application/grpc' -H 'te: trailers' \
+            --data-binary @<(printf '\0\0\0\0\0') "https://host$i:7444/roomy.v1.Agent/Inspect" -o /dev/null 2>&1)
+        check "agent host$i refuses $f named roomy-controller" test $? -ne 0
+    done
+    check "agent host$i logged why (user certificate)" grep -q '"roomy-controller" holds a user certificate' "$WORK/agent$i.log"
+    check "agent host$i logged why (no kind)" grep -q '"roomy-controller" holds a certificate without a Roomy kind' "$WORK/agent$i.log"
+done
+OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/forged-user.pem" --key "$WORK/forged-user.key" \
+    --ca "$WORK/pki/ca.pem" ls 2>&1)
+RC=$?
+check "controller refuses the forged user certificate (exit 3)" test "$RC" -eq 3
+check "controller says what was presented" grep -q "user certificate with the controller's reserved name" <<<"$OUT"
+as vic inspect host1/c0 -o json
+before=$OUT
+OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/forged-none.pem" --key "$WORK/forged-none.key" \
+    --ca "$WORK/pki/ca.pem" resize host1/c0 100G 2>&1)
+RC=$?
+check "controller refuses a certificate without a kind (exit 3)" test "$RC" -eq 3
+check "controller names the missing kind" grep -q "without a Roomy kind" <<<"$OUT"
+as vic audit --limit 20
+check "controller audited the forged read" grep -q "roomy-controller .* ls .*PermissionDenied" <<<"$OUT"
+check "controller audited the forged resize" grep -q "roomy-controller .*resize .*host1/c0 .*PermissionDenied" <<<"$OUT"
+as vic inspect host1/c0 -o json
+check "the refused resize changed nothing" test "$OUT" = "$before"
+
 echo "=== gRPC health and reflection (what grpc_health_probe and grpcurl use)"
 # One gRPC message over HTTP/2 with curl: a 5-byte frame header, then the
 # protobuf. Health Check with an empty request; SERVING is field 1 = 1.

@@ -12,8 +12,10 @@
 //!
 //! Keys are ECDSA P-256, PKCS#8 PEM, mode 0600. Every leaf has CN = name and
 //! DNS SAN = name, so its identity (see [`PeerInfo`](super::PeerInfo)) is
-//! the name. Serial numbers derive from each fresh key, so reissuing gives a
-//! new serial.
+//! the name, and a URI SAN naming its [`Kind`], which is what decides what
+//! it may do. `roomy-controller` is the controller's name and is refused
+//! for agents and users. Serial numbers derive from each fresh key, so
+//! reissuing gives a new serial.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -22,10 +24,11 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
+pub use super::Kind;
 use super::{read, TlsError, TlsFiles};
 
 /// The controller's certificate name, which agents and `roomyctl` expect.
@@ -38,17 +41,6 @@ const CA_VALIDITY: Duration = Duration::days(3650);
 /// Certificates start this far in the past so hosts whose clocks lag a
 /// little accept them right away.
 const BACKDATE: Duration = Duration::hours(1);
-
-/// What a leaf certificate is for, which decides its extended key usages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// serverAuth + clientAuth: a server to `roomyctl`, a client of agents.
-    Controller,
-    /// serverAuth: agents only accept connections.
-    Agent,
-    /// clientAuth: people running `roomyctl`.
-    User,
-}
 
 /// A certificate authority: its certificate and signing key.
 pub struct Ca {
@@ -149,7 +141,8 @@ pub fn load_ca(dir: &Path) -> Result<Ca, TlsError> {
 /// Returns the certificate and its new private key, both PEM.
 ///
 /// `name` must be a host name or IP address (letters, digits, `-`, `.`, `_`),
-/// since it is also the certificate's DNS SAN and a file name in the PKI.
+/// since it is also the certificate's DNS SAN and a file name in the PKI;
+/// [`CONTROLLER_NAME`] is only for [`Kind::Controller`].
 pub fn issue(
     ca: &Ca,
     name: &str,
@@ -158,6 +151,32 @@ pub fn issue(
     not_after: OffsetDateTime,
 ) -> Result<(String, String), TlsError> {
     check_name(name)?;
+    check_reserved(name, kind)?;
+    leaf(ca, name, kind, &[kind], not_before, not_after)
+}
+
+/// A certificate `issue` would refuse to make: `name` unchecked, the key
+/// usages of `usage`, and the kind URIs of `marked` (any number). For tests of
+/// what servers do with a certificate made by other tools or older Roomy.
+#[cfg(test)]
+pub(crate) fn forge(
+    ca: &Ca,
+    name: &str,
+    usage: Kind,
+    marked: &[Kind],
+) -> Result<(String, String), TlsError> {
+    let now = OffsetDateTime::now_utc();
+    leaf(ca, name, usage, marked, now - BACKDATE, now + LEAF_VALIDITY)
+}
+
+fn leaf(
+    ca: &Ca,
+    name: &str,
+    kind: Kind,
+    marked: &[Kind],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(String, String), TlsError> {
     let issue_error = |source| TlsError::Issue {
         name: name.to_owned(),
         source,
@@ -173,6 +192,10 @@ pub fn issue(
     // `new` turns the IP-looking entries into IP SANs.
     let mut params = CertificateParams::new(sans).map_err(issue_error)?;
     params.distinguished_name = common_name(name);
+    for marked in marked {
+        let uri = marked.uri().try_into().map_err(issue_error)?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match kind {
@@ -228,8 +251,13 @@ pub fn pki_files(dir: &Path, kind: Kind, name: &str) -> TlsFiles {
 /// `ca.key`. Returns every file written.
 pub fn init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathBuf>, TlsError> {
     // Validate everything before writing anything.
-    for name in agents.iter().chain(users) {
+    for name in agents {
         check_name(name)?;
+        check_reserved(name, Kind::Agent)?;
+    }
+    for name in users {
+        check_name(name)?;
+        check_reserved(name, Kind::User)?;
     }
     let ca_key = dir.join("ca.key");
     if ca_key.exists() {
@@ -281,6 +309,18 @@ fn common_name(name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn
+}
+
+/// The controller's name on anything but the controller's certificate would
+/// pass for it wherever a name is checked (older agents, logs, people).
+fn check_reserved(name: &str, kind: Kind) -> Result<(), TlsError> {
+    if kind != Kind::Controller && name.eq_ignore_ascii_case(CONTROLLER_NAME) {
+        return Err(TlsError::Name {
+            name: name.to_owned(),
+            detail: "this name is reserved for the controller's certificate (`certs issue controller`); pick another name",
+        });
+    }
+    Ok(())
 }
 
 /// Leaf names become DNS SANs and file names: keep them to host-name

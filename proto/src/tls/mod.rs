@@ -15,7 +15,9 @@
 //! pub struct TlsFiles { pub cert: PathBuf, pub key: PathBuf, pub ca: PathBuf }   // PEM files
 //!
 //! // server side: client certificate required and verified against `ca`
-//! ServerTls::load(files: TlsFiles, allowed_identities: Vec<String>) -> Result<Arc<ServerTls>, TlsError>
+//! ServerTls::load(files: TlsFiles, rule: ClientRule) -> Result<Arc<ServerTls>, TlsError>
+//! ClientRule::any()                                             // any certificate from the CA
+//! ClientRule::only(kinds: &[Kind], identities: Vec<String>)     // e.g. agents: controllers only
 //! ServerTls::reload(&self) -> Result<bool, TlsError>            // true when something changed
 //! ServerTls::spawn_reloader(self: &Arc<Self>, every: Duration)  // polls mtimes, reloads on SIGHUP
 //! ServerTls::set_log(&self, hook: impl Fn(&str) + Send + Sync + 'static)
@@ -24,7 +26,7 @@
 //! ServerTls::files(&self) -> &TlsFiles
 //! TlsConn: AsyncRead + AsyncWrite + Unpin + Send + Connected<ConnectInfo = PeerInfo>
 //! TlsConn::peer(&self) -> &PeerInfo
-//! pub struct PeerInfo { pub identity: String, pub addr: Option<SocketAddr> }
+//! pub struct PeerInfo { pub identity: String, pub kind: Option<Kind>, pub addr: Option<SocketAddr> }
 //! peer<T>(request: &tonic::Request<T>) -> Option<&PeerInfo>    // in handlers and interceptors
 //!
 //! // client side: presents `cert`/`key`, verifies the server against `ca`
@@ -33,7 +35,7 @@
 //!     -> Result<tonic::transport::Channel, TlsError>
 //!
 //! // a small PKI for standing up a fleet by hand (see `certs`)
-//! certs::Kind { Controller, Agent, User }
+//! Kind { Controller, Agent, User }                                   // URI SAN urn:roomy:kind:<word>
 //! certs::CONTROLLER_NAME = "roomy-controller"
 //! certs::new_ca(name: &str) -> Result<Ca, TlsError>
 //! certs::load_ca(dir: &Path) -> Result<Ca, TlsError>                  // DIR/ca.pem + DIR/ca.key
@@ -63,6 +65,14 @@
 //! CN and DNS SAN are both the name, so the identity is simply that name:
 //! `roomy-controller`, the agent's host name, or the user's name.
 //!
+//! A name says who, not what the holder may do: any name can be put on a
+//! certificate. What a certificate is for is its [`Kind`], a URI SAN
+//! `urn:roomy:kind:controller|agent|user` that [`certs::issue`] writes and
+//! that no user certificate carries for another kind. Agents accept only
+//! [`Kind::Controller`] ([`ClientRule::only`]); the controller serves only
+//! [`Kind::User`] (checked per call, so a refusal is audited). A certificate
+//! with no kind, or two, has none ([`kind_of`]) and is refused by both.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -71,14 +81,14 @@
 //! use roomy_proto::tls::{self, ServerTls};
 //!
 //! let dir = std::path::Path::new("/etc/roomy/pki");
-//! let server = ServerTls::load(tls::certs::pki_files(dir, tls::certs::Kind::Controller, ""), vec![])?;
+//! let server = ServerTls::load(tls::certs::pki_files(dir, tls::Kind::Controller, ""), tls::ClientRule::any())?;
 //! server.spawn_reloader(Duration::from_secs(30));
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:7443").await?;
 //! let incoming = server.incoming(listener);
 //! // tonic::transport::Server::builder().add_service(..).serve_with_incoming(incoming).await?;
 //! # let _ = incoming;
 //!
-//! let config = tls::client_config(&tls::certs::pki_files(dir, tls::certs::Kind::User, "alice"))?;
+//! let config = tls::client_config(&tls::certs::pki_files(dir, tls::Kind::User, "alice"))?;
 //! let channel = tls::channel("controller.example:7443", "roomy-controller", config, Duration::from_secs(5))?;
 //! # let _ = channel;
 //! # Ok(())
@@ -101,7 +111,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use client::{channel, client_config, diagnose};
-pub use server::{ServerTls, TlsConn};
+pub use server::{ClientRule, ServerTls, TlsConn};
 
 /// The one application protocol Roomy speaks over TLS: gRPC needs HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
@@ -117,6 +127,52 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+/// What a Roomy certificate is for. Carried in the certificate as a URI
+/// subject alternative name, [`Kind::uri`]; it decides the extended key
+/// usages [`certs::issue`] gives too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// serverAuth + clientAuth: a server to `roomyctl`, a client of agents.
+    Controller,
+    /// serverAuth: agents only accept connections.
+    Agent,
+    /// clientAuth: people running `roomyctl`.
+    User,
+}
+
+/// The start of every kind URI.
+pub const KIND_URI_PREFIX: &str = "urn:roomy:kind:";
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::Controller, Kind::Agent, Kind::User];
+
+    /// The kind's word: `controller`, `agent`, `user`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Controller => "controller",
+            Kind::Agent => "agent",
+            Kind::User => "user",
+        }
+    }
+
+    /// The URI SAN that marks a certificate of this kind.
+    pub fn uri(self) -> String {
+        format!("{KIND_URI_PREFIX}{}", self.word())
+    }
+
+    fn from_uri(uri: &str) -> Option<Kind> {
+        let word = uri.strip_prefix(KIND_URI_PREFIX)?;
+        Kind::ALL.into_iter().find(|k| k.word() == word)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// Who is on the other end of an accepted connection.
 ///
 /// tonic inserts it into every request's extensions; read it with [`peer`].
@@ -126,6 +182,9 @@ pub struct TlsFiles {
 pub struct PeerInfo {
     /// The verified client identity: certificate CN, else first DNS SAN.
     pub identity: String,
+    /// What the certificate is for ([`kind_of`]); `None` when it carries no
+    /// Roomy kind, or more than one.
+    pub kind: Option<Kind>,
     /// The client's address, when the socket could tell.
     pub addr: Option<SocketAddr>,
 }
@@ -279,6 +338,30 @@ fn parse_roots(path: &Path, pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> 
         })?;
     }
     Ok(Arc::new(roots))
+}
+
+/// A certificate's [`Kind`], from its URI SANs: exactly one kind URI, or
+/// `None` (no kind, two different kinds, or a certificate that does not
+/// parse). Other URIs (SPIFFE IDs, say) are ignored.
+pub fn kind_of(cert: &[u8]) -> Option<Kind> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut found = None;
+    for name in &san.value.general_names {
+        let x509_parser::extensions::GeneralName::URI(uri) = name else {
+            continue;
+        };
+        if !uri.starts_with(KIND_URI_PREFIX) {
+            continue;
+        }
+        // An unknown word under our prefix, or a second kind: not trusted.
+        let kind = Kind::from_uri(uri)?;
+        if found.is_some_and(|k| k != kind) {
+            return None;
+        }
+        found = Some(kind);
+    }
+    found
 }
 
 /// A certificate's identity: its common name, else its first DNS SAN.

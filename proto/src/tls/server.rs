@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
-use super::{identity_of, parse_certs, parse_key, parse_roots, provider, read};
-use super::{PeerInfo, TlsError, TlsFiles, ALPN_H2};
+use super::{identity_of, kind_of, parse_certs, parse_key, parse_roots, provider, read};
+use super::{Kind, PeerInfo, TlsError, TlsFiles, ALPN_H2};
 
 /// How long a client may take to complete its handshake before it is dropped,
 /// so half-open or idle sockets cannot pile up.
@@ -33,10 +33,64 @@ const ACCEPT_BACKLOG: usize = 64;
 /// Where refusals and reload outcomes are reported.
 type LogHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Which client certificates a server lets in, beyond "issued by the CA":
+/// the kinds it serves and, optionally, an allow-list of identities.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientRule {
+    /// Empty: any kind, or none (the server authorizes per call).
+    kinds: Vec<Kind>,
+    /// Empty: any identity.
+    identities: Vec<String>,
+}
+
+impl ClientRule {
+    /// Any certificate the CA issued; the server decides per call.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// Only certificates of one of `kinds` (see [`Kind`]) and, unless
+    /// `identities` is empty, with one of those identities.
+    pub fn only(kinds: &[Kind], identities: Vec<String>) -> Self {
+        Self {
+            kinds: kinds.to_vec(),
+            identities,
+        }
+    }
+
+    fn is_any(&self) -> bool {
+        self.kinds.is_empty() && self.identities.is_empty()
+    }
+
+    /// Why a client with `identity` and `kind` is refused, if it is.
+    fn refusal(&self, identity: &str, kind: Option<Kind>) -> Option<String> {
+        if !self.kinds.is_empty() && !kind.is_some_and(|k| self.kinds.contains(&k)) {
+            let wanted = self
+                .kinds
+                .iter()
+                .map(|k| k.word())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Some(match kind {
+                Some(kind) => format!(
+                    "{identity:?} holds a {kind} certificate and only {wanted} certificates may connect here"
+                ),
+                None => format!(
+                    "{identity:?} holds a certificate without a Roomy kind (URI SAN {}…) and only {wanted} certificates may connect here; reissue it with `roomyctl certs issue`",
+                    super::KIND_URI_PREFIX
+                ),
+            });
+        }
+        if !self.identities.is_empty() && !self.identities.iter().any(|a| a == identity) {
+            return Some(format!("identity {identity:?} is not on the allow-list"));
+        }
+        None
+    }
+}
+
 /// Server-side TLS: TLS 1.3 only, ALPN `h2`, a client certificate is
 /// required and verified against the CA (rustls `WebPkiClientVerifier`), and
-/// optionally the client's identity must be on an allow-list (empty = any
-/// certificate from the CA).
+/// the client's certificate must pass the server's [`ClientRule`].
 ///
 /// Certificate, key and CA are re-read when their files change (see
 /// [`spawn_reloader`](Self::spawn_reloader)) or on [`reload`](Self::reload),
@@ -45,7 +99,7 @@ type LogHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// the previous config.
 pub struct ServerTls {
     files: TlsFiles,
-    allowed: Arc<[String]>,
+    rule: Arc<ClientRule>,
     current: RwLock<Loaded>,
     /// File modification stamps seen at the last reload attempt.
     stamps: Mutex<Stamps>,
@@ -66,23 +120,22 @@ impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerTls")
             .field("files", &self.files)
-            .field("allowed", &self.allowed)
+            .field("rule", &self.rule)
             .finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
-    /// Reads the files and builds the first config. `allowed_identities`
-    /// restricts which client identities may connect; empty allows any
-    /// certificate issued by the CA.
-    pub fn load(files: TlsFiles, allowed_identities: Vec<String>) -> Result<Arc<Self>, TlsError> {
-        let allowed: Arc<[String]> = allowed_identities.into();
+    /// Reads the files and builds the first config; `rule` says which
+    /// client certificates (kinds, identities) may connect.
+    pub fn load(files: TlsFiles, rule: ClientRule) -> Result<Arc<Self>, TlsError> {
+        let rule = Arc::new(rule);
         let stamps = stamps(&files);
         let pem = read_all(&files)?;
-        let config = build_config(&files, &pem, &allowed)?;
+        let config = build_config(&files, &pem, &rule)?;
         Ok(Arc::new(Self {
             files,
-            allowed,
+            rule,
             current: RwLock::new(Loaded { config, pem }),
             stamps: Mutex::new(stamps),
             log: RwLock::new(Arc::new(|msg: &str| eprintln!("roomy tls: {msg}"))),
@@ -117,7 +170,7 @@ impl ServerTls {
         {
             return Ok(false);
         }
-        let config = build_config(&self.files, &pem, &self.allowed)?;
+        let config = build_config(&self.files, &pem, &self.rule)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, pem };
         Ok(true)
     }
@@ -209,10 +262,10 @@ impl ServerTls {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 match not_allowed(&e) {
-                    Some(identity) => self.log(&format!(
-                        "refused connection from {addr}: identity {identity:?} is not on the allow-list"
+                    Some(why) => self.log(&format!("refused connection from {addr}: {why}")),
+                    None => self.log(&format!(
+                        "refused connection from {addr}: tls handshake failed: {e}"
                     )),
-                    None => self.log(&format!("refused connection from {addr}: tls handshake failed: {e}")),
                 }
                 return;
             }
@@ -236,16 +289,16 @@ impl ServerTls {
             ));
             return;
         };
+        let kind = leaf.and_then(|c| kind_of(c));
         // The verifier already enforced this; checked again so the
         // guarantee holds even if the verifier is ever changed.
-        if !is_allowed(&self.allowed, &identity) {
-            self.log(&format!(
-                "refused connection from {addr}: identity {identity:?} is not on the allow-list"
-            ));
+        if let Some(why) = self.rule.refusal(&identity, kind) {
+            self.log(&format!("refused connection from {addr}: {why}"));
             return;
         }
         let peer = PeerInfo {
             identity,
+            kind,
             addr: Some(addr),
         };
         // A send error means the server is shutting down; the connection is dropped.
@@ -315,14 +368,10 @@ fn read_all(files: &TlsFiles) -> Result<[Vec<u8>; 3], TlsError> {
     Ok([read(&files.cert)?, read(&files.key)?, read(&files.ca)?])
 }
 
-fn is_allowed(allowed: &[String], identity: &str) -> bool {
-    allowed.is_empty() || allowed.iter().any(|a| a == identity)
-}
-
 fn build_config(
     files: &TlsFiles,
     pem: &[Vec<u8>; 3],
-    allowed: &Arc<[String]>,
+    rule: &Arc<ClientRule>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let [cert, key, ca] = pem;
     let certs = parse_certs(&files.cert, cert)?;
@@ -335,12 +384,12 @@ fn build_config(
             path: files.ca.clone(),
             detail: e.to_string(),
         })?;
-    let verifier: Arc<dyn ClientCertVerifier> = if allowed.is_empty() {
+    let verifier: Arc<dyn ClientCertVerifier> = if rule.is_any() {
         webpki
     } else {
-        Arc::new(AllowList {
+        Arc::new(RuleVerifier {
             inner: webpki,
-            allowed: Arc::clone(allowed),
+            rule: Arc::clone(rule),
         })
     };
     let config_error = |source| TlsError::Config {
@@ -364,20 +413,20 @@ fn build_config(
     Ok(Arc::new(config))
 }
 
-/// Rejects, during the handshake, client certificates whose identity is not
-/// on the allow-list, so the client gets a TLS alert instead of a connection
-/// that silently closes.
+/// Rejects, during the handshake, client certificates the [`ClientRule`]
+/// refuses, so the client gets a TLS alert instead of a connection that
+/// silently closes.
 #[derive(Debug)]
-struct AllowList {
+struct RuleVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allowed: Arc<[String]>,
+    rule: Arc<ClientRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("client identity {0:?} is not on the allow-list")]
+#[error("{0}")]
 struct NotAllowed(String);
 
-/// The identity [`AllowList`] refused, when that is why a handshake failed.
+/// Why [`RuleVerifier`] refused, when that is why a handshake failed.
 fn not_allowed(e: &io::Error) -> Option<&str> {
     // tokio-rustls hands back the rustls error inside the io::Error.
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
@@ -388,7 +437,7 @@ fn not_allowed(e: &io::Error) -> Option<&str> {
     }
 }
 
-impl ClientCertVerifier for AllowList {
+impl ClientCertVerifier for RuleVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -411,16 +460,15 @@ impl ClientCertVerifier for AllowList {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let identity = identity_of(end_entity).unwrap_or_default();
-        if is_allowed(&self.allowed, &identity) {
-            Ok(verified)
-        } else {
-            // `Other` carries the identity back to the handshake task for
-            // the log (`not_allowed`); the client sees a certificate_unknown
+        match self.rule.refusal(&identity, kind_of(end_entity)) {
+            None => Ok(verified),
+            // `Other` carries the reason back to the handshake task for the
+            // log (`not_allowed`); the client sees a certificate_unknown
             // alert. `ApplicationVerificationFailure` would send the clearer
-            // access_denied but lose who was refused.
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(NotAllowed(identity))),
-            )))
+            // access_denied but lose who was refused and why.
+            Some(why) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(NotAllowed(why))),
+            ))),
         }
     }
 

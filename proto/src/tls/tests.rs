@@ -94,8 +94,14 @@ struct TestServer {
     handled: Arc<Mutex<Vec<PeerInfo>>>,
 }
 
+/// A server letting in only `allowed` identities (empty: any certificate).
 async fn start(files: TlsFiles, allowed: &[&str]) -> TestServer {
-    let tls = ServerTls::load(files, allowed.iter().map(|s| s.to_string()).collect()).unwrap();
+    let rule = ClientRule::only(&[], allowed.iter().map(|s| s.to_string()).collect());
+    start_with(files, rule).await
+}
+
+async fn start_with(files: TlsFiles, rule: ClientRule) -> TestServer {
+    let tls = ServerTls::load(files, rule).unwrap();
     let (log_tx, logs) = mpsc::unbounded_channel();
     tls.set_log(move |msg| {
         let _ = log_tx.send(msg.to_owned());
@@ -372,6 +378,105 @@ async fn identity_not_on_allow_list_is_refused() {
     // The same CA's listed identity still gets in.
     let probe = super::tests::probe(server.addr, "agent-1", pki.client("alice")).await;
     probe.result.expect("alice accepted");
+}
+
+/// The agent's rule: controller certificates only. A user certificate with
+/// the controller's name, made by an older roomyctl or by hand, is refused,
+/// as is a certificate without a kind; the real controller's gets in and is
+/// seen as a controller.
+#[tokio::test]
+async fn agents_let_in_controller_certificates_only() {
+    let pki = Pki::new();
+    let rule = ClientRule::only(&[Kind::Controller], vec![certs::CONTROLLER_NAME.into()]);
+    let mut server = start_with(pki.leaf("agent-1", Kind::Agent), rule).await;
+    let forged = |usage, marked: &[Kind]| {
+        let (cert, key) = certs::forge(&pki.ca, certs::CONTROLLER_NAME, usage, marked).unwrap();
+        let dir = pki.dir.path().join(format!("forged-{}", marked.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = certs::write_leaf(&dir, certs::CONTROLLER_NAME, &cert, &key).unwrap();
+        client_config(&TlsFiles {
+            cert,
+            key,
+            ca: pki.dir.path().join("ca.pem"),
+        })
+        .unwrap()
+    };
+
+    let probe_user = probe(server.addr, "agent-1", forged(Kind::User, &[Kind::User])).await;
+    let err = probe_user.result.expect_err("user certificate accepted");
+    assert!(err.contains("CertificateUnknown"), "{err}");
+    server
+        .assert_refused(
+            probe_user.local,
+            "\"roomy-controller\" holds a user certificate and only controller certificates may connect here",
+        )
+        .await;
+
+    // Old-style: the controller's key usages, but no kind at all.
+    let unmarked = probe(server.addr, "agent-1", forged(Kind::Controller, &[])).await;
+    assert!(unmarked.result.is_err(), "unmarked certificate accepted");
+    server
+        .assert_refused(unmarked.local, "without a roomy kind")
+        .await;
+
+    let real = pki.leaf(certs::CONTROLLER_NAME, Kind::Controller);
+    let ok = probe(server.addr, "agent-1", client_config(&real).unwrap()).await;
+    ok.result.expect("the controller's certificate");
+    let peer = server.yielded_from(ok.local).expect("controller yielded");
+    assert_eq!(peer.kind, Some(Kind::Controller));
+    assert!(
+        server.yielded.lock().unwrap().len() == 1,
+        "only the controller got in"
+    );
+}
+
+#[test]
+fn issued_certificates_carry_exactly_their_kind() {
+    let pki = Pki::new();
+    for kind in Kind::ALL {
+        let name = format!("n-{kind}");
+        let files = pki.leaf(&name, kind);
+        let der = super::parse_certs(&files.cert, &std::fs::read(&files.cert).unwrap())
+            .unwrap()
+            .swap_remove(0);
+        assert_eq!(kind_of(&der), Some(kind));
+        assert_eq!(identity_of(&der).as_deref(), Some(name.as_str()));
+    }
+    // Two kinds on one certificate, or none: no kind.
+    for marked in [&[Kind::User, Kind::Controller][..], &[]] {
+        let (cert, _) = certs::forge(&pki.ca, "odd", Kind::User, marked).unwrap();
+        let der = super::parse_certs(std::path::Path::new("odd.pem"), cert.as_bytes())
+            .unwrap()
+            .swap_remove(0);
+        assert_eq!(kind_of(&der), None, "{marked:?}");
+    }
+}
+
+#[test]
+fn the_controller_name_is_refused_for_agents_and_users() {
+    let pki = Pki::new();
+    let now = OffsetDateTime::now_utc();
+    let until = now + time::Duration::days(1);
+    for (name, kind) in [
+        ("roomy-controller", Kind::User),
+        ("ROOMY-Controller", Kind::User),
+        ("roomy-controller", Kind::Agent),
+    ] {
+        let err = certs::issue(&pki.ca, name, kind, now, until).unwrap_err();
+        assert!(
+            err.to_string().contains("reserved for the controller"),
+            "{err}"
+        );
+    }
+    certs::issue(&pki.ca, "roomy-controller", Kind::Controller, now, until).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let err = certs::init(fresh.path(), &[], &["roomy-controller".into()]).unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert!(
+        std::fs::read_dir(fresh.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
 }
 
 #[tokio::test]
