@@ -1,5 +1,7 @@
-//! What dockerd knows, through its API (bollard): containers, their
-//! devicemapper devices and the size dockerd holds for each in memory.
+//! What dockerd knows, through its API (bollard): its storage driver,
+//! containers, their devicemapper devices and the size dockerd holds for
+//! each in memory, or their overlay2 layer directories and the size they
+//! were created with.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,12 @@ pub struct DaemonInfo {
     pub pool: Option<String>,
     /// Whether Docker removes devices with deferred removal (F9).
     pub deferred_removal: bool,
+    /// `Backing Filesystem` (overlay2): e.g. "xfs".
+    pub backing_fs: Option<String>,
+    /// Docker's containerd image store: layers are containerd snapshots
+    /// (`driver-type: io.containerd.snapshotter.v1`), which ignore
+    /// `--storage-opt size` (DESIGN.md F12).
+    pub containerd_snapshotter: bool,
 }
 
 impl DaemonInfo {
@@ -38,6 +46,9 @@ impl DaemonInfo {
             driver,
             pool: get("Pool Name"),
             deferred_removal: get("Deferred Removal Enabled").as_deref() == Some("true"),
+            backing_fs: get("Backing Filesystem"),
+            containerd_snapshotter: get("driver-type")
+                .is_some_and(|t| t.starts_with("io.containerd.snapshotter")),
         }
     }
 }
@@ -61,6 +72,12 @@ pub struct ContainerView {
     pub device_id: Option<u64>,
     /// devicemapper: `DeviceSize`, what dockerd holds in memory.
     pub docker_size: Option<u64>,
+    /// overlay2: `UpperDir`, the container's writable layer.
+    pub upper_dir: Option<PathBuf>,
+    /// overlay2: `MergedDir`, its root while running.
+    pub merged_dir: Option<PathBuf>,
+    /// `HostConfig.StorageOpt.size` as given at create ("10G").
+    pub storage_size: Option<String>,
     /// Docker labels: policy selectors and overrides read them.
     pub labels: HashMap<String, String>,
 }
@@ -92,6 +109,13 @@ impl ContainerView {
             device_name: data.get("DeviceName").cloned(),
             device_id: data.get("DeviceId").and_then(|v| v.parse().ok()),
             docker_size: data.get("DeviceSize").and_then(|v| v.parse().ok()),
+            upper_dir: data.get("UpperDir").map(PathBuf::from),
+            merged_dir: data.get("MergedDir").map(PathBuf::from),
+            storage_size: c
+                .host_config
+                .as_ref()
+                .and_then(|h| h.storage_opt.as_ref())
+                .and_then(|o| o.get("size").cloned()),
             labels: c
                 .config
                 .as_ref()
@@ -253,6 +277,21 @@ mod tests {
     }
 
     #[test]
+    fn tells_overlay2_from_the_containerd_image_store() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<Vec<String>> {
+            p.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect()
+        };
+        let classic = pairs(&[("Backing Filesystem", "xfs"), ("Supports d_type", "true")]);
+        let info = DaemonInfo::from_status("/x".into(), "overlay2".into(), &classic);
+        assert_eq!(info.backing_fs.as_deref(), Some("xfs"));
+        assert!(!info.containerd_snapshotter);
+        // Docker 26 with the containerd image store on.
+        let snap = pairs(&[("driver-type", "io.containerd.snapshotter.v1")]);
+        let info = DaemonInfo::from_status("/x".into(), "overlayfs".into(), &snap);
+        assert!(info.containerd_snapshotter);
+    }
+
+    #[test]
     fn mount_id_comes_from_layerdb_or_the_device_name() {
         let root = tempfile::tempdir().unwrap();
         let mut c = ContainerView {
@@ -263,6 +302,9 @@ mod tests {
             driver: "devicemapper".into(),
             device_name: Some("docker-8:0-1234-abcdef".into()),
             device_id: Some(4),
+            upper_dir: None,
+            merged_dir: None,
+            storage_size: None,
             docker_size: Some(2 << 30),
             labels: HashMap::new(),
         };

@@ -21,13 +21,38 @@ pub enum AgentError {
         candidates: Vec<String>,
     },
 
+    /// Not a container name or id: refused before anything is looked up.
+    #[error(
+        "{0:?} is not a container name or id: Docker names are letters, digits, '_', '.' and '-'"
+    )]
+    BadContainerName(String),
+
     /// A container on a storage driver this agent does not manage.
-    #[error("container {container} uses the {driver} storage driver; this agent grows devicemapper containers only")]
-    NotDevicemapper {
+    #[error("container {container} uses the {driver} storage driver, and this agent serves dockerd's {backend} containers; Roomy grows devicemapper and overlay2 (on XFS with prjquota) containers")]
+    WrongDriver {
         /// Container name.
         container: String,
         /// Its storage driver.
         driver: String,
+        /// The driver this agent serves.
+        backend: String,
+    },
+
+    /// A setup Roomy cannot grow containers on (a daemon without a thin
+    /// pool, overlay2 without project quotas, the containerd image store).
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// An overlay2 container created without `--storage-opt size`: there
+    /// is no limit to raise.
+    #[error("container {container} was created without --storage-opt size, so it has no disk limit: it can already fill {backing} ({} free); to give it one, recreate it with --storage-opt size=SIZE", format_bytes(*free))]
+    NoLimit {
+        /// Container name.
+        container: String,
+        /// The backing filesystem's mount point.
+        backing: String,
+        /// Its free space.
+        free: u64,
     },
 
     /// A size string that is not a size.
@@ -104,9 +129,29 @@ pub enum AgentError {
         why: String,
     },
 
-    /// The Docker daemon did not answer or refused.
+    /// The Docker daemon did not answer.
     #[error("docker: {0}: is dockerd running, and is --docker-host right?")]
     Docker(String),
+
+    /// The Docker daemon answered, with an error.
+    #[error("dockerd refused ({status}): {message}")]
+    DockerRefused {
+        /// HTTP status of dockerd's answer.
+        status: u16,
+        /// dockerd's message.
+        message: String,
+    },
+
+    /// An XFS quota call failed.
+    #[error("XFS project quota {op} on {path}: {detail}")]
+    Quota {
+        /// The operation (get, set, ...).
+        op: &'static str,
+        /// The filesystem or directory.
+        path: String,
+        /// What the kernel said.
+        detail: String,
+    },
 
     /// A device-mapper ioctl failed.
     #[error("device-mapper {op} on {device} failed: {detail}")]
@@ -187,7 +232,17 @@ impl AgentError {
 
 impl From<bollard::errors::Error> for AgentError {
     fn from(err: bollard::errors::Error) -> Self {
-        AgentError::Docker(err.to_string())
+        match err {
+            // dockerd is up and said no: not a reason to call it unreachable.
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => AgentError::DockerRefused {
+                status: status_code,
+                message,
+            },
+            other => AgentError::Docker(other.to_string()),
+        }
     }
 }
 
@@ -198,7 +253,8 @@ impl AgentError {
         match self {
             AgentError::NotFound(_) => Code::NotFound,
             AgentError::Ambiguous { .. }
-            | AgentError::NotDevicemapper { .. }
+            | AgentError::BadContainerName(_)
+            | AgentError::WrongDriver { .. }
             | AgentError::Size(_)
             | AgentError::InvalidSize(_)
             | AgentError::Shrink { .. }
@@ -206,11 +262,19 @@ impl AgentError {
             AgentError::PoolTooFull { .. }
             | AgentError::BackingFull { .. }
             | AgentError::PoolUnhealthy { .. }
+            | AgentError::Unsupported(_)
+            | AgentError::NoLimit { .. }
             | AgentError::UnexpectedTable { .. } => Code::FailedPrecondition,
+            // Only this one tells a client "try again": nothing was done.
             AgentError::Docker(_) => Code::Unavailable,
+            AgentError::DockerRefused { status: 404, .. } => Code::NotFound,
+            // Conflict: e.g. the container is being removed.
+            AgentError::DockerRefused { status: 409, .. } => Code::FailedPrecondition,
+            AgentError::DockerRefused { .. } => Code::Internal,
             AgentError::Kernel { .. }
             | AgentError::Filesystem { .. }
             | AgentError::Metadata { .. }
+            | AgentError::Quota { .. }
             | AgentError::Io { .. }
             | AgentError::Internal(_) => Code::Internal,
         }
@@ -245,11 +309,42 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                AgentError::NotDevicemapper {
+                AgentError::WrongDriver {
                     container: "c".into(),
-                    driver: "overlay2".into(),
+                    driver: "btrfs".into(),
+                    backend: "overlay2".into(),
                 },
                 Code::InvalidArgument,
+            ),
+            (
+                AgentError::BadContainerName("a b".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::Unsupported("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::NoLimit {
+                    container: "c".into(),
+                    backing: "/var/lib/docker".into(),
+                    free: 1,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::DockerRefused {
+                    status: 500,
+                    message: "boom".into(),
+                },
+                Code::Internal,
+            ),
+            (
+                AgentError::DockerRefused {
+                    status: 409,
+                    message: "removal in progress".into(),
+                },
+                Code::FailedPrecondition,
             ),
             (
                 AgentError::PoolTooFull {

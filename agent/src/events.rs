@@ -19,7 +19,7 @@ use roomy_proto::v1::Event;
 use tokio::sync::watch;
 
 use crate::error::AgentError;
-use crate::metadata::write_atomically;
+use crate::sys::atomic::write_atomically;
 
 /// Events kept at most while the controller is away; the oldest go first.
 /// At a few events per minute per container this is days of outage.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
-use crate::metadata::write_atomically;
+use crate::sys::atomic::write_atomically;
 
 /// One resize in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

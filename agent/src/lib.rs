@@ -1,29 +1,24 @@
 //! roomy-agent: the per-host service that inspects Docker containers'
-//! storage and grows it online. See docs/ARCHITECTURE.md for the map.
+//! storage and grows it online. See docs/ARCHITECTURE.md for the map:
+//! `backend/` holds one folder per storage backend behind one trait,
+//! `sys/` the kernel doors they share; the policy engine, event buffer and
+//! Sync stream sit beside them and reach storage only through the trait.
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod devmapper;
 pub mod docker;
 pub mod error;
 pub mod events;
 pub mod failpoint;
-pub mod fs;
-pub mod guard;
 pub mod journal;
-pub mod metadata;
 pub mod metrics;
 pub mod policy;
-pub mod pool;
-pub mod resize;
 pub mod service;
-pub mod sim;
 pub mod sync;
-pub mod table;
-pub mod thin;
+pub mod sys;
 
+pub use backend::devicemapper::{ThinBackend, ThinConfig};
+pub use backend::sim::SimBackend;
 pub use backend::StorageBackend;
 pub use error::AgentError;
 pub use service::AgentService;
-pub use sim::SimBackend;
-pub use thin::{ThinBackend, ThinConfig};

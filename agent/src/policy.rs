@@ -13,13 +13,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roomy_proto::format_bytes;
 use roomy_proto::policy::{
     cap_for, container_size, decide, decide_pool, select, PoolNumbers, Verdict,
 };
 use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
+use roomy_proto::{format_bytes, ByteSize};
 
-use crate::backend::{GrowAction, StorageBackend};
+use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend};
 use crate::events::EventLog;
 use crate::metrics::{AgentMetrics, ContainerGauges, Source};
 use crate::sync::PolicyStore;
@@ -328,9 +328,11 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 }
             }
             Verdict::Grow => {
-                let data = d.data_to.map(|b| b.to_string()).unwrap_or_default();
-                let meta = d.meta_to.map(|b| b.to_string()).unwrap_or_default();
-                let result = self.inner.backend.grow_pool(&data, &meta).await;
+                let growth = PoolGrowth {
+                    data: d.data_to.map(|b| SizeRequest::Absolute(ByteSize(b))),
+                    metadata: d.meta_to.map(|b| SizeRequest::Absolute(ByteSize(b))),
+                };
+                let result = self.inner.backend.grow_pool(growth).await;
                 let word =
                     crate::metrics::result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
                         a.data_total_bytes > b.data_total_bytes
@@ -505,7 +507,13 @@ impl<B: StorageBackend + Clone> Engine<B> {
     /// Carry out one grow and report it.
     async fn grow(&self, g: Grow) {
         let started = Instant::now();
-        let result = self.inner.backend.resize(&g.id, &g.to.to_string()).await;
+        let result = match ContainerRef::parse(&g.id) {
+            Ok(container) => {
+                let to = SizeRequest::Absolute(ByteSize(g.to));
+                self.inner.backend.resize(&container, to).await
+            }
+            Err(e) => Err(e),
+        };
         let word =
             crate::metrics::result_word(&result, |o| matches!(o.action, GrowAction::Grown { .. }));
         self.inner

@@ -15,7 +15,7 @@ use roomy_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::backend::{GrowAction, StorageBackend};
+use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend};
 use crate::error::AgentError;
 use crate::events::EventLog;
 use crate::metrics::{result_word, AgentMetrics, Source};
@@ -28,6 +28,29 @@ pub struct AgentService<B> {
     engine: Engine<B>,
     hub: Arc<SyncHub>,
     metrics: Arc<AgentMetrics>,
+}
+
+/// A resize request's words as values. Bad input is refused here, before
+/// anything is looked up, the same for every backend.
+pub fn parse_resize(
+    container: &str,
+    size: &str,
+) -> Result<(ContainerRef, SizeRequest), AgentError> {
+    let size: SizeRequest = size.parse()?;
+    Ok((ContainerRef::parse(container)?, size))
+}
+
+/// Run a mutation in a task of its own and wait for it. When the caller
+/// goes away (Ctrl-C in roomyctl, a deadline), tonic drops the handler's
+/// future; the task goes on, so the lock it holds is released only when
+/// the kernel work it started is done, and its result still reaches the
+/// metrics and the log. Dropping the handle does not cancel the task.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| AgentError::Internal(format!("the mutation's task failed: {e}")))?
 }
 
 /// Renders /metrics.
@@ -117,8 +140,11 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
         request: Request<InspectRequest>,
     ) -> Result<Response<InspectResponse>, Status> {
         let name = request.into_inner().container;
-        let selector = (!name.is_empty()).then_some(name.as_str());
-        let mut containers = self.backend.inspect(selector).await?;
+        let selector = match name.as_str() {
+            "" => None,
+            name => Some(ContainerRef::parse(name)?),
+        };
+        let mut containers = self.backend.inspect(selector.as_ref()).await?;
         for c in &mut containers {
             c.fill_rate_bytes_per_second = self.engine.fill_rate(&c.id).unwrap_or(0.0);
         }
@@ -130,12 +156,16 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
         request: Request<ResizeRequest>,
     ) -> Result<Response<ResizeResponse>, Status> {
         let ResizeRequest { container, size } = request.into_inner();
-        let started = Instant::now();
-        let result = self.backend.resize(&container, &size).await;
-        let word = result_word(&result, |o| matches!(o.action, GrowAction::Grown { .. }));
-        self.metrics
-            .resize(Source::Api, word, started.elapsed().as_secs_f64());
-        let outcome = result?;
+        let (container, size) = parse_resize(&container, &size)?;
+        let (backend, metrics) = (self.backend.clone(), self.metrics.clone());
+        let outcome = to_completion(async move {
+            let started = Instant::now();
+            let result = backend.resize(&container, size).await;
+            let word = result_word(&result, |o| matches!(o.action, GrowAction::Grown { .. }));
+            metrics.resize(Source::Api, word, started.elapsed().as_secs_f64());
+            result
+        })
+        .await?;
         let (action, from_bytes, to_bytes) = match outcome.action {
             GrowAction::Unchanged { size } => (ResizeAction::Unchanged, size, size),
             GrowAction::Grown { from, to } => (ResizeAction::Grown, from, to),
@@ -164,13 +194,18 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
             data_size,
             metadata_size,
         } = request.into_inner();
-        let result = self.backend.grow_pool(&data_size, &metadata_size).await;
-        let word = result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
-            a.data_total_bytes > b.data_total_bytes
-                || a.metadata_total_bytes > b.metadata_total_bytes
-        });
-        self.metrics.pool_grow(Source::Api, word);
-        let (before, after) = result?;
+        let growth = PoolGrowth::parse(&data_size, &metadata_size)?;
+        let (backend, metrics) = (self.backend.clone(), self.metrics.clone());
+        let (before, after) = to_completion(async move {
+            let result = backend.grow_pool(growth).await;
+            let word = result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
+                a.data_total_bytes > b.data_total_bytes
+                    || a.metadata_total_bytes > b.metadata_total_bytes
+            });
+            metrics.pool_grow(Source::Api, word);
+            result
+        })
+        .await?;
         let unchanged = before.data_total_bytes == after.data_total_bytes
             && before.metadata_total_bytes == after.metadata_total_bytes;
         let message = if unchanged {
@@ -196,7 +231,9 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
         &self,
         request: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
-        let outcome = self.backend.repair(&request.into_inner().container).await?;
+        let container = ContainerRef::parse(&request.into_inner().container)?;
+        let backend = self.backend.clone();
+        let outcome = to_completion(async move { backend.repair(&container).await }).await?;
         let action = if outcome.repaired {
             RepairAction::Repaired
         } else {

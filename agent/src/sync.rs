@@ -16,7 +16,7 @@ use tonic::{Status, Streaming};
 
 use crate::error::AgentError;
 use crate::events::EventLog;
-use crate::metadata::write_atomically;
+use crate::sys::atomic::write_atomically;
 
 /// The last policy set from the controller, on disk and in memory.
 pub struct PolicyStore {

@@ -8,13 +8,13 @@
 //! when it loads), fsync, rename, fsync of the directory. Every other field
 //! is kept exactly, in its order.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::error::AgentError;
+use crate::sys::atomic::write_atomically;
 
 /// One device's metadata file.
 #[derive(Debug, Clone)]
@@ -82,29 +82,6 @@ impl DeviceMetadata {
         write_atomically(&self.path, &text).map_err(|e| self.err(e))?;
         Ok(old)
     }
-}
-
-/// Write `bytes` to `path` so that a crash leaves either the old or the new
-/// file, never a torn one: dot-prefixed temp file beside it, fsync, rename,
-/// fsync the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.roomy-tmp"));
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -5,67 +5,24 @@
 //! (queued writes of a full pool never block the reload) for the instant of
 //! the swap, and always resumed.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use devicemapper::{Device, DmFlags, DmOptions};
 use roomy_proto::v1::PoolStatus;
 use roomy_proto::{format_bytes, SizeRequest};
 
-use crate::devmapper::DeviceMapper;
+use crate::backend::devicemapper::table::PoolUsage;
 use crate::error::AgentError;
-use crate::table::PoolUsage;
+use crate::sys::dm::DeviceMapper;
+pub use crate::sys::loopdev::{loop_backing, LoopBacking};
+use crate::sys::loopdev::{extend_file, free_under, set_capacity};
+pub use crate::sys::lvm::lvm_names;
+use crate::sys::lvm::{lvm, vg_free};
 
 /// Metadata blocks are 4 KiB.
 const META_BLOCK: u64 = 4096;
 /// dm-thin's metadata device cannot use more than this.
 const META_MAX: u64 = 16 << 30;
-
-/// A loop device and the file behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoopBacking {
-    /// `/dev/loopN`.
-    pub node: PathBuf,
-    /// The backing file.
-    pub file: PathBuf,
-}
-
-/// What backs a pool's data or metadata device.
-pub fn loop_backing(dev: Device) -> Option<LoopBacking> {
-    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", dev.major, dev.minor));
-    let file = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;
-    let uevent = std::fs::read_to_string(sys.join("uevent")).ok()?;
-    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-    Some(LoopBacking {
-        node: PathBuf::from("/dev").join(name),
-        file: PathBuf::from(file.trim_end()),
-    })
-}
-
-/// LOOP_SET_CAPACITY from linux/loop.h.
-#[allow(missing_docs)]
-mod ioctl {
-    nix::ioctl_none!(loop_set_capacity, 0x4C, 0x07);
-}
-use ioctl::loop_set_capacity;
-
-/// Make the loop device re-read its file's size.
-fn set_capacity(node: &Path) -> Result<(), AgentError> {
-    let dev = File::open(node).map_err(|e| AgentError::io("open", node, e))?;
-    // SAFETY: LOOP_SET_CAPACITY takes no argument; the fd is a loop device.
-    unsafe { loop_set_capacity(dev.as_raw_fd()) }
-        .map_err(|e| AgentError::io("LOOP_SET_CAPACITY", node, e.into()))?;
-    Ok(())
-}
-
-/// Free bytes of the filesystem holding `file`.
-fn free_under(file: &Path) -> Result<u64, AgentError> {
-    let dir = file.parent().unwrap_or(Path::new("/"));
-    let st =
-        nix::sys::statvfs::statvfs(dir).map_err(|e| AgentError::io("statvfs", dir, e.into()))?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
 
 /// Everything about the pool, read fresh.
 #[derive(Debug, Clone)]
@@ -183,82 +140,17 @@ impl Pool {
     }
 }
 
-/// VG and LV of an LVM device from its dm name (`docker-thinpool`,
-/// `my--vg-pool-tpool`): LVM joins them with '-' and doubles any '-' inside
-/// a name; a trailing `-layer` (tpool) is dropped.
-pub fn lvm_names(dm_name: &str) -> Option<(String, String)> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut chars = dm_name.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '-' {
-            if chars.peek() == Some(&'-') {
-                chars.next();
-                current.push('-');
-            } else {
-                parts.push(std::mem::take(&mut current));
-            }
-        } else {
-            current.push(c);
-        }
-    }
-    parts.push(current);
-    match parts.as_slice() {
-        [vg, lv, ..] if !vg.is_empty() && !lv.is_empty() => Some((vg.clone(), lv.clone())),
-        _ => None,
-    }
-}
-
-/// Run an LVM tool; its stderr becomes the error.
-fn lvm(args: &[&str]) -> Result<String, AgentError> {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .output()
-        .map_err(|e| AgentError::io("run", args[0], e))?;
-    if !out.status.success() {
-        return Err(AgentError::kernel(
-            "lvm",
-            args.last().copied().unwrap_or(""),
-            format!(
-                "{} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Free bytes of a volume group.
-fn vg_free(vg: &str) -> Result<u64, AgentError> {
-    let text = lvm(&[
-        "vgs",
-        "--noheadings",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_free",
-        vg,
-    ])?;
-    text.trim().parse().map_err(|_| {
-        AgentError::Internal(format!("vgs printed {text:?} for the free space of {vg}"))
-    })
-}
-
 /// Plan one side of a pool growth: the new size, rounded up to `align`,
 /// or `None` when nothing is asked or it is already that size.
 pub fn plan(
     what: &str,
-    request: &str,
+    request: Option<SizeRequest>,
     current: u64,
     align: u64,
 ) -> Result<Option<u64>, AgentError> {
-    if request.trim().is_empty() {
+    let Some(request) = request else {
         return Ok(None);
-    }
-    let request: SizeRequest = request.parse()?;
+    };
     let target = request
         .target(roomy_proto::ByteSize(current))
         .ok_or_else(|| {
@@ -328,22 +220,7 @@ impl DeviceMapper {
         }
         // 1. The files, then the loop devices' capacity.
         for (lp, target) in &needed_on {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&lp.file)
-                .map_err(|e| AgentError::io("open", &lp.file, e))?;
-            if file
-                .metadata()
-                .map_err(|e| AgentError::io("stat", &lp.file, e))?
-                .len()
-                < *target
-            {
-                // Sparse, as Docker makes them: space is taken as the pool fills.
-                file.set_len(*target)
-                    .map_err(|e| AgentError::io("extend", &lp.file, e))?;
-                file.sync_all()
-                    .map_err(|e| AgentError::io("fsync", &lp.file, e))?;
-            }
+            extend_file(&lp.file, *target)?;
             set_capacity(&lp.node)?;
         }
         // 2. The pool table: data length in sectors (metadata growth is
@@ -489,23 +366,28 @@ mod tests {
         assert_eq!(n("nodash"), None);
     }
 
+    use crate::backend::PoolGrowth;
+
+    fn req(text: &str) -> Option<SizeRequest> {
+        (!text.is_empty()).then(|| text.parse().unwrap())
+    }
+
     #[test]
     fn plans_pool_growth_in_whole_blocks() {
-        assert_eq!(plan("data", "", 4 * G, 65536).unwrap(), None);
-        assert_eq!(plan("data", "8G", 4 * G, 65536).unwrap(), Some(8 * G));
-        assert_eq!(plan("data", "+4G", 4 * G, 65536).unwrap(), Some(8 * G));
-        assert_eq!(plan("data", "4G", 4 * G, 65536).unwrap(), None);
+        assert_eq!(plan("data", req(""), 4 * G, 65536).unwrap(), None);
+        assert_eq!(plan("data", req("8G"), 4 * G, 65536).unwrap(), Some(8 * G));
+        assert_eq!(plan("data", req("+4G"), 4 * G, 65536).unwrap(), Some(8 * G));
+        assert_eq!(plan("data", req("4G"), 4 * G, 65536).unwrap(), None);
         assert_eq!(
-            plan("data", "+1000", 4 * G, 65536).unwrap(),
+            plan("data", req("+1000"), 4 * G, 65536).unwrap(),
             Some(4 * G + 65536)
         );
         assert!(matches!(
-            plan("data", "2G", 4 * G, 65536),
+            plan("data", req("2G"), 4 * G, 65536),
             Err(AgentError::PoolShrink { .. })
         ));
-        assert!(matches!(
-            plan("data", "much", 4 * G, 65536),
-            Err(AgentError::Size(_))
-        ));
+        // Unparsable sizes are refused where the request comes in.
+        assert!(PoolGrowth::parse("much", "").is_err());
+        assert_eq!(PoolGrowth::parse(" ", "").unwrap(), PoolGrowth::default());
     }
 }

@@ -3,22 +3,35 @@
 //! container's storage in all the places its size lives (dm table, dockerd's
 //! memory, Docker's metadata file, the filesystem); `resize` changes it and
 //! `guard` keeps grown containers startable.
+//!
+//! Its whole protocol lives in this folder: `resize` (grow, repair,
+//! recovery), `guard`, `pool` (the thin pool and its growth), `metadata`
+//! (Docker's per-device files) and `table` (dm tables as values).
 
-use std::collections::HashMap;
+pub mod guard;
+pub mod metadata;
+pub mod pool;
+pub mod resize;
+pub mod table;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use roomy_proto::v1::{ContainerStorage, Health, PoolStatus};
 
-use crate::backend::{health, RepairOutcome, ResizeOutcome, Sizes, StorageBackend};
-use crate::devmapper::{DevState, DeviceMapper};
+use crate::backend::shared::{unmanaged, LockTable};
+use crate::backend::{
+    health, ContainerRef, PoolGrowth, RepairOutcome, ResizeOutcome, SizeRequest, Sizes,
+    StorageBackend,
+};
 use crate::docker::{ContainerView, DaemonInfo, DockerClient};
 use crate::error::AgentError;
-use crate::fs::{self, FsKind, Usage};
-use crate::guard::Guard;
 use crate::journal::Journal;
-use crate::metadata::DeviceMetadata;
-use crate::table::ThinTable;
+use crate::sys::dm::{DevState, DeviceMapper};
+use crate::sys::fs::{self, FsKind, Usage};
+use guard::Guard;
+use metadata::DeviceMetadata;
+use table::ThinTable;
 
 /// Settings of the devicemapper backend.
 #[derive(Debug, Clone)]
@@ -42,7 +55,7 @@ pub(crate) struct Inner {
     pub(crate) journal: Journal,
     pub(crate) guard: Guard,
     pub(crate) config: ThinConfig,
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) locks: LockTable,
 }
 
 /// Everything known about one devicemapper container's disk.
@@ -78,12 +91,6 @@ impl ThinBackend {
         })
     }
 
-    /// The lock that serializes changes to one container.
-    pub(crate) fn lock_for(&self, container_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.inner.locks.lock().expect("lock table poisoned");
-        locks.entry(container_id.to_string()).or_default().clone()
-    }
-
     /// A devicemapper container, or why not.
     pub(crate) async fn find(
         &self,
@@ -92,9 +99,10 @@ impl ThinBackend {
         let view = self.inner.docker.container(query).await?;
         let info = self.inner.docker.info().await?;
         if view.driver != "devicemapper" || view.device_name.is_none() {
-            return Err(AgentError::NotDevicemapper {
+            return Err(AgentError::WrongDriver {
                 container: view.name,
                 driver: view.driver,
+                backend: "devicemapper".into(),
             });
         }
         Ok((view, info))
@@ -109,14 +117,15 @@ impl ThinBackend {
         let device = view
             .device_name
             .clone()
-            .ok_or_else(|| AgentError::NotDevicemapper {
+            .ok_or_else(|| AgentError::WrongDriver {
                 container: view.name.clone(),
                 driver: view.driver.clone(),
+                backend: "devicemapper".into(),
             })?;
         let pool = info
             .pool
             .clone()
-            .ok_or_else(|| AgentError::Docker("dockerd reports no thin pool (Pool Name)".into()))?;
+            .ok_or_else(|| AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into()))?;
         let mount_id = view.mount_id(&info.root_dir).ok_or_else(|| {
             AgentError::Internal(format!("no mount id for container {}", view.name))
         })?;
@@ -243,7 +252,7 @@ impl ThinBackend {
         let dev = dm.create(&name, &table, true)?;
         let sb = fs::read_superblock(&fs::dev_node(dev), true);
         let removed = dm.remove(&name);
-        let _ = std::fs::remove_file(crate::devmapper::mapper_path(&name));
+        let _ = std::fs::remove_file(crate::sys::dm::mapper_path(&name));
         let sb = sb?;
         // Gone already is what we wanted.
         if removed.is_err() && dm.state(&name)?.is_some() {
@@ -301,6 +310,7 @@ impl ThinBackend {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             fill_rate_bytes_per_second: 0.0,
+            detail: None,
         }
     }
 
@@ -310,7 +320,7 @@ impl ThinBackend {
         info: &DaemonInfo,
     ) -> Result<ContainerStorage, AgentError> {
         if view.driver != "devicemapper" || view.device_name.is_none() {
-            return Ok(unmanaged(&view));
+            return Ok(unmanaged(&view, "devicemapper"));
         }
         let this = self.clone();
         let info2 = info.clone();
@@ -329,22 +339,6 @@ impl ThinBackend {
     /// The agent's state directory.
     pub fn state_dir(&self) -> &Path {
         &self.inner.config.state_dir
-    }
-}
-
-fn unmanaged(view: &ContainerView) -> ContainerStorage {
-    ContainerStorage {
-        id: view.id.clone(),
-        name: view.name.clone(),
-        state: view.state.clone(),
-        driver: view.driver.clone(),
-        labels: view.labels.clone(),
-        health: Health::Unmanaged as i32,
-        health_message: format!(
-            "{} storage is not managed by this agent (devicemapper only)",
-            view.driver
-        ),
-        ..Default::default()
     }
 }
 
@@ -372,10 +366,13 @@ impl StorageBackend for ThinBackend {
         fs::usage(Path::new(&container.mountpoint)).ok()
     }
 
-    async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
+    async fn inspect(
+        &self,
+        container: Option<&ContainerRef>,
+    ) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         let views = match container {
-            Some(query) => vec![self.inner.docker.container(query).await?],
+            Some(query) => vec![self.inner.docker.container(query.as_str()).await?],
             None => self.inner.docker.list().await?,
         };
         let mut out = Vec::with_capacity(views.len());
@@ -406,12 +403,16 @@ impl StorageBackend for ThinBackend {
         Ok(out)
     }
 
-    async fn resize(&self, container: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
-        self.resize_container(container, size).await
+    async fn resize(
+        &self,
+        container: &ContainerRef,
+        size: SizeRequest,
+    ) -> Result<ResizeOutcome, AgentError> {
+        self.resize_container(container.as_str(), size).await
     }
 
-    async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
-        self.repair_container(container).await
+    async fn repair(&self, container: &ContainerRef) -> Result<RepairOutcome, AgentError> {
+        self.repair_container(container.as_str()).await
     }
 
     async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
@@ -422,26 +423,25 @@ impl StorageBackend for ThinBackend {
             .map_err(|e| AgentError::Internal(e.to_string()))?
     }
 
-    async fn grow_pool(
-        &self,
-        data: &str,
-        metadata: &str,
-    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
+    async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
         let info = self.inner.docker.info().await?;
-        let (this, data, metadata) = (self.clone(), data.to_string(), metadata.to_string());
+        let this = self.clone();
         // One pool change at a time.
-        let lock = self.lock_for("pool");
-        let _serialized = lock.lock().await;
+        let _serialized = self.inner.locks.lock("pool").await;
         tokio::task::spawn_blocking(move || {
             let dm = &this.inner.dm;
             let name = info.pool.clone().ok_or_else(|| {
-                AgentError::Docker("dockerd reports no thin pool (Pool Name)".into())
+                AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into())
             })?;
-            let pool = crate::pool::Pool::read(dm, &name)?;
+            let pool = pool::Pool::read(dm, &name)?;
             let before = this.pool_status(&info)?;
-            let data = crate::pool::plan("data", &data, pool.usage.data_total, pool.block_bytes)?;
-            let meta =
-                crate::pool::plan("metadata", &metadata, pool.usage.meta_total * 4096, 4096)?;
+            let data = pool::plan("data", growth.data, pool.usage.data_total, pool.block_bytes)?;
+            let meta = pool::plan(
+                "metadata",
+                growth.metadata,
+                pool.usage.meta_total * 4096,
+                4096,
+            )?;
             if data.is_some() || meta.is_some() {
                 dm.grow_loop_pool(&pool, data, meta)?;
                 tracing::info!(pool = %name, ?data, ?meta, "pool grown");
@@ -460,8 +460,8 @@ impl ThinBackend {
         let name = info
             .pool
             .clone()
-            .ok_or_else(|| AgentError::Docker("dockerd reports no thin pool (Pool Name)".into()))?;
-        let pool = crate::pool::Pool::read(&self.inner.dm, &name)?;
+            .ok_or_else(|| AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into()))?;
+        let pool = pool::Pool::read(&self.inner.dm, &name)?;
         let dir = info.root_dir.join("devicemapper/metadata");
         let mut virtual_bytes = 0u64;
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

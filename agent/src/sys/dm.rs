@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use devicemapper::{DevId, Device, DmError, DmFlags, DmName, DmOptions, DM};
 
+use crate::backend::devicemapper::table::{PoolUsage, ThinTable};
 use crate::error::AgentError;
-use crate::table::{PoolUsage, ThinTable};
 
 /// What the kernel says of one dm device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use crate::backend::devicemapper::ThinBackend;
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
-use crate::thin::ThinBackend;
 
 /// Devices held open, by container id.
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl Guard {
         if held.get(container_id).is_some_and(|(d, _)| d == device) {
             return Ok(());
         }
-        let path = crate::devmapper::mapper_path(device);
+        let path = crate::sys::dm::mapper_path(device);
         let file = File::open(&path).map_err(|e| AgentError::io("hold open", &path, e))?;
         held.insert(container_id.to_string(), (device.to_string(), file));
         tracing::info!(
@@ -128,7 +128,11 @@ impl ThinBackend {
                 // removal is off. Activate it at the persisted size (F5).
                 guard.release(&view.id);
                 let pool = dm.device_number(&obs.pool)?;
-                let table = crate::table::ThinTable::new(pool, obs.device_id, s.persisted)?;
+                let table = crate::backend::devicemapper::table::ThinTable::new(
+                    pool,
+                    obs.device_id,
+                    s.persisted,
+                )?;
                 dm.create(&obs.device, &table, false)?;
                 tracing::warn!(container = %view.name, size = s.persisted, "re-activated grown device of a stopped container");
             }
@@ -138,11 +142,10 @@ impl ThinBackend {
 
     /// Reconcile one container by id, taking its lock.
     pub async fn reconcile(&self, container_id: &str) -> Result<(), AgentError> {
-        let lock = self.lock_for(container_id);
-        let _serialized = lock.lock().await;
+        let _serialized = self.inner.locks.lock(container_id).await;
         match self.find(container_id).await {
             Ok((view, info)) => self.reconcile_locked(&view, &info).await,
-            Err(AgentError::NotFound(_)) | Err(AgentError::NotDevicemapper { .. }) => {
+            Err(AgentError::NotFound(_)) | Err(AgentError::WrongDriver { .. }) => {
                 self.inner.guard.release(container_id);
                 Ok(())
             }
@@ -160,7 +163,7 @@ impl ThinBackend {
                 continue;
             }
             let persisted = view.mount_id(&info.root_dir).and_then(|m| {
-                crate::metadata::DeviceMetadata::new(&info.root_dir, &m)
+                crate::backend::devicemapper::metadata::DeviceMetadata::new(&info.root_dir, &m)
                     .size()
                     .ok()
             });

@@ -90,12 +90,7 @@ impl ThinTable {
 
 /// Bytes to sectors, refusing sizes that are not whole sectors.
 pub fn bytes_to_sectors(bytes: u64) -> Result<Sectors, AgentError> {
-    if bytes == 0 || !bytes.is_multiple_of(SECTOR_SIZE as u64) {
-        return Err(AgentError::InvalidSize(format!(
-            "{bytes} bytes is not a whole number of 512-byte sectors: use a unit (K, M, G, T)"
-        )));
-    }
-    Ok(Sectors(bytes / SECTOR_SIZE as u64))
+    crate::backend::shared::bytes_to_sectors(bytes).map(Sectors)
 }
 
 /// What the pool has, in bytes, from its table and status.

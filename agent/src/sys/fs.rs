@@ -186,6 +186,70 @@ pub fn find_mount(mountinfo: &str, dev: Device) -> Option<PathBuf> {
     })
 }
 
+/// One line of mountinfo, the fields Roomy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the filesystem.
+    pub devno: String,
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// Filesystem type, e.g. `xfs`.
+    pub fstype: String,
+    /// What was mounted (a device path, for block filesystems).
+    pub source: String,
+    /// The filesystem's own options, e.g. `rw,attr2,inode64,prjquota`.
+    pub super_options: String,
+}
+
+/// Parse one mountinfo line (`proc(5)`): `ID PARENT MAJ:MIN ROOT POINT
+/// OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`.
+pub fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (head, tail) = line.split_once(" - ")?;
+    let mut head = head.split(' ');
+    let devno = head.nth(2)?.to_string();
+    let _root = head.next()?;
+    let point = PathBuf::from(unescape_mountinfo(head.next()?));
+    let mut tail = tail.split(' ');
+    Some(MountEntry {
+        devno,
+        point,
+        fstype: tail.next()?.to_string(),
+        source: unescape_mountinfo(tail.next()?),
+        super_options: tail.next().unwrap_or("").to_string(),
+    })
+}
+
+/// The mount that holds `path`: the one of its device (st_dev) whose mount
+/// point is the longest prefix of it.
+pub fn mount_of(path: &Path) -> Result<MountEntry, AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .map_err(|e| AgentError::io("stat", path, e))?
+        .dev();
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| AgentError::io("read", "/proc/self/mountinfo", e))?;
+    let want = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    find_mount_of(&text, &want, path).ok_or_else(|| {
+        AgentError::Internal(format!(
+            "{} (device {want}) is on no mount in /proc/self/mountinfo",
+            path.display()
+        ))
+    })
+}
+
+/// `mount_of` on mountinfo text.
+pub fn find_mount_of(mountinfo: &str, devno: &str, path: &Path) -> Option<MountEntry> {
+    mountinfo
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|m| m.devno == devno && path.starts_with(&m.point))
+        .max_by_key(|m| m.point.as_os_str().len())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
@@ -394,6 +458,24 @@ pub fn grow_unmounted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_mount_that_holds_a_path() {
+        let text = "\
+22 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw
+90 22 7:3 / /var/lib/docker rw,relatime shared:40 - xfs /dev/loop3 rw,attr2,inode64,logbufs=8,prjquota
+91 90 0:52 / /var/lib/docker/overlay2/abc/merged rw - overlay overlay rw,lowerdir=x
+92 22 7:3 / /srv/bind\\040me rw - xfs /dev/loop3 rw,prjquota
+";
+        let m = find_mount_of(text, "7:3", Path::new("/var/lib/docker/overlay2/abc/diff")).unwrap();
+        assert_eq!(m.point, PathBuf::from("/var/lib/docker"));
+        assert_eq!(m.fstype, "xfs");
+        assert_eq!(m.source, "/dev/loop3");
+        assert!(m.super_options.split(',').any(|o| o == "prjquota"));
+        let b = find_mount_of(text, "7:3", Path::new("/srv/bind me/x")).unwrap();
+        assert_eq!(b.point, PathBuf::from("/srv/bind me"));
+        assert_eq!(find_mount_of(text, "7:9", Path::new("/var/lib/docker")), None);
+    }
 
     #[test]
     fn finds_a_device_in_mountinfo_and_unescapes_the_path() {

@@ -7,13 +7,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use roomy_proto::format_bytes;
 use roomy_proto::v1::Health;
 
-use crate::backend::{plan_grow, GrowAction, RepairOutcome, ResizeOutcome};
+use crate::backend::devicemapper::{Observed, ThinBackend};
+use crate::backend::shared::{check_backing, Backing};
+use crate::backend::{plan_grow, GrowAction, RepairOutcome, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
 use crate::failpoint;
-use crate::fs::{self, FsKind};
 use crate::journal::Intent;
-use crate::thin::{Observed, ThinBackend};
+use crate::sys::fs::{self, FsKind};
 
 /// How far below the device an ext4 may stay after an online resize: the
 /// kernel drops a last block group too small to hold its own metadata.
@@ -75,13 +76,10 @@ impl ThinBackend {
     pub(crate) async fn resize_container(
         &self,
         query: &str,
-        size: &str,
+        size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
-        // A size that is not a size is refused before anything is looked up.
-        let _: roomy_proto::SizeRequest = size.parse()?;
         let (view, _) = self.find(query).await?;
-        let lock = self.lock_for(&view.id);
-        let _serialized = lock.lock().await;
+        let _serialized = self.inner.locks.lock(&view.id).await;
 
         // Re-read everything under the lock: a resize that ran before this
         // one changed it.
@@ -164,19 +162,17 @@ impl ThinBackend {
                 mode: usage.mode.to_string(),
             });
         }
-        let margin_percent = self.inner.config.pool_margin_percent;
-        let margin = usage.data_total / 100 * margin_percent;
-        if usage.data_free() < growth.saturating_add(margin) {
-            return Err(AgentError::PoolTooFull {
-                pool: obs.pool.clone(),
-                container: obs.view.name.clone(),
-                free: usage.data_free(),
-                total: usage.data_total,
-                growth,
-                margin_percent,
-            });
-        }
-        Ok(())
+        let backing = Backing {
+            name: obs.pool.clone(),
+            free: usage.data_free(),
+            total: usage.data_total,
+        };
+        check_backing(
+            &backing,
+            &obs.view.name,
+            growth,
+            self.inner.config.pool_margin_percent,
+        )
     }
 
     /// The kernel steps: device at `target`, filesystem filling it,
@@ -227,7 +223,11 @@ impl ThinBackend {
                 // Stopped container: activate at the new size under Docker's
                 // own name; the next `docker start` mounts it as it is (F5).
                 let pool = dm.device_number(&obs.pool)?;
-                let table = crate::table::ThinTable::new(pool, obs.device_id, target)?;
+                let table = crate::backend::devicemapper::table::ThinTable::new(
+                    pool,
+                    obs.device_id,
+                    target,
+                )?;
                 dm.create(device, &table, false)?;
                 failpoint::hit("after-activate");
             }
@@ -285,8 +285,7 @@ impl ThinBackend {
     /// Make an `at_risk` container startable. See `StorageBackend::repair`.
     pub(crate) async fn repair_container(&self, query: &str) -> Result<RepairOutcome, AgentError> {
         let (view, _) = self.find(query).await?;
-        let lock = self.lock_for(&view.id);
-        let _serialized = lock.lock().await;
+        let _serialized = self.inner.locks.lock(&view.id).await;
         let (view, info) = self.find(&view.id).await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let before = self.describe(&obs, &info);
@@ -374,8 +373,7 @@ impl ThinBackend {
     }
 
     async fn finish(&self, intent: &Intent) -> Result<(), AgentError> {
-        let lock = self.lock_for(&intent.container_id);
-        let _serialized = lock.lock().await;
+        let _serialized = self.inner.locks.lock(&intent.container_id).await;
         let (view, info) = self.find(&intent.container_id).await?;
         let obs = self.observe_blocking(&view, &info).await?;
         self.apply_blocking(obs, intent.to_bytes, true).await?;

@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use roomy_proto::format_bytes;
 use roomy_proto::v1::{ContainerStorage, PoolStatus};
 
+use crate::backend::shared::{check_backing, Backing};
 use crate::backend::{
-    health, plan_grow, GrowAction, RepairOutcome, ResizeOutcome, Sizes, StorageBackend,
+    health, plan_grow, ContainerRef, GrowAction, PoolGrowth, RepairOutcome, ResizeOutcome,
+    SizeRequest, Sizes, StorageBackend,
 };
 use crate::error::AgentError;
 
@@ -228,23 +230,30 @@ impl StorageBackend for SimBackend {
         })
     }
 
-    async fn inspect(&self, container: Option<&str>) -> Result<Vec<ContainerStorage>, AgentError> {
+    async fn inspect(
+        &self,
+        container: Option<&ContainerRef>,
+    ) -> Result<Vec<ContainerStorage>, AgentError> {
         let mut state = self.lock();
         Ok(match container {
-            Some(query) => vec![Self::describe(Self::find(&mut state, query)?)],
+            Some(query) => vec![Self::describe(Self::find(&mut state, query.as_str())?)],
             None => state.containers.iter().map(Self::describe).collect(),
         })
     }
 
-    async fn resize(&self, container: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
-        let _: roomy_proto::SizeRequest = size.parse()?;
+    async fn resize(
+        &self,
+        container: &ContainerRef,
+        size: SizeRequest,
+    ) -> Result<ResizeOutcome, AgentError> {
         let mut state = self.lock();
         let (total, used) = (state.pool_total, state.pool_used);
-        let c = Self::find(&mut state, container)?;
+        let c = Self::find(&mut state, container.as_str())?;
         if c.driver != "devicemapper" {
-            return Err(AgentError::NotDevicemapper {
+            return Err(AgentError::WrongDriver {
                 container: c.name.clone(),
                 driver: c.driver.clone(),
+                backend: "devicemapper".into(),
             });
         }
         let current = c.sizes.current();
@@ -261,17 +270,12 @@ impl StorageBackend for SimBackend {
             });
         }
         let growth = target - current;
-        let free = total.saturating_sub(used);
-        if free < growth.saturating_add(total / 100 * self.pool_margin_percent) {
-            return Err(AgentError::PoolTooFull {
-                pool: "sim-pool".into(),
-                container: c.name.clone(),
-                free,
-                total,
-                growth,
-                margin_percent: self.pool_margin_percent,
-            });
-        }
+        let backing = Backing {
+            name: "sim-pool".into(),
+            free: total.saturating_sub(used),
+            total,
+        };
+        check_backing(&backing, &c.name, growth, self.pool_margin_percent)?;
         c.sizes = Sizes {
             table: Some(target),
             docker: c.sizes.docker,
@@ -303,23 +307,20 @@ impl StorageBackend for SimBackend {
         Ok(Self::pool(&state))
     }
 
-    async fn grow_pool(
-        &self,
-        data: &str,
-        metadata: &str,
-    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
+    async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
+        use crate::backend::devicemapper::pool::plan;
         let mut state = self.lock();
         let before = Self::pool(&state);
-        if let Some(total) = crate::pool::plan("data", data, state.pool_total, 65536)? {
+        if let Some(total) = plan("data", growth.data, state.pool_total, 65536)? {
             state.pool_total = total;
         }
-        crate::pool::plan("metadata", metadata, 1 << 30, 4096)?;
+        plan("metadata", growth.metadata, 1 << 30, 4096)?;
         Ok((before, Self::pool(&state)))
     }
 
-    async fn repair(&self, container: &str) -> Result<RepairOutcome, AgentError> {
+    async fn repair(&self, container: &ContainerRef) -> Result<RepairOutcome, AgentError> {
         let mut state = self.lock();
-        let c = Self::find(&mut state, container)?;
+        let c = Self::find(&mut state, container.as_str())?;
         let before = Self::describe(c);
         if before.health() != roomy_proto::v1::Health::AtRisk {
             return Ok(RepairOutcome {
@@ -361,11 +362,23 @@ mod tests {
             .block_on(f)
     }
 
+    /// A resize as the service runs it: words parsed, then the backend.
+    async fn resize(sim: &SimBackend, c: &str, size: &str) -> Result<ResizeOutcome, AgentError> {
+        let (c, size) = crate::service::parse_resize(c, size)?;
+        sim.resize(&c, size).await
+    }
+
+    fn one(sim: &SimBackend, c: &str) -> ContainerStorage {
+        block_on(sim.inspect(Some(&ContainerRef::parse(c).unwrap())))
+            .unwrap()
+            .remove(0)
+    }
+
     #[test]
-    fn grows_and_refuses_like_the_real_backend() {
+    fn grows_and_says_so() {
         let sim = SimBackend::demo("host1", 3);
         block_on(async {
-            let out = sim.resize("c1", "4G").await.unwrap();
+            let out = resize(&sim, "c1", "4G").await.unwrap();
             assert_eq!(
                 out.action,
                 GrowAction::Grown {
@@ -374,41 +387,69 @@ mod tests {
                 }
             );
             assert_eq!(out.container.health(), Health::Pending);
-            let again = sim.resize("c1", "4G").await.unwrap();
+            let again = resize(&sim, "c1", "4G").await.unwrap();
             assert_eq!(again.action, GrowAction::Unchanged { size: 4 * G });
-            assert!(matches!(
-                sim.resize("c1", "3G").await,
-                Err(AgentError::Shrink { .. })
-            ));
-            assert!(matches!(
-                sim.resize("nope", "3G").await,
-                Err(AgentError::NotFound(_))
-            ));
-            assert!(matches!(
-                sim.resize("c1", "lots").await,
-                Err(AgentError::Size(_))
-            ));
-            assert!(matches!(
-                sim.resize("c0", "+95G").await,
-                Err(AgentError::PoolTooFull { .. })
-            ));
-            // Refusals changed nothing.
-            let c0 = sim.inspect(Some("c0")).await.unwrap();
-            assert_eq!(c0[0].fs_size_bytes, 2 * G);
+            assert!(
+                again.message.contains("nothing changed"),
+                "{}",
+                again.message
+            );
             let all = sim.inspect(None).await.unwrap();
             assert_eq!(all.len(), 3);
         });
     }
 
+    /// The table the real backends run on the VM tier too
+    /// (tests/refusals.tsv): the same refusals, codes and words, and
+    /// nothing changed by any of them.
+    #[test]
+    fn refuses_what_the_real_backends_refuse() {
+        let table = include_str!("../../../tests/refusals.tsv");
+        let sim = SimBackend::demo("host1", 3);
+        let before = block_on(sim.inspect(None)).unwrap();
+        let mut rows = 0;
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let [c, size, code, fragment] = line.split('\t').collect::<Vec<_>>()[..] else {
+                panic!("refusals.tsv: {line:?} is not 4 tab-separated fields");
+            };
+            let c = if c == "C" { "c0" } else { c };
+            let err = block_on(resize(&sim, c, size)).expect_err(line);
+            let status = tonic::Status::from(err);
+            assert_eq!(
+                format!("{:?}", status.code()),
+                code,
+                "{line}: {}",
+                status.message()
+            );
+            assert!(
+                status.message().contains(fragment),
+                "{line}: {}",
+                status.message()
+            );
+            rows += 1;
+        }
+        assert!(rows >= 8, "the table has {rows} rows");
+        assert_eq!(
+            block_on(sim.inspect(None)).unwrap(),
+            before,
+            "a refusal changed something"
+        );
+        assert_eq!(one(&sim, "c0").fs_size_bytes, 2 * G);
+    }
+
     #[test]
     fn id_prefixes_resolve_or_say_which() {
         let sim = SimBackend::demo("h", 12);
+        let c0 = one(&sim, "c0");
         block_on(async {
-            let c0 = sim.inspect(Some("c0")).await.unwrap().remove(0);
+            let by = |text: &str| ContainerRef::parse(text).unwrap();
             // Ids differ only in the last hex digits: a short prefix is ambiguous.
-            let err = sim.inspect(Some(&c0.id[..16])).await.unwrap_err();
+            let err = sim.inspect(Some(&by(&c0.id[..16]))).await.unwrap_err();
             assert!(err.to_string().contains("c0, c1"), "{err}");
-            assert_eq!(sim.inspect(Some(&c0.id)).await.unwrap()[0].name, "c0");
+            assert_eq!(sim.inspect(Some(&by(&c0.id))).await.unwrap()[0].name, "c0");
         });
     }
 }

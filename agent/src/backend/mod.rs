@@ -1,0 +1,162 @@
+//! The storage backend trait the gRPC service calls and the values its
+//! mutations return. One folder per backend (`devicemapper/`, `overlay2/`)
+//! and the in-memory `sim`; what they all share (grow-only planning, the
+//! backing-space check, health words) is in `shared`, so the simulated
+//! backend refuses exactly what the real ones refuse.
+
+pub mod devicemapper;
+pub mod shared;
+pub mod sim;
+
+use std::fmt;
+use std::future::Future;
+
+use roomy_proto::v1::{ContainerStorage, PoolStatus};
+pub use roomy_proto::SizeRequest;
+
+use crate::error::AgentError;
+pub use crate::sys::fs::Usage;
+pub use shared::{health, plan_grow, Sizes};
+
+/// A container as a client names it: its name, or a unique prefix of its
+/// id. Checked once, where a request comes in; backends resolve it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerRef(String);
+
+impl ContainerRef {
+    /// What Docker allows in names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, with or
+    /// without the leading `/` Docker shows) and ids; anything else is
+    /// refused before anything is looked up.
+    pub fn parse(text: &str) -> Result<Self, AgentError> {
+        let name = text.strip_prefix('/').unwrap_or(text);
+        let ok = name.len() <= 255
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(AgentError::BadContainerName(text.to_string()));
+        }
+        Ok(ContainerRef(name.to_string()))
+    }
+
+    /// The name or id prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContainerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a pool growth asks for, per side; `None` leaves that side alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolGrowth {
+    /// Data: `8G` or `+4G`.
+    pub data: Option<SizeRequest>,
+    /// Metadata: `1G` or `+64M`.
+    pub metadata: Option<SizeRequest>,
+}
+
+impl PoolGrowth {
+    /// From the request's two strings (empty: leave that side alone).
+    pub fn parse(data: &str, metadata: &str) -> Result<Self, AgentError> {
+        let side = |text: &str| -> Result<Option<SizeRequest>, AgentError> {
+            let text = text.trim();
+            Ok(if text.is_empty() {
+                None
+            } else {
+                Some(text.parse()?)
+            })
+        };
+        Ok(PoolGrowth {
+            data: side(data)?,
+            metadata: side(metadata)?,
+        })
+    }
+}
+
+/// What a resize did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrowAction {
+    /// Already at the size asked for: nothing changed.
+    Unchanged {
+        /// The size it has.
+        size: u64,
+    },
+    /// Grown.
+    Grown {
+        /// Size before.
+        from: u64,
+        /// Size after.
+        to: u64,
+    },
+}
+
+/// A resize's answer.
+#[derive(Debug, Clone)]
+pub struct ResizeOutcome {
+    /// What was done.
+    pub action: GrowAction,
+    /// One sentence for people.
+    pub message: String,
+    /// The container afterwards.
+    pub container: ContainerStorage,
+}
+
+/// A repair's answer.
+#[derive(Debug, Clone)]
+pub struct RepairOutcome {
+    /// Whether anything was changed.
+    pub repaired: bool,
+    /// One sentence for people.
+    pub message: String,
+    /// The container afterwards.
+    pub container: ContainerStorage,
+}
+
+/// A storage backend: one per storage driver. Handlers call these and
+/// nothing else; only backends touch the kernel and Docker.
+pub trait StorageBackend: Send + Sync + 'static {
+    /// Storage of one container (`Some(name or id)`) or all (`None`).
+    fn inspect(
+        &self,
+        container: Option<&ContainerRef>,
+    ) -> impl Future<Output = Result<Vec<ContainerStorage>, AgentError>> + Send;
+
+    /// Grow a container to `size` (`16G`, `+4G`). Grow only; serialized per
+    /// container; nothing changes when refused.
+    fn resize(
+        &self,
+        container: &ContainerRef,
+        size: SizeRequest,
+    ) -> impl Future<Output = Result<ResizeOutcome, AgentError>> + Send;
+
+    /// Make an `at_risk` container startable again.
+    fn repair(
+        &self,
+        container: &ContainerRef,
+    ) -> impl Future<Output = Result<RepairOutcome, AgentError>> + Send;
+
+    /// The thin pool under the containers.
+    fn inspect_pool(&self) -> impl Future<Output = Result<PoolStatus, AgentError>> + Send;
+
+    /// Grow the pool's data and/or metadata. Returns the pool before and
+    /// after.
+    fn grow_pool(
+        &self,
+        growth: PoolGrowth,
+    ) -> impl Future<Output = Result<(PoolStatus, PoolStatus), AgentError>> + Send;
+
+    /// The running containers this backend manages, for the policy
+    /// sampler: called every few seconds, so it never probes stopped
+    /// containers' devices.
+    fn running(&self) -> impl Future<Output = Result<Vec<ContainerStorage>, AgentError>> + Send;
+
+    /// Usage of a running container's filesystem now (statvfs: cheap, the
+    /// sampler calls it every 250 ms). `None` when it is not mounted.
+    fn usage(&self, container: &ContainerStorage) -> Option<Usage>;
+}

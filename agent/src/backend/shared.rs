@@ -1,0 +1,308 @@
+//! Rules every backend shares, pure so they are tested without a kernel:
+//! grow-only planning, the backing-space check, sector arithmetic and the
+//! health words.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use roomy_proto::v1::{ContainerStorage, Health};
+use roomy_proto::{format_bytes, ByteSize, SizeRequest};
+
+use crate::docker::ContainerView;
+use crate::error::AgentError;
+
+/// Bytes in a sector: dm lengths and XFS quota limits ("basic blocks")
+/// are both counted in them.
+pub const SECTOR: u64 = 512;
+
+/// Bytes to sectors, refusing sizes that are not whole sectors.
+pub fn bytes_to_sectors(bytes: u64) -> Result<u64, AgentError> {
+    if bytes == 0 || !bytes.is_multiple_of(SECTOR) {
+        return Err(AgentError::InvalidSize(format!(
+            "{bytes} bytes is not a whole number of 512-byte sectors: use a unit (K, M, G, T)"
+        )));
+    }
+    Ok(bytes / SECTOR)
+}
+
+/// What a growth draws on: a thin pool's data space, or the filesystem
+/// that holds overlay2's layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backing {
+    /// Its name in messages (the pool, or the filesystem's mount point).
+    pub name: String,
+    /// Free bytes now.
+    pub free: u64,
+    /// Size in bytes.
+    pub total: u64,
+}
+
+/// Refuse a growth of `growth` bytes for `container` that would leave
+/// `backing` with less free space than `margin_percent` of its size.
+pub fn check_backing(
+    backing: &Backing,
+    container: &str,
+    growth: u64,
+    margin_percent: u64,
+) -> Result<(), AgentError> {
+    let margin = backing.total / 100 * margin_percent;
+    if backing.free < growth.saturating_add(margin) {
+        return Err(AgentError::PoolTooFull {
+            pool: backing.name.clone(),
+            container: container.to_string(),
+            free: backing.free,
+            total: backing.total,
+            growth,
+            margin_percent,
+        });
+    }
+    Ok(())
+}
+
+/// The sizes a container's disk has in its different places. Absent ones
+/// (device not active, filesystem unreadable) are `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Live dm table.
+    pub table: Option<u64>,
+    /// dockerd's memory: what it activates the device at on start.
+    pub docker: u64,
+    /// Docker's metadata file: what dockerd adopts when it restarts.
+    pub persisted: u64,
+    /// The filesystem.
+    pub fs: Option<u64>,
+}
+
+impl Sizes {
+    /// The container's size for growing: the largest of all, so that a
+    /// growth never lands below any of them.
+    pub fn current(&self) -> u64 {
+        [self.table, Some(self.docker), Some(self.persisted), self.fs]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The size a request asks for, or why it is refused. Shared by every
+/// backend so that the simulated one refuses exactly what the real one does.
+pub fn plan_grow(container: &str, request: SizeRequest, current: u64) -> Result<u64, AgentError> {
+    let target = request
+        .target(ByteSize(current))
+        .ok_or_else(|| {
+            AgentError::InvalidSize(format!(
+                "{container}: {current} bytes plus {request:?} does not fit in 64 bits"
+            ))
+        })?
+        .0;
+    if target < current {
+        return Err(AgentError::Shrink {
+            container: container.to_string(),
+            current,
+            requested: target,
+        });
+    }
+    bytes_to_sectors(target)?;
+    Ok(target)
+}
+
+/// The health of a container's disk and the sentence that goes with it.
+/// `protected`: the agent keeps the grown device alive across a restart
+/// (fd held with deferred removal, or the device left active while stopped).
+pub fn health(sizes: &Sizes, protected: bool) -> (Health, String) {
+    let Sizes {
+        docker,
+        persisted,
+        fs,
+        ..
+    } = *sizes;
+    match fs {
+        Some(fs) if fs > persisted => (
+            Health::AtRisk,
+            format!(
+                "filesystem is {} but Docker's metadata says {}: the container will not start once it stops and dockerd restarts; run `roomyctl repair`",
+                format_bytes(fs),
+                format_bytes(persisted)
+            ),
+        ),
+        Some(fs) if fs > docker && !protected => (
+            Health::AtRisk,
+            format!(
+                "filesystem is {} but dockerd would activate the device at {}: the next start fails; run `roomyctl repair`",
+                format_bytes(fs),
+                format_bytes(docker)
+            ),
+        ),
+        _ if persisted > docker => (
+            Health::Pending,
+            format!(
+                "grown to {} and persisted; dockerd holds {} until it restarts, and Roomy keeps the container startable meanwhile; restart dockerd (with live-restore) to settle",
+                format_bytes(persisted),
+                format_bytes(docker)
+            ),
+        ),
+        None => (
+            Health::Ok,
+            format!("{}; filesystem size not read", format_bytes(docker)),
+        ),
+        Some(_) => (Health::Ok, format!("{} everywhere", format_bytes(docker))),
+    }
+}
+
+/// The row of a container this backend does not manage (another driver).
+pub fn unmanaged(view: &ContainerView, backend: &str) -> ContainerStorage {
+    ContainerStorage {
+        id: view.id.clone(),
+        name: view.name.clone(),
+        state: view.state.clone(),
+        driver: view.driver.clone(),
+        labels: view.labels.clone(),
+        health: Health::Unmanaged as i32,
+        health_message: format!(
+            "{} storage is not managed by this agent ({backend} only)",
+            view.driver
+        ),
+        ..Default::default()
+    }
+}
+
+/// One lock per container (or pool): changes to one are serialized, to
+/// different ones run side by side. Entries nobody holds or waits for are
+/// dropped as new ones are taken, so the table does not grow with every
+/// container a host ever had.
+#[derive(Debug, Default)]
+pub struct LockTable {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LockTable {
+    /// Wait for `key`'s lock. The guard owns it: held across awaits and
+    /// into a spawned task, released when dropped.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Only this table refers to an idle lock.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Locks in the table now.
+    pub fn len(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the table holds no lock.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    /// As a request arrives: text parsed first, then planned.
+    fn plan(container: &str, text: &str, current: u64) -> Result<u64, AgentError> {
+        plan_grow(container, text.parse()?, current)
+    }
+
+    #[test]
+    fn plans_growth_and_refuses_the_rest() {
+        assert_eq!(plan("c", "4G", 2 * G).unwrap(), 4 * G);
+        assert_eq!(plan("c", "+2G", 2 * G).unwrap(), 4 * G);
+        assert_eq!(
+            plan("c", "2G", 2 * G).unwrap(),
+            2 * G,
+            "same size is a no-op, not an error"
+        );
+        assert!(matches!(
+            plan("c", "1G", 2 * G),
+            Err(AgentError::Shrink { .. })
+        ));
+        assert!(matches!(plan("c", "0", 2 * G), Err(AgentError::Size(_))));
+        assert!(matches!(plan("c", "lots", 2 * G), Err(AgentError::Size(_))));
+        assert!(matches!(
+            plan("c", "4294967297", 2 * G),
+            Err(AgentError::InvalidSize(_))
+        ));
+        assert!(matches!(
+            plan("c", "+16777215T", 1 << 41),
+            Err(AgentError::InvalidSize(_))
+        ));
+    }
+
+    #[test]
+    fn lock_table_serializes_one_key_and_forgets_idle_ones() {
+        let table = LockTable::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let held = table.lock("a").await;
+            // The same key waits; another does not.
+            let same = tokio::time::timeout(std::time::Duration::from_millis(50), table.lock("a"));
+            assert!(same.await.is_err(), "a second holder of one key");
+            let _b = table.lock("b").await;
+            drop(held);
+            drop(_b);
+            for i in 0..100 {
+                drop(table.lock(&format!("c{i}")).await);
+            }
+            // Every lock above is idle: only the last taken is left.
+            assert!(table.len() <= 1, "{} locks kept", table.len());
+        });
+    }
+
+    #[test]
+    fn current_size_is_the_largest_known() {
+        let sizes = Sizes {
+            table: None,
+            docker: 2 * G,
+            persisted: 2 * G,
+            fs: Some(4 * G),
+        };
+        assert_eq!(sizes.current(), 4 * G);
+    }
+
+    #[test]
+    fn health_words() {
+        let settled = Sizes {
+            table: Some(4 * G),
+            docker: 4 * G,
+            persisted: 4 * G,
+            fs: Some(4 * G),
+        };
+        assert_eq!(health(&settled, false).0, Health::Ok);
+
+        let pending = Sizes {
+            docker: 2 * G,
+            ..settled
+        };
+        assert_eq!(health(&pending, true).0, Health::Pending);
+        assert!(health(&pending, true).1.contains("restart dockerd"));
+        // Persisted but nothing keeps the device alive: the next start fails.
+        assert_eq!(health(&pending, false).0, Health::AtRisk);
+
+        // The plain dmsetup recipe: filesystem grown, metadata not.
+        let recipe = Sizes {
+            persisted: 2 * G,
+            docker: 2 * G,
+            ..settled
+        };
+        let (word, sentence) = health(&recipe, true);
+        assert_eq!(word, Health::AtRisk);
+        assert!(sentence.contains("roomyctl repair"), "{sentence}");
+
+        let unknown = Sizes {
+            fs: None,
+            ..settled
+        };
+        assert_eq!(health(&unknown, false).0, Health::Ok);
+    }
+}
