@@ -45,77 +45,77 @@ pub struct PolicyError {
 }
 
 /// A glob as selectors use it: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`.
-/// An empty pattern matches everything.
+/// An empty pattern matches everything; one that does not parse matches
+/// nothing (validation refuses it first, `glob_problem`).
+///
+/// globset compiles a pattern to a finite automaton, so a match takes time
+/// linear in the name whatever the pattern (a backtracking matcher is
+/// exponential in the number of `*`s, and the sampler matches every 250 ms).
+/// Compiled patterns are kept per thread, a bounded number.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    pattern.is_empty() || glob_at(&p, &t)
-}
-
-fn glob_at(p: &[char], t: &[char]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some('*') => (0..=t.len()).any(|i| glob_at(&p[1..], &t[i..])),
-        Some('?') => !t.is_empty() && glob_at(&p[1..], &t[1..]),
-        Some('[') => match (class_end(p), t.first()) {
-            (Some(end), Some(&c)) => {
-                class_matches(&p[1..end], c) && glob_at(&p[end + 1..], &t[1..])
+    use std::cell::RefCell;
+    const KEPT: usize = 256;
+    thread_local! {
+        static COMPILED: RefCell<HashMap<String, Option<globset::GlobMatcher>>> =
+            RefCell::new(HashMap::new());
+    }
+    if pattern.is_empty() {
+        return true;
+    }
+    COMPILED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(pattern) {
+            if cache.len() >= KEPT {
+                cache.clear();
             }
-            _ => false,
-        },
-        Some(&c) => t.first() == Some(&c) && glob_at(&p[1..], &t[1..]),
-    }
-}
-
-/// Index of the `]` closing the class that `p` starts with.
-fn class_end(p: &[char]) -> Option<usize> {
-    // A `]` right after `[` or `[!` is a member, not the end.
-    let start = if p.get(1) == Some(&'!') { 3 } else { 2 };
-    (start..p.len()).find(|&i| p[i] == ']')
-}
-
-fn class_matches(class: &[char], c: char) -> bool {
-    let (negate, class) = match class.first() {
-        Some('!') => (true, &class[1..]),
-        _ => (false, class),
-    };
-    let mut i = 0;
-    let mut hit = false;
-    while i < class.len() {
-        if i + 2 < class.len() && class[i + 1] == '-' {
-            hit |= class[i] <= c && c <= class[i + 2];
-            i += 3;
-        } else {
-            hit |= class[i] == c;
-            i += 1;
+            cache.insert(pattern.to_string(), compile(pattern).ok());
         }
-    }
-    hit != negate
+        cache[pattern].as_ref().is_some_and(|m| m.is_match(text))
+    })
+}
+
+fn compile(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        // Shell globs, as users write them for names: no `{a,b}`, no `\`.
+        .literal_separator(false)
+        .backslash_escape(false)
+        .empty_alternates(false)
+        .build()
+        .map(|g| g.compile_matcher())
 }
 
 /// Why a glob does not parse, if it does not.
 pub fn glob_problem(pattern: &str) -> Option<String> {
-    let p: Vec<char> = pattern.chars().collect();
-    let mut i = 0;
-    while i < p.len() {
-        if p[i] == '[' {
-            match class_end(&p[i..]) {
-                Some(end) => i += end,
-                None => {
-                    return Some(format!(
-                        "glob {pattern:?} opens a [class] it never closes: add the ']'"
-                    ))
-                }
-            }
-        }
-        i += 1;
-    }
-    if p.iter().any(|c| c.is_whitespace() || *c == '/') {
+    if pattern.chars().any(|c| c.is_whitespace() || c == '/') {
         return Some(format!(
             "glob {pattern:?} has a space or '/': names have neither"
         ));
     }
-    None
+    if pattern.len() > 255 {
+        return Some(format!(
+            "glob {:?}… is {} characters long: names have at most 255",
+            &pattern[..pattern
+                .char_indices()
+                .nth(20)
+                .map_or(pattern.len(), |(i, _)| i)],
+            pattern.len()
+        ));
+    }
+    if pattern.contains(['{', '}']) {
+        return Some(format!(
+            "glob {pattern:?} has '{{' or '}}': write one policy per alternative"
+        ));
+    }
+    match compile(pattern) {
+        Ok(_) => None,
+        Err(e) if *e.kind() == globset::ErrorKind::UnclosedClass => Some(format!(
+            "glob {pattern:?} opens a [class] it never closes: add the ']'"
+        )),
+        Err(e) => Some(format!(
+            "glob {pattern:?} does not parse ({}): fix the [class] or the '*'",
+            e.kind()
+        )),
+    }
 }
 
 fn wildcard(pattern: &str) -> bool {

@@ -622,6 +622,26 @@ fn globs() {
     }
     assert!(glob_problem("web[").is_some());
     assert!(glob_problem("web[]]").is_none());
+    assert!(glob_problem("web-{a,b}").is_some());
+    assert!(glob_problem("web 1").is_some());
+}
+
+/// A pattern that makes a backtracking matcher take exponential time (each
+/// `*` tries every split of the rest) is matched in linear time.
+#[test]
+fn hostile_globs_match_in_milliseconds() {
+    let pattern = format!("{}b", "a*".repeat(60));
+    let text = "a".repeat(200);
+    assert!(glob_problem(&pattern).is_none());
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        assert!(!glob_match(&pattern, &text));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "1000 matches took {took:?}"
+    );
 }
 
 #[test]
