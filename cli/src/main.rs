@@ -359,7 +359,14 @@ fn full_message(status: &tonic::Status) -> String {
 
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
-        let message = full_message(&status);
+        let mut message = full_message(&status);
+        if message.is_empty() {
+            // Some servers answer with a bare code: say what it means here.
+            message = match status.code() {
+                Code::Unimplemented => "the server does not offer this call (Unimplemented): is --controller pointing at an agent's port, or at another gRPC service?".into(),
+                code => format!("the server answered {code:?} without a message"),
+            };
+        }
         if message.contains("received fatal alert") {
             return Failure::Refused(format!(
                 "the server refused this client's certificate ({message}): check that --cert and --key come from the fleet's CA, are not expired, and that the server allows this identity"
@@ -451,9 +458,15 @@ async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
         roomy_proto::tls::client_config(&files).map_err(|e| Failure::Refused(e.to_string()))?;
     let server_name =
         pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
-    let channel =
-        roomy_proto::tls::channel(&controller, &server_name, config, Duration::from_secs(5))
-            .map_err(|e| unreachable(&format!("the controller at {controller}"), &e))?;
+    // --timeout bounds each call here as on the agent path.
+    let channel = roomy_proto::tls::channel_with_deadline(
+        &controller,
+        &server_name,
+        config,
+        Duration::from_secs(5).min(timeout),
+        Some(timeout),
+    )
+    .map_err(|e| unreachable(&format!("the controller at {controller}"), &e))?;
     Ok(Conn::Controller(ControllerClient::new(channel)))
 }
 
@@ -497,6 +510,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         _ => {}
     }
     let file = FileSettings::load(cli.config.as_deref()).map_err(Failure::Refused)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.timeout.max(1));
     let conn = connect(&cli, &file).await?;
     let diagnosis = tls_target(&cli, &file);
     match dispatch(cli, conn).await {
@@ -504,7 +518,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // our certificate: ask once more and say so plainly.
         Err(failure @ (Failure::Failed(_) | Failure::Unreachable(_))) if diagnosis.is_some() => {
             let (addr, name, config) = diagnosis.expect("checked");
-            match roomy_proto::tls::diagnose(&addr, &name, config).await {
+            // Within what is left of --timeout: a silent server gets no
+            // second wait.
+            let probe = roomy_proto::tls::diagnose(&addr, &name, config);
+            match tokio::time::timeout_at(deadline, probe).await.ok().flatten() {
                 Some(why) if why.contains("alert") => Err(Failure::Refused(format!(
                     "{why}: the controller refused this client's certificate; check that --cert and --key come from the fleet's CA, are not expired, and name a user in the controller's [roles]"
                 ))),

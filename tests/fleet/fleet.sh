@@ -400,6 +400,26 @@ grpc 127.0.0.1:7443 roomy-controller "$WORK/pki/users/vic.pem" "$WORK/pki/users/
     /grpc.reflection.v1.ServerReflection/ServerReflectionInfo 00000000023a00
 check "controller reflection lists roomy.v1.Controller" grep -aq "roomy.v1.Controller" "$WORK/resp.bin"
 
+echo "=== roomyctl says what failed, within its --timeout"
+# An agent's port given as --controller: it has no Controller service.
+OUT=$("$BIN/roomyctl" --controller 10.199.1.2:7444 --server-name host1 --cert "$WORK/pki/controller.pem" \
+    --key "$WORK/pki/controller.key" --ca "$WORK/pki/ca.pem" hosts ls 2>&1)
+RC=$?
+check "agent port as --controller: exit 1" test "$RC" -eq 1
+check "agent port as --controller: says Unimplemented and what to check" grep -q "does not offer this call (Unimplemented): is --controller pointing at an agent's port" <<<"$OUT"
+# A controller address that accepts and never answers: --timeout 1 holds.
+python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 7499)); s.listen(8); c=s.accept(); time.sleep(30)' &
+echo $! >"$WORK/hang.pid"
+sleep 0.5
+t0=$(date +%s%N)
+OUT=$("$BIN/roomyctl" --timeout 1 --controller 127.0.0.1:7499 --cert "$WORK/pki/users/vic.pem" \
+    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" ls 2>&1)
+RC=$?
+t1=$(date +%s%N)
+kill "$(<"$WORK/hang.pid")" 2>/dev/null
+check "silent controller: exit 4 (unreachable)" test "$RC" -eq 4
+check "silent controller: gave up within --timeout 1 (took $(((t1 - t0) / 1000000)) ms)" test $(((t1 - t0) / 1000000)) -lt 3500
+
 echo "=== roomyctl settings and completions"
 OUT=$(ROOMY_CONFIG="$WORK/pki/users/vic.toml" "$BIN/roomyctl" hosts ls 2>&1)
 check "config file from certs init works (ROOMY_CONFIG)" grep -q "^host1 " <<<"$OUT"

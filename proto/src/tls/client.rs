@@ -45,6 +45,19 @@ pub fn channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
+    channel_with_deadline(addr, server_name, config, connect_timeout, None)
+}
+
+/// [`channel`], and every call on it fails with `DeadlineExceeded` once
+/// `deadline` has passed without an answer (for a stream: without its first
+/// answer; the stream itself may run on).
+pub fn channel_with_deadline(
+    addr: &str,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    deadline: Option<Duration>,
+) -> Result<Channel, TlsError> {
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| TlsError::ServerName {
         name: server_name.to_owned(),
         detail: e.to_string(),
@@ -96,6 +109,10 @@ pub fn channel(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(connect_timeout.max(Duration::from_secs(1)))
         .keep_alive_while_idle(true);
+    let endpoint = match deadline {
+        Some(d) => endpoint.timeout(d),
+        None => endpoint,
+    };
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 

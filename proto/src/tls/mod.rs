@@ -110,7 +110,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use client::{channel, client_config, diagnose};
+pub use client::{channel, channel_with_deadline, client_config, diagnose};
 pub use server::{ClientRule, ServerTls, TlsConn};
 
 /// The one application protocol Roomy speaks over TLS: gRPC needs HTTP/2.
