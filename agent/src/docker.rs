@@ -279,7 +279,9 @@ mod tests {
     #[test]
     fn tells_overlay2_from_the_containerd_image_store() {
         let pairs = |p: &[(&str, &str)]| -> Vec<Vec<String>> {
-            p.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect()
+            p.iter()
+                .map(|(k, v)| vec![k.to_string(), v.to_string()])
+                .collect()
         };
         let classic = pairs(&[("Backing Filesystem", "xfs"), ("Supports d_type", "true")]);
         let info = DaemonInfo::from_status("/x".into(), "overlay2".into(), &classic);

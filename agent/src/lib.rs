@@ -18,6 +18,7 @@ pub mod sync;
 pub mod sys;
 
 pub use backend::devicemapper::{ThinBackend, ThinConfig};
+pub use backend::overlay2::{Overlay2Backend, Overlay2Config};
 pub use backend::sim::SimBackend;
 pub use backend::StorageBackend;
 pub use error::AgentError;

@@ -11,7 +11,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use roomy_agent::docker::DockerClient;
 use roomy_agent::policy::Cadence;
-use roomy_agent::{AgentService, SimBackend, StorageBackend, ThinBackend, ThinConfig};
+use roomy_agent::{
+    AgentService, Overlay2Backend, Overlay2Config, SimBackend, StorageBackend, ThinBackend,
+    ThinConfig,
+};
 use roomy_proto::tls::{ClientRule, Kind, ServerTls, TlsFiles};
 use roomy_proto::v1::agent_server::AgentServer;
 use tokio::net::UnixListener;
@@ -51,9 +54,10 @@ struct Args {
     #[arg(long = "allow-client", default_value = "roomy-controller")]
     allow_client: Vec<String>,
 
-    /// Storage backend: devicemapper (real), or sim (in memory, for tests
-    /// and fleet benchmarks; never touches a disk).
-    #[arg(long, value_enum, default_value_t = Backend::Devicemapper)]
+    /// Storage backend: auto (the one for dockerd's storage driver),
+    /// devicemapper, overlay2 (on XFS with prjquota), or sim (in memory,
+    /// for tests and fleet benchmarks; never touches a disk).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// sim: containers per simulated host.
     #[arg(long, default_value_t = 10)]
@@ -109,7 +113,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    Auto,
     Devicemapper,
+    Overlay2,
     Sim,
 }
 
@@ -172,10 +178,48 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Backend::Devicemapper => {
+        real => {
             let docker = DockerClient::connect(args.docker_host.as_deref())
                 .await
                 .context("cannot reach dockerd; is it running, and is --docker-host right?")?;
+            let backend = match real {
+                Backend::Auto => {
+                    let info = docker.info().await.context("docker info")?;
+                    match info.driver.as_str() {
+                        "devicemapper" => Backend::Devicemapper,
+                        "overlay2" => Backend::Overlay2,
+                        other => bail!(
+                            "dockerd's storage driver is {other:?}: Roomy grows devicemapper and overlay2 (on XFS with prjquota) containers{}",
+                            if info.containerd_snapshotter {
+                                " (this dockerd uses the containerd image store, whose snapshotter ignores --storage-opt size; set \"features\": {\"containerd-snapshotter\": false} in daemon.json)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    }
+                }
+                chosen => chosen,
+            };
+            tracing::info!(backend = ?backend, "serving dockerd's containers");
+            let listeners = Listeners {
+                socket: (!args.no_socket).then(|| args.socket.clone()),
+                tcp: args.listen,
+                tls,
+                metrics: args.metrics_listen,
+            };
+            if backend == Backend::Overlay2 {
+                let backend = Overlay2Backend::new(
+                    docker,
+                    Overlay2Config {
+                        state_dir: args.state_dir.clone(),
+                        pool_margin_percent: args.pool_margin_percent,
+                    },
+                )?;
+                for line in backend.recover().await {
+                    tracing::warn!("{line}");
+                }
+                return serve(backend, args.state_dir.clone(), cadence, listeners).await;
+            }
             let backend = ThinBackend::new(
                 docker,
                 ThinConfig {
@@ -191,12 +235,6 @@ async fn main() -> anyhow::Result<()> {
                     .clone()
                     .run_guard(Duration::from_secs(args.guard_interval.max(1))),
             );
-            let listeners = Listeners {
-                socket: (!args.no_socket).then(|| args.socket.clone()),
-                tcp: args.listen,
-                tls,
-                metrics: args.metrics_listen,
-            };
             serve(backend, args.state_dir.clone(), cadence, listeners).await
         }
     }

@@ -1,6 +1,7 @@
 //! How roomyctl shows answers: tables for people, JSON for scripts.
 
 use roomy_proto::format_bytes;
+use roomy_proto::v1::container_storage::Detail;
 use roomy_proto::v1::{
     AuditEntry, ContainerStorage, Event, EventKind, Explanation, GrowPoolResponse, Health, Host,
     HostError, HostState, Policy, PoolStatus, RepairResponse, ResizeAction, ResizeResponse,
@@ -301,7 +302,46 @@ pub fn details(c: &ContainerStorage) -> String {
     field("id", c.id.clone());
     field("state", c.state.clone());
     field("driver", c.driver.clone());
-    if c.health() != Health::Unmanaged {
+    if let Some(Detail::Overlay2(o)) = &c.detail {
+        field(
+            "project",
+            if o.project_id == 0 {
+                "- (no limit)".into()
+            } else {
+                format!("XFS project {} on {}", o.project_id, o.layer_dir)
+            },
+        );
+        field("limit", bytes(o.limit_bytes));
+        field(
+            "docker size",
+            match (o.docker_size_bytes, o.docker_size_stale) {
+                (0, _) => "- (created without --storage-opt size)".into(),
+                (d, true) => format!("{} (stale: recorded at create)", bytes(d)),
+                (d, false) => bytes(d),
+            },
+        );
+        field(
+            "backing",
+            format!(
+                "{} {} ({} free)",
+                o.backing_fs,
+                o.backing_mount,
+                format_bytes(o.backing_free_bytes)
+            ),
+        );
+        if c.fs_total_bytes > 0 {
+            field(
+                "used",
+                format!(
+                    "{} of {} ({:.0}%), {} inodes",
+                    format_bytes(c.fs_used_bytes),
+                    format_bytes(c.fs_total_bytes),
+                    used_percent(c).unwrap_or(0.0),
+                    c.inodes_used
+                ),
+            );
+        }
+    } else if c.health() != Health::Unmanaged {
         field(
             "device",
             format!("{} (thin id {})", c.device_name, c.device_id),
@@ -365,6 +405,21 @@ pub fn storage_json(c: &ContainerStorage) -> Value {
         "health": c.health().word(),
         "health_message": c.health_message,
         "guarded": c.guarded,
+        "overlay2": match &c.detail {
+            Some(Detail::Overlay2(o)) => json!({
+                "project_id": o.project_id,
+                "layer_dir": o.layer_dir,
+                "limit_bytes": o.limit_bytes,
+                "quota_used_bytes": o.quota_used_bytes,
+                "quota_used_inodes": o.quota_used_inodes,
+                "docker_size_bytes": o.docker_size_bytes,
+                "docker_size_stale": o.docker_size_stale,
+                "backing_mount": o.backing_mount,
+                "backing_fs": o.backing_fs,
+                "backing_free_bytes": o.backing_free_bytes,
+            }),
+            None => Value::Null,
+        },
     })
 }
 

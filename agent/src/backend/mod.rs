@@ -5,6 +5,7 @@
 //! backend refuses exactly what the real ones refuse.
 
 pub mod devicemapper;
+pub mod overlay2;
 pub mod shared;
 pub mod sim;
 

@@ -474,7 +474,10 @@ mod tests {
         assert!(m.super_options.split(',').any(|o| o == "prjquota"));
         let b = find_mount_of(text, "7:3", Path::new("/srv/bind me/x")).unwrap();
         assert_eq!(b.point, PathBuf::from("/srv/bind me"));
-        assert_eq!(find_mount_of(text, "7:9", Path::new("/var/lib/docker")), None);
+        assert_eq!(
+            find_mount_of(text, "7:9", Path::new("/var/lib/docker")),
+            None
+        );
     }
 
     #[test]

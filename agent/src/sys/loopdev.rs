@@ -69,7 +69,8 @@ pub fn extend_file(path: &Path, target: u64) -> Result<(), AgentError> {
     if len < target {
         file.set_len(target)
             .map_err(|e| AgentError::io("extend", path, e))?;
-        file.sync_all().map_err(|e| AgentError::io("fsync", path, e))?;
+        file.sync_all()
+            .map_err(|e| AgentError::io("fsync", path, e))?;
     }
     Ok(())
 }

@@ -67,4 +67,3 @@ pub fn vg_free(vg: &str) -> Result<u64, AgentError> {
         AgentError::Internal(format!("vgs printed {text:?} for the free space of {vg}"))
     })
 }
-

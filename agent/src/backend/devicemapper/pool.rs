@@ -14,8 +14,8 @@ use roomy_proto::{format_bytes, SizeRequest};
 use crate::backend::devicemapper::table::PoolUsage;
 use crate::error::AgentError;
 use crate::sys::dm::DeviceMapper;
-pub use crate::sys::loopdev::{loop_backing, LoopBacking};
 use crate::sys::loopdev::{extend_file, free_under, set_capacity};
+pub use crate::sys::loopdev::{loop_backing, LoopBacking};
 pub use crate::sys::lvm::lvm_names;
 use crate::sys::lvm::{lvm, vg_free};
 
