@@ -13,6 +13,18 @@
 #      groups' budgets). Every ROOMY_* variable set by the caller is
 #      exported to the guest script, plus ROOMY_VM_OUT (the rw shared dir,
 #      same path on host and guest) and ROOMY_VM_DISK_SERIAL.
+#
+#      ROOMY_VM_ROOT=DIR boots DIR as the guest's root instead of the host's
+#      (e.g. DIR=$(tests/vm/trixie-root.sh): Debian 13, Docker 26). Then the
+#      kernel is the newest DIR/boot/vmlinuz-* unless ROOMY_VM_KERNEL is set,
+#      and the guest cannot see host paths, so boot.sh snapshots the guest
+#      script's directory to $ROOMY_VM_WORK/vm and $ROOMY_BIN's executables to
+#      $ROOMY_VM_WORK/bin and mounts them, with $ROOMY_VM_WORK/out, at
+#      /srv/roomy/{vm,bin,out} in the guest (read-only, read-only, rw);
+#      ROOMY_BIN and ROOMY_VM_OUT in the guest are those guest paths. Logs,
+#      rc, timings: $ROOMY_VM_WORK/out on the host, as without a root. The
+#      root itself is not written to (beyond creating the three mount points),
+#      so several VMs can share one.
 set -euo pipefail
 
 die() { echo "boot.sh: $*" >&2; exit 2; }
@@ -22,11 +34,25 @@ script=$(realpath -e -- "$1") || die "guest script $1 not found"
 shift
 [[ -x $script ]] || die "guest script $script is not executable"
 
-kernel=${ROOMY_VM_KERNEL:-/boot/vmlinuz-6.1.0-56-amd64}
-# A fresh install may bring another 6.1 ABI: take the newest Debian kernel.
-if [[ -z ${ROOMY_VM_KERNEL:-} && ! -e $kernel ]]; then
-    kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -n 1)
-    kernel=${kernel:-/boot/vmlinuz-6.1.0-56-amd64}
+vm_root=
+if [[ -n ${ROOMY_VM_ROOT:-} ]]; then
+    vm_root=$(realpath -e -- "$ROOMY_VM_ROOT") || die "ROOMY_VM_ROOT $ROOMY_VM_ROOT not found"
+    [[ $vm_root != / ]] || vm_root=
+fi
+if [[ -n $vm_root ]]; then
+    [[ -x $vm_root/bin/sh ]] || die "ROOMY_VM_ROOT $vm_root has no /bin/sh: not a root filesystem"
+    kernel=${ROOMY_VM_KERNEL:-}
+    if [[ -z $kernel ]]; then
+        kernel=$(find "$vm_root/boot" -maxdepth 1 -name 'vmlinuz-*' 2>/dev/null | sort -V | tail -n 1)
+        [[ -n $kernel ]] || die "no $vm_root/boot/vmlinuz-*: set ROOMY_VM_KERNEL"
+    fi
+else
+    kernel=${ROOMY_VM_KERNEL:-/boot/vmlinuz-6.1.0-56-amd64}
+    # A fresh install may bring another 6.1 ABI: take the newest Debian kernel.
+    if [[ -z ${ROOMY_VM_KERNEL:-} && ! -e $kernel ]]; then
+        kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -n 1)
+        kernel=${kernel:-/boot/vmlinuz-6.1.0-56-amd64}
+    fi
 fi
 command -v vng >/dev/null || die "vng (virtme-ng) not found: run tests/vm/install-deps.sh"
 [[ -r $kernel ]] || die "kernel $kernel not found/readable: run tests/vm/install-deps.sh"
@@ -40,15 +66,41 @@ timeout_s=${ROOMY_VM_TIMEOUT:-1500}
 # Fresh state every boot: the disk is disposable, results of the previous run
 # would be misleading.
 mkdir -p "$work"
-rm -rf "$out" "$disk"
+rm -rf "$out" "$disk" "$work/vm" "$work/bin"
 mkdir -p "$out"
 # Sparse: only what the guest writes takes host space.
 truncate -s "${ROOMY_VM_DISK_SIZE:-16G}" "$disk"
 
+# Guest-side paths: the same as the host's over the host's root; with
+# ROOMY_VM_ROOT, host dirs mounted at /srv/roomy/* (vng's
+# --rwdir/--rodir GUEST=HOST), so the shared root is never written to.
+guest_out=$out
+guest_script=$script
+mounts=(--rwdir "$out")
+if [[ -n $vm_root ]]; then
+    guest_dir=/srv/roomy
+    mkdir -p "$vm_root$guest_dir/out" "$vm_root$guest_dir/vm" "$vm_root$guest_dir/bin" ||
+        die "cannot create the mount points $vm_root$guest_dir/{out,vm,bin}"
+    # Snapshots, not live dirs: a build or an edit on the host during the run
+    # must not change what the guest runs.
+    cp -a "$(dirname "$script")/." "$work/vm/"
+    guest_out=$guest_dir/out
+    guest_script=$guest_dir/vm/$(basename "$script")
+    mounts=(--rwdir "$guest_out=$out" --rodir "$guest_dir/vm=$work/vm")
+    if [[ -n ${ROOMY_BIN:-} ]]; then
+        bin_host=$(realpath -e -- "$ROOMY_BIN") || die "ROOMY_BIN $ROOMY_BIN not found"
+        mkdir -p "$work/bin"
+        # The executables only (target/release also holds GBs of build state).
+        find "$bin_host" -maxdepth 1 -type f -perm -u+x -exec cp --reflink=auto -p {} "$work/bin/" \;
+        mounts+=(--rodir "$guest_dir/bin=$work/bin")
+        ROOMY_BIN=$guest_dir/bin
+    fi
+fi
+
 # vng --exec does not forward the caller's environment, so write it to a file
 # in the shared dir and let a small runner source it. virtio-blk serials hold
 # at most 20 bytes; vng uses the image path as the serial.
-ROOMY_VM_OUT=$out
+ROOMY_VM_OUT=$guest_out
 ROOMY_VM_DISK_SERIAL=${disk:0:20}
 export ROOMY_VM_OUT ROOMY_VM_DISK_SERIAL
 {
@@ -63,30 +115,32 @@ export ROOMY_VM_OUT ROOMY_VM_DISK_SERIAL
 # without a clean exit (panic, timeout) is not mistaken for success.
 {
     echo '#!/bin/bash'
-    printf 'set -a; . %q; set +a\n' "$out/env.sh"
+    printf 'set -a; . %q; set +a\n' "$guest_out/env.sh"
     # One channel for both streams keeps their order on the host.
     echo 'exec 2>&1'
-    printf 'cd %q\n' "$(dirname "$script")"
-    printf '%q' "$script"
+    printf 'cd %q\n' "$(dirname "$guest_script")"
+    printf '%q' "$guest_script"
     [[ $# -gt 0 ]] && printf ' %q' "$@"
     echo
     # shellcheck disable=SC2016 # expanded in the guest
-    printf 'rc=$?; echo "$rc" > %q; exit "$rc"\n' "$out/rc"
+    printf 'rc=$?; echo "$rc" > %q; exit "$rc"\n' "$guest_out/rc"
 } >"$out/run.sh"
 chmod +x "$out/run.sh"
 
-echo "boot.sh: booting $kernel (mem ${ROOMY_VM_MEMORY:-4G}, disk $disk, out $out, timeout ${timeout_s}s)" >&2
+root_args=()
+[[ -n $vm_root ]] && root_args=(--root "$vm_root")
+echo "boot.sh: booting $kernel${vm_root:+ over root $vm_root} (mem ${ROOMY_VM_MEMORY:-4G}, disk $disk, out $out, timeout ${timeout_s}s)" >&2
 set +e
 # timeout (without --foreground) signals its whole process group, so qemu
 # dies with vng. stdin from /dev/null: CI has no terminal and vng must not
 # grab ours. The pipe matters: QEMU reopens /proc/self/fd/1 and /proc/self/fd/2
 # with its own offsets, so when our stdout is a regular file the streams
 # overwrite each other; through a pipe nothing is lost (and a copy is kept).
-timeout -k 20 "$timeout_s" vng -r "$kernel" --disable-kvm \
+timeout -k 20 "$timeout_s" vng -r "$kernel" "${root_args[@]}" --disable-kvm \
     --memory "${ROOMY_VM_MEMORY:-4G}" --cpus "${ROOMY_VM_CPUS:-2}" \
     -a apparmor=0 -a security=none \
-    --rwdir "$out" --disk "$disk" \
-    --exec "$out/run.sh" </dev/null 2>&1 | tee "$out/console.log"
+    "${mounts[@]}" --disk "$disk" \
+    --exec "$guest_out/run.sh" </dev/null 2>&1 | tee "$out/console.log"
 vng_rc=${PIPESTATUS[0]}
 set -e
 

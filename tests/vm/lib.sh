@@ -21,6 +21,13 @@
 #   lab_scenario NAME              note the scenario now running (named by
 #                                  the watchdog when it fires)
 #   check_dmesg                    fail on WARNING:/BUG: in the kernel log
+#   xfs_quota_root NAME SIZE [MNT] an XFS loop file mounted prjquota at MNT
+#                                  (default $LAB/NAME/root, dockerd NAME's
+#                                  data root); prints MNT
+#   xfs_projid PATH                the XFS project id of PATH
+#   overlay_quota_check NAME       on a running overlay2 dockerd NAME whose
+#                                  data root is xfs_quota_root's: size=1G,
+#                                  the layer's project id, raise it to 3G
 #
 # Env: LAB (default /tmp/lab), ROOMY_VM_OUT (shared rw dir from boot.sh;
 # timings and dockerd logs are copied there), DOCKER_HOST (set by
@@ -352,4 +359,97 @@ R() {
     OUT=$("$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" "$@" 2>&1)
     # shellcheck disable=SC2034
     RC=$?
+}
+
+# ------------------------------------------------------ overlay2 on XFS quota
+# xfs_quota_root NAME SIZE [MNT]: a sparse loop file $LAB/xfs-NAME.img of
+# SIZE (truncate syntax), mkfs.xfs, mounted with prjquota (project quota
+# accounting and enforcement: what overlay2's size= needs, F11/F12) at MNT,
+# by default $LAB/NAME/root, the data root dockerd_launch NAME uses. Prints
+# MNT; already mounted: just prints it.
+xfs_quota_root() {
+    local name=$1 size=$2 mnt=${3:-$LAB/$1/root} img=$LAB/xfs-$1.img
+    mkdir -p "$mnt"
+    if ! mountpoint -q "$mnt"; then
+        rm -f "$img"
+        truncate -s "$size" "$img" || return 1
+        mkfs.xfs -q -f "$img" >&2 || { lab_log "mkfs.xfs $img failed"; return 1; }
+        mount -o loop,prjquota "$img" "$mnt" || { lab_log "mount -o loop,prjquota $img failed"; return 1; }
+    fi
+    if ! xfs_quota -x -c 'state -p' "$mnt" 2>/dev/null | grep -q 'Enforcement: ON'; then
+        lab_log "project quota not enforced on $mnt"
+        xfs_quota -x -c 'state -p' "$mnt" >&2
+        return 1
+    fi
+    echo "$mnt"
+}
+
+# xfs_projid PATH: "projid = N" from xfs_io's lsproj, N printed.
+xfs_projid() {
+    xfs_io -r -c lsproj "$1" 2>/dev/null | sed -n 's/^projid = \([0-9]*\)$/\1/p'
+}
+
+# overlay_quota_check NAME [CONTAINER]: on overlay2 dockerd NAME (running,
+# data root from xfs_quota_root NAME, roomy/busybox imported): create
+# CONTAINER (default q1) with --storage-opt size=1G, check df inside shows
+# ~1 GiB, find the layer's project id (parent of UpperDir), raise its
+# limits to 3 GiB with xfs_quota, check df shows ~3 GiB at once, write
+# 1.5 GB. Results as pass/fail "overlay-NAME-..."; the id in $PROJID.
+overlay_quota_check() {
+    local name=$1 c=${2:-q1} mnt=$LAB/$1/root t0 upper layer mb home out
+    local p=overlay-$name
+    PROJID=
+    t0=$(lab_now)
+    if ! D run -d --name "$c" --storage-opt size=1G roomy/busybox sleep 1d >/dev/null; then
+        fail "$p-run" "docker run --storage-opt size=1G failed"
+        tail -n 20 "$LAB/$name/dockerd.log"
+        return 1
+    fi
+    lab_time "$p-run" "$t0"
+    pass "$p-run"
+    D exec "$c" df -m / || true
+    mb=$(D exec "$c" df -mP / | awk 'NR == 2 { print $2 }') || true
+    if [[ $mb =~ ^[0-9]+$ && $mb -ge 1000 && $mb -le 1050 ]]; then
+        pass "$p-df-1g"
+    else
+        fail "$p-df-1g" "df -m / inside shows ${mb} MB, not ~1024"
+    fi
+    upper=$(D inspect -f '{{.GraphDriver.Data.UpperDir}}' "$c") || true
+    layer=$(dirname "$upper")
+    home=$mnt/overlay2
+    echo "UpperDir $upper"
+    echo "lsproj $layer: $(xfs_io -r -c lsproj "$layer" 2>&1)"
+    echo "lsproj $layer/diff: $(xfs_io -r -c lsproj "$layer/diff" 2>&1)"
+    echo "lsproj $layer-init: $(xfs_io -r -c lsproj "$layer-init" 2>&1)"
+    echo "lsproj $home (overlay2 home): $(xfs_io -r -c lsproj "$home" 2>&1)"
+    echo "lsattr -v $layer (PROJINHERIT: \"proj-inherit\"):"
+    xfs_io -r -c 'lsattr -v' "$layer" 2>&1 || true
+    PROJID=$(xfs_projid "$layer") || true
+    if [[ $PROJID =~ ^[0-9]+$ && $PROJID -gt 0 ]]; then
+        pass "$p-projid"
+    else
+        fail "$p-projid" "no project id on $layer"
+        return 1
+    fi
+    echo "--- xfs_quota report -p (KiB)"
+    xfs_quota -x -c 'report -p -b' "$mnt" || true
+    t0=$(lab_now)
+    xfs_quota -x -c "limit -p bsoft=3g bhard=3g $PROJID" "$mnt" || fail "$p-limit" "xfs_quota limit failed"
+    lab_time "$p-limit" "$t0"
+    mb=$(D exec "$c" df -mP / | awk 'NR == 2 { print $2 }') || true
+    D exec "$c" df -m / || true
+    if [[ $mb =~ ^[0-9]+$ && $mb -ge 3000 && $mb -le 3100 ]]; then
+        pass "$p-df-3g"
+    else
+        fail "$p-df-3g" "df -m / inside shows ${mb} MB after the raise, not ~3072"
+    fi
+    t0=$(lab_now)
+    if out=$(D exec "$c" dd if=/dev/zero of=/big bs=1M count=1500 conv=fsync 2>&1); then
+        pass "$p-write-1500m"
+    else
+        fail "$p-write-1500m" "1.5 GB write under the raised 3 GiB limit failed"
+    fi
+    tail -n 1 <<<"$out"
+    lab_time "$p-write-1500m" "$t0"
+    D exec "$c" df -m / || true
 }
