@@ -6,7 +6,10 @@
 # writer inside the container sees (tests/vm/bench.sh).
 # Env: ROOMY_BENCH_N (timed resizes per method, default 20),
 # ROOMY_BENCH_STALL_N (resizes during the stall measurement, default 10).
-# Results: stdout and /tmp/roomy-bench/out/bench.txt.
+# Then the same for overlay2 on XFS project quotas: roomyctl vs. xfs_io
+# lsproj + xfs_quota limit by hand (tests/vm/bench-overlay2.sh).
+# Results: stdout, /tmp/roomy-bench/out/bench.txt and
+# /tmp/roomy-bench-ov/out/bench-overlay2.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/vm/install-deps.sh >/dev/null
@@ -17,3 +20,4 @@ bin=target/bench-bin
 mkdir -p "$bin"
 cp target/release/roomy-agent target/release/roomyctl "$bin/"
 ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench} tests/vm/boot.sh tests/vm/bench.sh
+ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench}-ov tests/vm/boot.sh tests/vm/bench-overlay2.sh

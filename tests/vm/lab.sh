@@ -1,7 +1,9 @@
 #!/bin/bash
 # Roomy's main job, shown on a local lab (runs inside the VM; started by
-# scripts/lab.sh): dockerd 20.10 on devicemapper, a container "node" with a
-# 2G disk, roomy-agent, and `roomyctl resize node 16G` while node runs.
+# scripts/lab.sh): dockerd 20.10 on overlay2 with its data root on XFS
+# mounted prjquota, a container "web" created with --storage-opt size=1G,
+# `roomyctl resize web 4G` while it runs; then the same on devicemapper, a
+# container "node" with a 2G disk grown to 16G.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 # shellcheck source=lib.sh
@@ -18,6 +20,30 @@ show() { say "$*"; "$@"; }
 ctl() { show "$BIN/roomyctl" --agent "unix://$LAB/lab/agent.sock" "$@"; }
 
 lab_init >/dev/null || exit 1
+
+say "# overlay2, Docker's usual driver: data root on XFS mounted prjquota"
+NAME=web
+xfs_quota_root web 8G >/dev/null || exit 1
+dockerd_launch web --storage-driver overlay2 >/dev/null || exit 1
+image_import
+agent_start || exit 1
+wctl() { show "$BIN/roomyctl" --agent "unix://$LAB/web/agent.sock" "$@"; }
+show docker run -d --name web --storage-opt size=1G roomy/busybox sleep 1d
+show docker exec web sh -c 'dd if=/dev/urandom of=/important.bin bs=1M count=64 2>/dev/null; md5sum /important.bin'
+show docker exec web df -h /
+wctl ls
+wctl resize web 4G
+show docker exec web df -h /
+show docker exec web md5sum /important.bin
+wctl inspect web
+say "docker restart web"
+docker restart -t 1 web >/dev/null
+show docker exec web df -h /
+agent_stop
+dockerd_stop web >/dev/null
+
+say "# devicemapper (Docker up to 24)"
+NAME=lab
 dockerd_start lab xfs >/dev/null || exit 1
 image_import
 agent_start || exit 1

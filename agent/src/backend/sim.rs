@@ -400,11 +400,11 @@ mod tests {
     }
 
     /// The table the real backends run on the VM tier too
-    /// (tests/refusals.tsv): the same refusals, codes and words, and
+    /// (tests/vm/refusals.tsv): the same refusals, codes and words, and
     /// nothing changed by any of them.
     #[test]
     fn refuses_what_the_real_backends_refuse() {
-        let table = include_str!("../../../tests/refusals.tsv");
+        let table = include_str!("../../../tests/vm/refusals.tsv");
         let sim = SimBackend::demo("host1", 3);
         let before = block_on(sim.inspect(None)).unwrap();
         let mut rows = 0;
