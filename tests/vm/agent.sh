@@ -29,10 +29,11 @@ autogrow_ov  500 o7_autogrow
 
 # ROOMY_VM_TIER=docker26: the Debian 13 root (Docker 26.1.5, kernel 6.12),
 # where devicemapper is gone: overlay2 scenarios 1, 2, 4 and 7, and the
-# containerd image store refused. Budgets as above, from a run there.
+# containerd image store refused. Budgets: about 1.6x and 2x a run there
+# beside a second VM and a build (overlay 740 s, autogrow_ov ~250 s).
 if [[ ${ROOMY_VM_TIER:-} == docker26 ]]; then
     GROUPS_TABLE="
-overlay     900 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store
+overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store
 autogrow_ov 500 o7_autogrow
 "
 fi
@@ -519,6 +520,10 @@ a1_autogrow() {
     echo "--- a2: the controller stopped after the policy was distributed"
     kill "$controller"
     wait "$controller" 2>/dev/null
+    # a1's 4G go: on overlay2 they share one backing XFS with a2, and two
+    # full 4G containers with its 10% margin do not fit (the agent rightly
+    # refused that growth, seen on Docker 26).
+    D rm -f a1 >/dev/null
     run_box a2
     check "$A2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
     writer a2 /fill 3584
@@ -538,7 +543,7 @@ a1_autogrow() {
     C policy rm auto
     kill "$controller"
     wait "$controller" 2>/dev/null
-    D rm -f a1 a2 >/dev/null
+    D rm -f a2 >/dev/null
     cp "$LAB/a1-controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
 }
 
@@ -645,7 +650,7 @@ group_autogrow() {
 
 group_autogrow_ov() {
     NAME=autogrow-ov
-    xfs_quota_root autogrow-ov 8G >/dev/null || { fail "group autogrow_ov: XFS prjquota root"; return 1; }
+    xfs_quota_root autogrow-ov 10G >/dev/null || { fail "group autogrow_ov: XFS prjquota root"; return 1; }
     dockerd_launch autogrow-ov --storage-driver overlay2 || { fail "group autogrow_ov: dockerd starts"; return 1; }
     image_import
     agent_start || { fail "group autogrow_ov: agent starts"; return 1; }

@@ -107,6 +107,8 @@ fi
 rm -rf --one-file-system "$cache/.$suite-root.tmp."* "$cache/.$suite-root.old."*
 
 tmp=$(mktemp -d "$cache/.$suite-root.tmp.XXXXXX")
+# mktemp makes it 0700; it becomes the guest's /, which everyone traverses.
+chmod 0755 "$tmp"
 trap 'rm -rf --one-file-system "$tmp"' EXIT
 log "building $suite root in $tmp from $mirror (packages: ${packages[*]})"
 t0=$(date +%s.%N)
