@@ -8,7 +8,7 @@
 # Env: ROOMY_VM_WORK (host work dir, default /tmp/roomy-vm),
 #      ROOMY_VM_KERNEL (default /boot/vmlinuz-6.1.0-56-amd64, else the newest
 #      /boot/vmlinuz-*-amd64),
-#      ROOMY_VM_MEMORY (4G), ROOMY_VM_CPUS (2), ROOMY_VM_DISK_SIZE (16G),
+#      ROOMY_VM_MEMORY (4G), ROOMY_VM_CPUS (2), ROOMY_VM_DISK_SIZE (48G, sparse),
 #      ROOMY_VM_TIMEOUT (1500 s; scripts/test.sh sets it from the scenario
 #      groups' budgets). Every ROOMY_* variable set by the caller is
 #      exported to the guest script, plus ROOMY_VM_OUT (the rw shared dir,
@@ -68,8 +68,10 @@ timeout_s=${ROOMY_VM_TIMEOUT:-1500}
 mkdir -p "$work"
 rm -rf "$out" "$disk" "$work/vm" "$work/bin"
 mkdir -p "$out"
-# Sparse: only what the guest writes takes host space.
-truncate -s "${ROOMY_VM_DISK_SIZE:-16G}" "$disk"
+# Sparse: only what the guest writes takes host space. 48G: one boot runs
+# every group, and their data roots stay on it (16G filled up once the
+# overlay2 groups joined the devicemapper ones: about 30G in all).
+truncate -s "${ROOMY_VM_DISK_SIZE:-48G}" "$disk"
 
 # Guest-side paths: the same as the host's over the host's root; with
 # ROOMY_VM_ROOT, host dirs mounted at /srv/roomy/* (vng's
