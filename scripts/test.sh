@@ -27,6 +27,14 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --features roomy-agent/failpoints -- -D warnings
 
+step "crate boundaries (the agent issues no certificates, roomyctl serves no metrics)"
+links() { cargo tree -p "$1" -e normal --prefix none --offline 2>/dev/null | grep -q "^$2 "; }
+for bad in "roomy-agent rcgen" "roomy-agent roomy-certs" "roomy-controller rcgen" "roomyctl roomy-metrics" "roomy-proto rustls"; do
+    set -- $bad
+    if links "$1" "$2"; then echo "test.sh: $1 links $2; keep it out (see docs/ARCHITECTURE.md, crates/)" >&2; exit 1; fi
+done
+links roomyctl rcgen || { echo "test.sh: the boundary check cannot see rcgen under roomyctl; is cargo tree working?" >&2; exit 1; }
+
 step "host tests"
 cargo test --release --workspace --features roomy-agent/failpoints
 

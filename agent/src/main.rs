@@ -15,8 +15,8 @@ use roomy_agent::{
     AgentService, Overlay2Backend, Overlay2Config, SimBackend, StorageBackend, ThinBackend,
     ThinConfig,
 };
-use roomy_proto::tls::{ClientRule, Kind, ServerTls, TlsFiles};
 use roomy_proto::v1::agent_server::AgentServer;
+use roomy_tls::{ClientRule, Kind, ServerTls, TlsFiles};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -121,13 +121,7 @@ enum Backend {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    roomy_daemon::init_logging();
     let args = Args::parse();
     let tls = match (&args.listen, &args.tls_cert, &args.tls_key, &args.tls_ca) {
         (None, ..) => None,
@@ -281,7 +275,7 @@ async fn serve<B: StorageBackend + Clone>(
             .with_context(|| format!("bind metrics on {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         tasks.spawn(async move {
-            roomy_proto::metrics::serve(listener, render, shutdown())
+            roomy_metrics::serve(listener, render, shutdown())
                 .await
                 .map_err(anyhow::Error::from)
         });
@@ -326,6 +320,6 @@ async fn serve<B: StorageBackend + Clone>(
 }
 
 async fn shutdown() {
-    roomy_proto::signal::shutdown().await;
+    roomy_daemon::signal::shutdown().await;
     tracing::info!("shutting down");
 }

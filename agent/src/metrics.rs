@@ -2,7 +2,7 @@
 //! read at scrape time from the policy engine's last samples (so a scrape
 //! never touches Docker or the kernel).
 
-use roomy_proto::metrics::{CounterVec, Exposition, HistogramVec, Kind, DURATION_BUCKETS};
+use roomy_metrics::{CounterVec, Exposition, HistogramVec, Kind, DURATION_BUCKETS};
 use roomy_proto::v1::PoolStatus;
 use tonic::Code;
 

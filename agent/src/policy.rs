@@ -5,7 +5,7 @@
 //! pool every few seconds (Docker calls, dm ioctls) and runs pool policies.
 //! The sample loop reads every container's filesystem use with statvfs
 //! every 250 ms, measures its fill rate, and asks the one decision function
-//! (`roomy_proto::policy::decide`) what to do. Growth runs in its own task,
+//! (`roomy_policy::decide`) what to do. Growth runs in its own task,
 //! through the same backend call as a manual resize, one per container at a
 //! time. Every action and every change of skip reason is an event.
 
@@ -13,9 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roomy_proto::policy::{
-    cap_for, container_size, decide, decide_pool, select, PoolNumbers, Verdict,
-};
+use roomy_policy::{cap_for, container_size, decide, decide_pool, select, PoolNumbers, Verdict};
 use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize};
 
@@ -443,7 +441,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             if t.busy || t.retry_at.is_some_and(|r| now < r) {
                 continue;
             }
-            let obs = roomy_proto::policy::Observation {
+            let obs = roomy_policy::Observation {
                 size_bytes: container_size(&w.c),
                 used_bytes: u.used,
                 avail_bytes: u.avail,
@@ -593,7 +591,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
     }
 
     /// Gauges for /metrics, from the last samples.
-    pub fn render(&self, out: &mut roomy_proto::metrics::Exposition) {
+    pub fn render(&self, out: &mut roomy_metrics::Exposition) {
         let state = self.state();
         let mut rows: Vec<ContainerGauges<'_>> = state
             .containers

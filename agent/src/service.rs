@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use roomy_metrics::{Exposition, Kind};
 use roomy_proto::format_bytes;
-use roomy_proto::metrics::{Exposition, Kind};
 use roomy_proto::v1::agent_server::Agent;
 use roomy_proto::v1::{
     GrowPoolRequest, GrowPoolResponse, InspectPoolRequest, InspectRequest, InspectResponse,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use roomy_proto::policy::validate;
+use roomy_policy::validate;
 use roomy_proto::v1::{sync_request, Event, PolicySet, SyncRequest};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -156,7 +156,7 @@ impl SyncHub {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = tx.closed() => return,
                     // Ending the stream lets the server's graceful stop finish.
-                    _ = roomy_proto::signal::shutdown() => return,
+                    _ = roomy_daemon::signal::shutdown() => return,
                 }
             }
         });

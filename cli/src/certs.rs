@@ -31,7 +31,7 @@ pub fn init(out: &Path, agents: &[String], users: &[String]) -> Result<(), Strin
             return Err(format!("--host {a:?} is not a host name"));
         }
     }
-    let written = roomy_proto::tls::certs::init(out, agents, &names).map_err(|e| e.to_string())?;
+    let written = roomy_certs::init(out, agents, &names).map_err(|e| e.to_string())?;
     let abs = std::fs::canonicalize(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let dir = abs.display();
 
@@ -90,7 +90,7 @@ pub fn issue(
     name: Option<&str>,
     not_after: Option<&str>,
 ) -> Result<(), String> {
-    use roomy_proto::tls::certs::{issue, load_ca, Kind};
+    use roomy_certs::{issue, load_ca, Kind};
     let (name, kind, sub) =
         match (what, name) {
             (Issue::Agent, Some(n)) => (n, Kind::Agent, Some("agents")),

@@ -243,8 +243,8 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    fn spec(self) -> roomy_proto::policy::PolicySpec {
-        roomy_proto::policy::PolicySpec {
+    fn spec(self) -> roomy_policy::PolicySpec {
+        roomy_policy::PolicySpec {
             name: self.name,
             pool: self.pool,
             hosts: self.hosts,
@@ -449,17 +449,16 @@ async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
             ))
         })
     };
-    let files = roomy_proto::tls::TlsFiles {
+    let files = roomy_tls::TlsFiles {
         cert: need(pick(&cli.cert, &file.cert), "cert")?,
         key: need(pick(&cli.key, &file.key), "key")?,
         ca: need(pick(&cli.ca, &file.ca), "ca")?,
     };
-    let config =
-        roomy_proto::tls::client_config(&files).map_err(|e| Failure::Refused(e.to_string()))?;
+    let config = roomy_tls::client_config(&files).map_err(|e| Failure::Refused(e.to_string()))?;
     let server_name =
         pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
     // --timeout bounds each call here as on the agent path.
-    let channel = roomy_proto::tls::channel_with_deadline(
+    let channel = roomy_tls::channel_with_deadline(
         &controller,
         &server_name,
         config,
@@ -520,7 +519,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (addr, name, config) = diagnosis.expect("checked");
             // Within what is left of --timeout: a silent server gets no
             // second wait.
-            let probe = roomy_proto::tls::diagnose(&addr, &name, config);
+            let probe = roomy_tls::diagnose(&addr, &name, config);
             match tokio::time::timeout_at(deadline, probe).await.ok().flatten() {
                 Some(why) if why.contains("alert") => Err(Failure::Refused(format!(
                     "{why}: the controller refused this client's certificate; check that --cert and --key come from the fleet's CA, are not expired, and name a user in the controller's [roles]"
@@ -542,12 +541,12 @@ fn tls_target(
         return None;
     }
     let addr = pick(&cli.controller, &file.controller)?;
-    let files = roomy_proto::tls::TlsFiles {
+    let files = roomy_tls::TlsFiles {
         cert: pick(&cli.cert, &file.cert)?,
         key: pick(&cli.key, &file.key)?,
         ca: pick(&cli.ca, &file.ca)?,
     };
-    let config = roomy_proto::tls::client_config(&files).ok()?;
+    let config = roomy_tls::client_config(&files).ok()?;
     let name =
         pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
     Some((addr, name, config))

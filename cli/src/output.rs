@@ -462,7 +462,7 @@ fn policy_json(p: &Policy) -> Value {
         "source": p.source,
         "updated_by": p.updated_by,
         "updated_ms": p.updated_ms,
-        "description": roomy_proto::policy::describe(p),
+        "description": roomy_policy::describe(p),
     })
 }
 
@@ -526,7 +526,7 @@ pub fn print_policies(policies: &[Policy], json: bool) {
             } else {
                 s.labels.join(",")
             },
-            roomy_proto::policy::describe(p),
+            roomy_policy::describe(p),
             p.source.clone(),
         ]);
     }

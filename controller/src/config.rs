@@ -56,7 +56,7 @@ pub struct Config {
     /// Policies from the file (source "config"): written to the store at
     /// every start; `roomyctl policy set|rm` leaves them alone.
     #[serde(default)]
-    pub policies: Vec<roomy_proto::policy::PolicySpec>,
+    pub policies: Vec<roomy_policy::PolicySpec>,
     /// Where policy events are POSTed.
     #[serde(default)]
     pub webhooks: Vec<crate::webhook::WebhookConfig>,

@@ -152,7 +152,7 @@ impl Distributor {
                     .iter()
                     .filter(|p| {
                         let glob = p.selector.as_ref().map_or("", |s| s.host.as_str());
-                        roomy_proto::policy::glob_match(glob, host)
+                        roomy_policy::glob_match(glob, host)
                     })
                     .cloned()
                     .collect(),

@@ -14,8 +14,8 @@ use roomy_controller::roles::Roles;
 use roomy_controller::service::ControllerService;
 use roomy_controller::store::{HostRecord, SqliteStore, Store};
 use roomy_controller::webhook::Webhooks;
-use roomy_proto::tls::{ClientRule, ServerTls, TlsFiles};
 use roomy_proto::v1::controller_server::ControllerServer;
+use roomy_tls::{ClientRule, ServerTls, TlsFiles};
 
 /// The fleet controller. Serves roomyctl over mutual TLS.
 #[derive(Parser, Debug)]
@@ -32,13 +32,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    roomy_daemon::init_logging();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
     let roles = Roles::from_pairs(&config.roles)?;
@@ -57,8 +51,7 @@ async fn main() -> anyhow::Result<()> {
         key: config.tls.key.clone(),
         ca: config.tls.ca.clone(),
     };
-    let client_config =
-        roomy_proto::tls::client_config(&files).context("controller TLS client config")?;
+    let client_config = roomy_tls::client_config(&files).context("controller TLS client config")?;
     let deadline = Duration::from_millis(config.agent_timeout_ms.max(1));
     let registry = Arc::new(Registry::new(
         store.clone(),
@@ -105,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         );
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         tokio::spawn(async move {
-            if let Err(e) = roomy_proto::metrics::serve(listener, render, shutdown()).await {
+            if let Err(e) = roomy_metrics::serve(listener, render, shutdown()).await {
                 tracing::error!("metrics endpoint stopped: {e}");
             }
         });
@@ -144,6 +137,6 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn shutdown() {
-    roomy_proto::signal::shutdown().await;
+    roomy_daemon::signal::shutdown().await;
     tracing::info!("shutting down");
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use roomy_proto::metrics::{CounterVec, Exposition, Kind};
+use roomy_metrics::{CounterVec, Exposition, Kind};
 use roomy_proto::v1::HostState;
 
 use crate::distribute::Distributor;

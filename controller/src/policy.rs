@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use roomy_proto::format_bytes;
-use roomy_proto::policy::{
+use roomy_policy::{
     cap_for, container_size, decide, decide_pool, select, Observation, PoolNumbers,
 };
-use roomy_proto::v1::{ContainerStorage, Explanation, Policy, PolicyKind, PoolStatus};
+use roomy_proto::format_bytes;
+use roomy_proto::v1::{ContainerStorage, Explanation, Health, Policy, PolicyKind, PoolStatus};
 
 /// The name explain and events use for a host's pool.
 pub const POOL_TARGET: &str = "pool";
@@ -25,7 +25,10 @@ pub fn past_cap(policy: &Policy, host: &str, containers: &[ContainerStorage]) ->
     }
     containers
         .iter()
-        .filter(|c| c.driver == "devicemapper" && policy.matches(host, &c.name, &labels(c)))
+        // Every backend's containers count alike; only those Roomy cannot
+        // size (no limit to grow) are out of a policy's reach.
+        .filter(|c| c.health() != Health::Unmanaged)
+        .filter(|c| roomy_policy::matches(policy, host, &c.name, &labels(c)))
         .filter_map(|c| {
             let cap = cap_for(policy, &labels(c));
             let size = container_size(c);
@@ -134,7 +137,7 @@ pub fn explain_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomy_proto::policy::PolicySpec;
+    use roomy_policy::PolicySpec;
 
     const G: u64 = 1 << 30;
 
@@ -167,6 +170,22 @@ mod tests {
     #[test]
     fn a_cap_below_a_matching_container_is_named() {
         let cs = [container("web-1", 6 * G, G), container("db", 8 * G, G)];
+        let past = past_cap(&policy(), "host1", &cs);
+        assert_eq!(past, ["host1/web-1 is 6 GiB, above the cap 4 GiB"]);
+    }
+
+    #[test]
+    fn an_overlay2_container_past_the_cap_is_named_and_an_unlimited_one_is_not() {
+        let overlay = |name: &str, health: Health| ContainerStorage {
+            driver: "overlay2".into(),
+            table_size_bytes: 0,
+            health: health as i32,
+            ..container(name, 6 * G, G)
+        };
+        let cs = [
+            overlay("web-1", Health::Ok),
+            overlay("web-2", Health::Unmanaged),
+        ];
         let past = past_cap(&policy(), "host1", &cs);
         assert_eq!(past, ["host1/web-1 is 6 GiB, above the cap 4 GiB"]);
     }

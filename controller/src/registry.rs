@@ -32,7 +32,7 @@ pub struct TlsConnector {
 
 impl Connector for TlsConnector {
     fn channel(&self, server_name: &str, address: &str) -> Result<Channel, ControllerError> {
-        roomy_proto::tls::channel(address, server_name, self.config.clone(), self.timeout)
+        roomy_tls::channel(address, server_name, self.config.clone(), self.timeout)
             .map_err(|e| ControllerError::Invalid(format!("agent {server_name} at {address}: {e}")))
     }
 }

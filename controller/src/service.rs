@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use roomy_proto::tls::certs::CONTROLLER_NAME;
-use roomy_proto::tls::Kind;
 use roomy_proto::v1::controller_server::Controller;
 use roomy_proto::v1::{
     AddHostRequest, AuditEntry, Event, EventKind, EventsRequest, Explanation, GrowPoolRequest,
@@ -18,6 +16,8 @@ use roomy_proto::v1::{
     ResizeResponse, SetPolicyResponse, TargetRequest, TargetResizeRequest,
 };
 use roomy_proto::Target;
+use roomy_tls::Kind;
+use roomy_tls::CONTROLLER_NAME;
 use tonic::{Request, Response, Status};
 
 use crate::distribute::Distributor;
@@ -49,7 +49,7 @@ fn now_ms() -> i64 {
 /// all when its certificate is not a user's (roles are for people; an
 /// agent's or a forged certificate gets no role, whatever its name).
 fn identity<T>(request: &Request<T>) -> Result<(String, Option<ControllerError>), ControllerError> {
-    let peer = roomy_proto::tls::peer(request).ok_or(ControllerError::Unauthenticated)?;
+    let peer = roomy_tls::peer(request).ok_or(ControllerError::Unauthenticated)?;
     let wrong = match peer.kind {
         // Made by hand or by an older roomyctl, which did not reserve it.
         Some(Kind::User) if peer.identity.eq_ignore_ascii_case(CONTROLLER_NAME) => {
@@ -59,7 +59,7 @@ fn identity<T>(request: &Request<T>) -> Result<(String, Option<ControllerError>)
         Some(kind) => Some(format!("a {kind} certificate")),
         None => Some(format!(
             "a certificate without a Roomy kind (URI SAN {}…)",
-            roomy_proto::tls::KIND_URI_PREFIX
+            roomy_tls::KIND_URI_PREFIX
         )),
     };
     let refusal = wrong.map(|what| ControllerError::NotAUser {
@@ -197,8 +197,7 @@ impl ControllerService {
         mut policy: Policy,
         who: &str,
     ) -> Result<SetPolicyResponse, ControllerError> {
-        roomy_proto::policy::validate(&policy)
-            .map_err(|e| ControllerError::Invalid(e.to_string()))?;
+        roomy_policy::validate(&policy).map_err(|e| ControllerError::Invalid(e.to_string()))?;
         if let Some(old) = self
             .distributor
             .policies()
@@ -217,7 +216,7 @@ impl ControllerService {
             .registry
             .names()
             .into_iter()
-            .filter(|h| roomy_proto::policy::glob_match(&selector.host, h))
+            .filter(|h| roomy_policy::glob_match(&selector.host, h))
             .collect();
         let mut unchecked = Vec::new();
         let mut past = Vec::new();
@@ -264,7 +263,7 @@ impl ControllerService {
                 "created"
             },
             policy.name,
-            roomy_proto::policy::describe(&policy),
+            roomy_policy::describe(&policy),
             hosts.len()
         );
         Ok(SetPolicyResponse {
@@ -335,7 +334,7 @@ impl Controller for ControllerService {
                     e = live.recv() => e,
                     _ = tx.closed() => return,
                     // Followers must not hold the controller's stop open.
-                    _ = roomy_proto::signal::shutdown() => return,
+                    _ = roomy_daemon::signal::shutdown() => return,
                 };
                 match e {
                     Ok(e) => {

@@ -1219,9 +1219,9 @@ mod tests {
     #[tokio::test]
     async fn https_verifies_the_server_against_ca() {
         let pki = tempfile::tempdir().unwrap();
-        roomy_proto::tls::certs::init(pki.path(), &[], &[]).unwrap();
+        roomy_certs::init(pki.path(), &[], &[]).unwrap();
         let other = tempfile::tempdir().unwrap();
-        roomy_proto::tls::certs::init(other.path(), &[], &[]).unwrap();
+        roomy_certs::init(other.path(), &[], &[]).unwrap();
         let (base, log) = server(vec![200], Some(tls_acceptor(pki.path()))).await;
         assert!(base.starts_with("https://127.0.0.1:"));
 

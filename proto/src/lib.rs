@@ -1,14 +1,12 @@
 //! Roomy's contract (`roomy.proto`, package `roomy.v1`) and the small
-//! vocabulary that every Roomy binary shares: sizes and `HOST/CONTAINER`
-//! targets as people write them, and mutual TLS.
+//! vocabulary that comes with it: sizes and `HOST/CONTAINER` targets as
+//! people write them. What the binaries share beyond the contract has its
+//! own crates: `roomy-policy` (the decision function), `roomy-tls` and
+//! `roomy-certs` (mutual TLS; issuing), `roomy-metrics`, `roomy-daemon`.
 #![warn(missing_docs)]
 
-pub mod metrics;
-pub mod policy;
-pub mod signal;
 pub mod size;
 pub mod target;
-pub mod tls;
 
 /// Generated types and services of `roomy.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -31,6 +29,30 @@ impl v1::Health {
             v1::Health::Pending => "pending",
             v1::Health::AtRisk => "at_risk",
             v1::Health::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+impl v1::EventKind {
+    /// The word events, metrics and webhooks use.
+    pub fn word(self) -> &'static str {
+        match self {
+            v1::EventKind::Unspecified => "unknown",
+            v1::EventKind::Grown => "grown",
+            v1::EventKind::WouldGrow => "would_grow",
+            v1::EventKind::Skipped => "skipped",
+            v1::EventKind::Failed => "failed",
+        }
+    }
+}
+
+impl v1::Policy {
+    /// The policy's kind, container when unspecified (or unknown to this
+    /// build).
+    pub fn target_kind(&self) -> v1::PolicyKind {
+        match v1::PolicyKind::try_from(self.kind) {
+            Ok(v1::PolicyKind::Pool) => v1::PolicyKind::Pool,
+            _ => v1::PolicyKind::Container,
         }
     }
 }

@@ -11,15 +11,17 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{parse_certs, parse_key, parse_roots, provider, read, TlsError, TlsFiles, ALPN_H2};
+use super::{
+    parse_certs, parse_key, parse_roots, provider, read_file, TlsError, TlsFiles, ALPN_H2,
+};
 
 /// Client-side TLS: TLS 1.3 only, ALPN `h2`, presents `files.cert` with
 /// `files.key`, and accepts only servers whose certificate chains to
 /// `files.ca`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let certs = parse_certs(&files.cert, &read(&files.cert)?)?;
-    let key = parse_key(&files.key, &read(&files.key)?)?;
-    let roots = parse_roots(&files.ca, &read(&files.ca)?)?;
+    let certs = parse_certs(&files.cert, &read_file(&files.cert)?)?;
+    let key = parse_key(&files.key, &read_file(&files.key)?)?;
+    let roots = parse_roots(&files.ca, &read_file(&files.ca)?)?;
     let config_error = |source| TlsError::Config {
         cert: files.cert.clone(),
         key: files.key.clone(),

@@ -23,8 +23,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::certs::{self, Ca, Kind};
-use super::*;
+use roomy_tls::*;
+
+use crate as certs;
+use crate::{Ca, CertError, Kind};
 
 /// Long enough for any loopback handshake, short enough to keep failures fast.
 const WAIT: Duration = Duration::from_secs(2);
@@ -346,8 +348,12 @@ async fn client_without_cert_is_refused() {
     let pki = Pki::new();
     let mut server = start(pki.leaf("agent-1", Kind::Agent), &[]).await;
 
-    let roots = parse_roots(&pki.dir.path().join("ca.pem"), pki.ca.cert_pem().as_bytes()).unwrap();
-    let mut anonymous = ClientConfig::builder_with_provider(provider())
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in parse_certs(&pki.dir.path().join("ca.pem"), pki.ca.cert_pem().as_bytes()).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut anonymous = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -376,7 +382,7 @@ async fn identity_not_on_allow_list_is_refused() {
         .await;
 
     // The same CA's listed identity still gets in.
-    let probe = super::tests::probe(server.addr, "agent-1", pki.client("alice")).await;
+    let probe = self::probe(server.addr, "agent-1", pki.client("alice")).await;
     probe.result.expect("alice accepted");
 }
 
@@ -436,7 +442,7 @@ fn issued_certificates_carry_exactly_their_kind() {
     for kind in Kind::ALL {
         let name = format!("n-{kind}");
         let files = pki.leaf(&name, kind);
-        let der = super::parse_certs(&files.cert, &std::fs::read(&files.cert).unwrap())
+        let der = roomy_tls::parse_certs(&files.cert, &std::fs::read(&files.cert).unwrap())
             .unwrap()
             .swap_remove(0);
         assert_eq!(kind_of(&der), Some(kind));
@@ -445,7 +451,7 @@ fn issued_certificates_carry_exactly_their_kind() {
     // Two kinds on one certificate, or none: no kind.
     for marked in [&[Kind::User, Kind::Controller][..], &[]] {
         let (cert, _) = certs::forge(&pki.ca, "odd", Kind::User, marked).unwrap();
-        let der = super::parse_certs(std::path::Path::new("odd.pem"), cert.as_bytes())
+        let der = roomy_tls::parse_certs(std::path::Path::new("odd.pem"), cert.as_bytes())
             .unwrap()
             .swap_remove(0);
         assert_eq!(kind_of(&der), None, "{marked:?}");
@@ -499,7 +505,7 @@ async fn client_refuses_wrong_server() {
     let other = Pki::named("Other CA");
     let mut files = other.leaf("alice", Kind::User);
     files.ca = other.dir.path().join("ca.pem");
-    let probe = super::tests::probe(server.addr, "agent-1", client_config(&files).unwrap()).await;
+    let probe = self::probe(server.addr, "agent-1", client_config(&files).unwrap()).await;
     let err = probe.result.expect_err("untrusted server accepted");
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
@@ -620,14 +626,14 @@ async fn init_writes_a_working_pki_once() {
     // A second init into the same directory is refused and changes nothing.
     let ca_key = std::fs::read(dir.path().join("ca.key")).unwrap();
     let err = certs::init(dir.path(), &[], &[]).unwrap_err();
-    assert!(matches!(err, TlsError::CaExists { .. }), "{err}");
+    assert!(matches!(err, CertError::CaExists { .. }), "{err}");
     assert!(err.to_string().contains("use a new directory"), "{err}");
     assert_eq!(std::fs::read(dir.path().join("ca.key")).unwrap(), ca_key);
 
     // Names that would escape the directory are refused before anything is written.
     let fresh = tempfile::tempdir().unwrap();
     let err = certs::init(fresh.path(), &["../evil".into()], &[]).unwrap_err();
-    assert!(matches!(err, TlsError::Name { .. }), "{err}");
+    assert!(matches!(err, CertError::Name { .. }), "{err}");
     assert!(!fresh.path().join("ca.key").exists());
 }
 

@@ -11,11 +11,15 @@
 //! ```
 //!
 //! Keys are ECDSA P-256, PKCS#8 PEM, mode 0600. Every leaf has CN = name and
-//! DNS SAN = name, so its identity (see [`PeerInfo`](super::PeerInfo)) is
+//! DNS SAN = name, so its identity (see `roomy_tls::PeerInfo`) is
 //! the name, and a URI SAN naming its [`Kind`], which is what decides what
 //! it may do. `roomy-controller` is the controller's name and is refused
 //! for agents and users. Serial numbers derive from each fresh key, so
 //! reissuing gives a new serial.
+//!
+//! A crate of its own so that only `roomyctl` and the controller, which
+//! issue certificates, link rcgen: agents only verify them (`roomy-tls`).
+#![warn(missing_docs)]
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -28,11 +32,52 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-pub use super::Kind;
-use super::{read, TlsError, TlsFiles};
+use roomy_tls::{read_file, TlsError, TlsFiles};
+pub use roomy_tls::{Kind, CONTROLLER_NAME};
 
-/// The controller's certificate name, which agents and `roomyctl` expect.
-pub const CONTROLLER_NAME: &str = "roomy-controller";
+#[cfg(test)]
+mod tests;
+
+/// Everything that can go wrong issuing certificates or writing a PKI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// A PEM file could not be read or used (the CA, when issuing from one).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A name cannot be used for a certificate (or as a file name in the PKI directory).
+    #[error("invalid certificate name {name:?}: {detail}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        detail: &'static str,
+    },
+    /// rcgen could not make a key or certificate.
+    #[error("cannot issue a certificate for {name:?}: {source}")]
+    Issue {
+        /// The subject name.
+        name: String,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A PKI file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`init`] found a CA key already in place.
+    #[error("{} already exists; refusing to overwrite a certificate authority key: use a new directory, or `load_ca` to issue more certificates from this one", path.display())]
+    CaExists {
+        /// The existing `ca.key`.
+        path: PathBuf,
+    },
+}
 
 /// How long leaves from [`init`] are valid.
 const LEAF_VALIDITY: Duration = Duration::days(365);
@@ -70,14 +115,14 @@ impl std::fmt::Debug for Ca {
 }
 
 /// Makes a new CA named `name`, valid for 10 years.
-pub fn new_ca(name: &str) -> Result<Ca, TlsError> {
+pub fn new_ca(name: &str) -> Result<Ca, CertError> {
     if name.trim().is_empty() {
-        return Err(TlsError::Name {
+        return Err(CertError::Name {
             name: name.to_owned(),
             detail: "a certificate authority needs a non-empty name",
         });
     }
-    let issue_error = |source| TlsError::Issue {
+    let issue_error = |source| CertError::Issue {
         name: name.to_owned(),
         source,
     };
@@ -102,13 +147,15 @@ pub fn new_ca(name: &str) -> Result<Ca, TlsError> {
 }
 
 /// Loads the CA from `dir/ca.pem` and `dir/ca.key`, to issue more certificates.
-pub fn load_ca(dir: &Path) -> Result<Ca, TlsError> {
+pub fn load_ca(dir: &Path) -> Result<Ca, CertError> {
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let cert_pem = String::from_utf8_lossy(&read(&cert_path)?).into_owned();
-    let key_pem = String::from_utf8_lossy(&read(&key_path)?).into_owned();
-    let ca_error = |path: &Path, detail: String| TlsError::Ca {
-        path: path.to_owned(),
-        detail,
+    let cert_pem = String::from_utf8_lossy(&read_file(&cert_path)?).into_owned();
+    let key_pem = String::from_utf8_lossy(&read_file(&key_path)?).into_owned();
+    let ca_error = |path: &Path, detail: String| {
+        CertError::Tls(TlsError::Ca {
+            path: path.to_owned(),
+            detail,
+        })
     };
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
         ca_error(
@@ -116,7 +163,7 @@ pub fn load_ca(dir: &Path) -> Result<Ca, TlsError> {
             format!("{e}; it must be the PEM private key written with ca.pem"),
         )
     })?;
-    let der = super::parse_certs(&cert_path, cert_pem.as_bytes())?.swap_remove(0);
+    let der = roomy_tls::parse_certs(&cert_path, cert_pem.as_bytes())?.swap_remove(0);
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| ca_error(&cert_path, format!("not a valid certificate: {e}")))?;
     if !x509.is_ca() {
@@ -149,7 +196,7 @@ pub fn issue(
     kind: Kind,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-) -> Result<(String, String), TlsError> {
+) -> Result<(String, String), CertError> {
     check_name(name)?;
     check_reserved(name, kind)?;
     leaf(ca, name, kind, &[kind], not_before, not_after)
@@ -164,7 +211,7 @@ pub(crate) fn forge(
     name: &str,
     usage: Kind,
     marked: &[Kind],
-) -> Result<(String, String), TlsError> {
+) -> Result<(String, String), CertError> {
     let now = OffsetDateTime::now_utc();
     leaf(ca, name, usage, marked, now - BACKDATE, now + LEAF_VALIDITY)
 }
@@ -176,8 +223,8 @@ fn leaf(
     marked: &[Kind],
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-) -> Result<(String, String), TlsError> {
-    let issue_error = |source| TlsError::Issue {
+) -> Result<(String, String), CertError> {
+    let issue_error = |source| CertError::Issue {
         name: name.to_owned(),
         source,
     };
@@ -221,7 +268,7 @@ pub fn write_leaf(
     name: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<(PathBuf, PathBuf), TlsError> {
+) -> Result<(PathBuf, PathBuf), CertError> {
     check_name(name)?;
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
@@ -249,7 +296,7 @@ pub fn pki_files(dir: &Path, kind: Kind, name: &str) -> TlsFiles {
 /// CA valid 10 years, the controller (`roomy-controller`), each agent and
 /// each user, valid 1 year. Refuses to touch a directory that already has a
 /// `ca.key`. Returns every file written.
-pub fn init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+pub fn init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathBuf>, CertError> {
     // Validate everything before writing anything.
     for name in agents {
         check_name(name)?;
@@ -261,7 +308,7 @@ pub fn init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathB
     }
     let ca_key = dir.join("ca.key");
     if ca_key.exists() {
-        return Err(TlsError::CaExists { path: ca_key });
+        return Err(CertError::CaExists { path: ca_key });
     }
     // A distinct name per fleet: a certificate from another fleet's CA
     // then fails as "unknown issuer" rather than a puzzling bad signature.
@@ -270,7 +317,7 @@ pub fn init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathB
         OffsetDateTime::now_utc().unix_timestamp()
     ))?;
     for sub in [dir.to_owned(), dir.join("agents"), dir.join("users")] {
-        std::fs::create_dir_all(&sub).map_err(|source| TlsError::Write { path: sub, source })?;
+        std::fs::create_dir_all(&sub).map_err(|source| CertError::Write { path: sub, source })?;
     }
     // create_new makes the refusal race-free: of two concurrent inits,
     // only one gets to own the CA.
@@ -313,9 +360,9 @@ fn common_name(name: &str) -> DistinguishedName {
 
 /// The controller's name on anything but the controller's certificate would
 /// pass for it wherever a name is checked (older agents, logs, people).
-fn check_reserved(name: &str, kind: Kind) -> Result<(), TlsError> {
+fn check_reserved(name: &str, kind: Kind) -> Result<(), CertError> {
     if kind != Kind::Controller && name.eq_ignore_ascii_case(CONTROLLER_NAME) {
-        return Err(TlsError::Name {
+        return Err(CertError::Name {
             name: name.to_owned(),
             detail: "this name is reserved for the controller's certificate (`certs issue controller`); pick another name",
         });
@@ -325,9 +372,9 @@ fn check_reserved(name: &str, kind: Kind) -> Result<(), TlsError> {
 
 /// Leaf names become DNS SANs and file names: keep them to host-name
 /// characters so neither can go wrong (no `/`, no `..`, no spaces).
-fn check_name(name: &str) -> Result<(), TlsError> {
+fn check_name(name: &str) -> Result<(), CertError> {
     let bad = |detail| {
-        Err(TlsError::Name {
+        Err(CertError::Name {
             name: name.to_owned(),
             detail,
         })
@@ -349,8 +396,8 @@ fn check_name(name: &str) -> Result<(), TlsError> {
     Ok(())
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32, create_new: bool) -> Result<(), TlsError> {
-    let write_error = |source| TlsError::Write {
+fn write_file(path: &Path, contents: &str, mode: u32, create_new: bool) -> Result<(), CertError> {
+    let write_error = |source| CertError::Write {
         path: path.to_owned(),
         source,
     };

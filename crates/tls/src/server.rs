@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
-use super::{identity_of, kind_of, parse_certs, parse_key, parse_roots, provider, read};
+use super::{identity_of, kind_of, parse_certs, parse_key, parse_roots, provider, read_file};
 use super::{Kind, PeerInfo, TlsError, TlsFiles, ALPN_H2};
 
 /// How long a client may take to complete its handshake before it is dropped,
@@ -365,7 +365,11 @@ fn stamps(files: &TlsFiles) -> Stamps {
 }
 
 fn read_all(files: &TlsFiles) -> Result<[Vec<u8>; 3], TlsError> {
-    Ok([read(&files.cert)?, read(&files.key)?, read(&files.ca)?])
+    Ok([
+        read_file(&files.cert)?,
+        read_file(&files.key)?,
+        read_file(&files.ca)?,
+    ])
 }
 
 fn build_config(

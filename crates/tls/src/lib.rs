@@ -34,16 +34,8 @@
 //! channel(addr: &str, server_name: &str, config: Arc<rustls::ClientConfig>, connect_timeout: Duration)
 //!     -> Result<tonic::transport::Channel, TlsError>
 //!
-//! // a small PKI for standing up a fleet by hand (see `certs`)
 //! Kind { Controller, Agent, User }                                   // URI SAN urn:roomy:kind:<word>
-//! certs::CONTROLLER_NAME = "roomy-controller"
-//! certs::new_ca(name: &str) -> Result<Ca, TlsError>
-//! certs::load_ca(dir: &Path) -> Result<Ca, TlsError>                  // DIR/ca.pem + DIR/ca.key
-//! certs::issue(ca: &Ca, name: &str, kind: Kind, not_before: OffsetDateTime, not_after: OffsetDateTime)
-//!     -> Result<(String, String), TlsError>                           // (cert PEM, key PEM)
-//! certs::init(dir: &Path, agents: &[String], users: &[String]) -> Result<Vec<PathBuf>, TlsError>
-//! certs::write_leaf(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Result<(PathBuf, PathBuf), TlsError>
-//! certs::pki_files(dir: &Path, kind: Kind, name: &str) -> TlsFiles    // paths in init's layout
+//! kind_of(der: &[u8]) -> Option<Kind>
 //! ```
 //!
 //! # Refusals, as each side sees them
@@ -61,13 +53,13 @@
 //! # Identities
 //!
 //! A peer's identity is its certificate's common name, or when it has none
-//! its first DNS subject alternative name. [`certs`] issues certificates whose
+//! its first DNS subject alternative name. `roomy-certs` issues certificates whose
 //! CN and DNS SAN are both the name, so the identity is simply that name:
 //! `roomy-controller`, the agent's host name, or the user's name.
 //!
 //! A name says who, not what the holder may do: any name can be put on a
 //! certificate. What a certificate is for is its [`Kind`], a URI SAN
-//! `urn:roomy:kind:controller|agent|user` that [`certs::issue`] writes and
+//! `urn:roomy:kind:controller|agent|user` that `roomy_certs::issue` writes and
 //! that no user certificate carries for another kind. Agents accept only
 //! [`Kind::Controller`] ([`ClientRule::only`]); the controller serves only
 //! [`Kind::User`] (checked per call, so a refusal is audited). A certificate
@@ -78,28 +70,26 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use roomy_proto::tls::{self, ServerTls};
+//! use roomy_tls::{self as tls, ServerTls};
 //!
-//! let dir = std::path::Path::new("/etc/roomy/pki");
-//! let server = ServerTls::load(tls::certs::pki_files(dir, tls::Kind::Controller, ""), tls::ClientRule::any())?;
+//! let pem = |name: &str, ext: &str| format!("/etc/roomy/pki/{name}.{ext}").into();
+//! let files = |name: &str| tls::TlsFiles { cert: pem(name, "pem"), key: pem(name, "key"), ca: pem("ca", "pem") };
+//! let server = ServerTls::load(files("controller"), tls::ClientRule::any())?;
 //! server.spawn_reloader(Duration::from_secs(30));
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:7443").await?;
 //! let incoming = server.incoming(listener);
 //! // tonic::transport::Server::builder().add_service(..).serve_with_incoming(incoming).await?;
 //! # let _ = incoming;
 //!
-//! let config = tls::client_config(&tls::certs::pki_files(dir, tls::Kind::User, "alice"))?;
+//! let config = tls::client_config(&files("users/alice"))?;
 //! let channel = tls::channel("controller.example:7443", "roomy-controller", config, Duration::from_secs(5))?;
 //! # let _ = channel;
 //! # Ok(())
 //! # }
 //! ```
 
-pub mod certs;
 mod client;
 mod server;
-#[cfg(test)]
-mod tests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +106,10 @@ pub use server::{ClientRule, ServerTls, TlsConn};
 /// The one application protocol Roomy speaks over TLS: gRPC needs HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
 
+/// The controller's certificate name, which agents and `roomyctl` expect
+/// (and which `roomy-certs` refuses to put on any other kind).
+pub const CONTROLLER_NAME: &str = "roomy-controller";
+
 /// The PEM files one side of a connection needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -129,7 +123,7 @@ pub struct TlsFiles {
 
 /// What a Roomy certificate is for. Carried in the certificate as a URI
 /// subject alternative name, [`Kind::uri`]; it decides the extended key
-/// usages [`certs::issue`] gives too.
+/// usages `roomy_certs::issue` gives too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// serverAuth + clientAuth: a server to `roomyctl`, a client of agents.
@@ -211,7 +205,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// A file was read but holds no usable PEM item of the expected kind.
-    #[error("{} holds no usable {what}: {detail}; it must be PEM, as written by `certs::init`", path.display())]
+    #[error("{} holds no usable {what}: {detail}; it must be PEM, as written by `roomyctl certs init`", path.display())]
     Pem {
         /// The file.
         path: PathBuf,
@@ -255,38 +249,6 @@ pub enum TlsError {
         /// Why it is invalid.
         detail: String,
     },
-    /// A name cannot be used for a certificate (or as a file name in the PKI directory).
-    #[error("invalid certificate name {name:?}: {detail}")]
-    Name {
-        /// The name given.
-        name: String,
-        /// Why it is invalid.
-        detail: &'static str,
-    },
-    /// rcgen could not make a key or certificate.
-    #[error("cannot issue a certificate for {name:?}: {source}")]
-    Issue {
-        /// The subject name.
-        name: String,
-        /// rcgen's reason.
-        #[source]
-        source: rcgen::Error,
-    },
-    /// A PKI file could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `certs::init` found a CA key already in place.
-    #[error("{} already exists; refusing to overwrite a certificate authority key: use a new directory, or `certs::load_ca` to issue more certificates from this one", path.display())]
-    CaExists {
-        /// The existing `ca.key`.
-        path: PathBuf,
-    },
 }
 
 /// The crypto provider for every config we build; passing it explicitly
@@ -295,8 +257,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads a whole file, naming it in the error.
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+/// Reads a whole file, naming it in the error (also for `roomy-certs`).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
@@ -304,7 +266,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Every certificate in a PEM file's contents, at least one.
-fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |detail: String| TlsError::Pem {
         path: path.to_owned(),
         what: "certificate",
@@ -365,7 +327,7 @@ pub fn kind_of(cert: &[u8]) -> Option<Kind> {
 }
 
 /// A certificate's identity: its common name, else its first DNS SAN.
-fn identity_of(cert: &[u8]) -> Option<String> {
+pub fn identity_of(cert: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
     let cn = cert
         .subject()

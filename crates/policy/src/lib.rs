@@ -4,14 +4,15 @@
 //! and the one decision function ([`decide`], [`decide_pool`]) that the
 //! agents enforce and `roomyctl policy explain` shows. Everything here is
 //! pure: numbers in, a decision with its reasons out.
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::v1::{Increase, Policy, PolicyKind, PoolGuard, Selector, Trigger};
-use crate::{format_bytes, ByteSize};
+use roomy_proto::v1::{Increase, Policy, PolicyKind, PoolGuard, Selector, Trigger};
+use roomy_proto::{format_bytes, ByteSize};
 
 /// Rate-aware growth is on unless a policy turns it off: grow when the
 /// current fill rate would fill the disk within this many seconds.
@@ -130,42 +131,36 @@ fn label_matches(selector: &str, labels: &HashMap<String, String>) -> bool {
     }
 }
 
-impl Policy {
-    /// The policy's kind, container when unspecified.
-    pub fn target_kind(&self) -> PolicyKind {
-        match PolicyKind::try_from(self.kind) {
-            Ok(PolicyKind::Pool) => PolicyKind::Pool,
-            _ => PolicyKind::Container,
+/// Whether `policy` applies to a container (or, for pool policies, to the
+/// pool of `host`; `container` and `labels` are then ignored).
+pub fn matches(
+    policy: &Policy,
+    host: &str,
+    container: &str,
+    labels: &HashMap<String, String>,
+) -> bool {
+    let s = policy.selector.clone().unwrap_or_default();
+    if !glob_match(&s.host, host) {
+        return false;
+    }
+    match policy.target_kind() {
+        PolicyKind::Pool => true,
+        _ => {
+            glob_match(&s.container, container) && s.labels.iter().all(|l| label_matches(l, labels))
         }
     }
+}
 
-    /// Whether this policy applies to a container (or, for pool policies,
-    /// to the pool of `host`; `container` and `labels` are then ignored).
-    pub fn matches(&self, host: &str, container: &str, labels: &HashMap<String, String>) -> bool {
-        let s = self.selector.clone().unwrap_or_default();
-        if !glob_match(&s.host, host) {
-            return false;
-        }
-        match self.target_kind() {
-            PolicyKind::Pool => true,
-            _ => {
-                glob_match(&s.container, container)
-                    && s.labels.iter().all(|l| label_matches(l, labels))
-            }
-        }
-    }
-
-    /// How specific the selector is: exact names beat globs beat nothing;
-    /// each label counts. The most specific matching policy applies.
-    fn specificity(&self) -> u32 {
-        let s = self.selector.clone().unwrap_or_default();
-        let score = |g: &str| match g {
-            "" | "*" => 0,
-            g if wildcard(g) => 1,
-            _ => 2,
-        };
-        score(&s.container) * 4 + score(&s.host) * 2 + s.labels.len() as u32
-    }
+/// How specific a selector is: exact names beat globs beat nothing; each
+/// label counts. The most specific matching policy applies.
+fn specificity(policy: &Policy) -> u32 {
+    let s = policy.selector.clone().unwrap_or_default();
+    let score = |g: &str| match g {
+        "" | "*" => 0,
+        g if wildcard(g) => 1,
+        _ => 2,
+    };
+    score(&s.container) * 4 + score(&s.host) * 2 + s.labels.len() as u32
 }
 
 /// The policies of `kind` that apply, the one in force first: most
@@ -179,11 +174,11 @@ pub fn select<'a>(
 ) -> Vec<&'a Policy> {
     let mut hits: Vec<&Policy> = policies
         .iter()
-        .filter(|p| p.target_kind() == kind && p.matches(host, container, labels))
+        .filter(|p| p.target_kind() == kind && matches(p, host, container, labels))
         .collect();
     hits.sort_by(|a, b| {
-        b.specificity()
-            .cmp(&a.specificity())
+        specificity(b)
+            .cmp(&specificity(a))
             .then_with(|| a.name.cmp(&b.name))
     });
     hits
@@ -590,7 +585,7 @@ impl PoolNumbers {
     /// A pool's numbers as an agent reports them; `rate` is the data fill
     /// rate when measured. Agents and explain build them here, so both
     /// decide on the same inputs.
-    pub fn from_status(p: &crate::v1::PoolStatus, rate: f64) -> Self {
+    pub fn from_status(p: &roomy_proto::v1::PoolStatus, rate: f64) -> Self {
         PoolNumbers {
             data_used: p.data_used_bytes,
             data_total: p.data_total_bytes,
@@ -610,7 +605,7 @@ impl PoolNumbers {
 
 /// What a grow starts from: the largest size a container has anywhere
 /// (table, dockerd, Docker's metadata, filesystem).
-pub fn container_size(c: &crate::v1::ContainerStorage) -> u64 {
+pub fn container_size(c: &roomy_proto::v1::ContainerStorage) -> u64 {
     c.table_size_bytes
         .max(c.docker_size_bytes)
         .max(c.persisted_size_bytes)
@@ -1103,19 +1098,6 @@ pub fn decide_pool(
         format!("{what}: grow {}", parts.join(", ")),
         lines,
     )
-}
-
-impl crate::v1::EventKind {
-    /// The word events, metrics and webhooks use.
-    pub fn word(self) -> &'static str {
-        match self {
-            crate::v1::EventKind::Unspecified => "unknown",
-            crate::v1::EventKind::Grown => "grown",
-            crate::v1::EventKind::WouldGrow => "would_grow",
-            crate::v1::EventKind::Skipped => "skipped",
-            crate::v1::EventKind::Failed => "failed",
-        }
-    }
 }
 
 #[cfg(test)]
