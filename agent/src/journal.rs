@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use roomy_proto::format_bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
@@ -66,6 +67,50 @@ impl Journal {
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| AgentError::io("sync journal", &self.dir, e))
+    }
+
+    /// Start-up recovery, the same for every backend: each intent left by an
+    /// earlier agent is handed to `finish` (the backend's re-run of its
+    /// protocol, which clears the record when done), oldest first. A
+    /// container that is gone has its record dropped; any other failure
+    /// keeps it for the next start. Returns one line per record, for the log.
+    pub async fn recover<F, Fut>(&self, mut finish: F) -> Vec<String>
+    where
+        F: FnMut(Intent) -> Fut,
+        Fut: std::future::Future<Output = Result<(), AgentError>>,
+    {
+        let pending = match self.pending() {
+            Ok(p) => p,
+            Err(e) => return vec![format!("cannot read intent records: {e}")],
+        };
+        let mut report = Vec::new();
+        for record in pending {
+            let intent = match record {
+                Ok(i) => i,
+                Err(e) => {
+                    report.push(format!("skipped: {e}"));
+                    continue;
+                }
+            };
+            let (id, name, to) = (
+                intent.container_id.clone(),
+                intent.container_name.clone(),
+                format_bytes(intent.to_bytes),
+            );
+            report.push(match finish(intent).await {
+                Ok(()) => format!(
+                    "finished the resize of {name} to {to} that an earlier agent left unfinished"
+                ),
+                Err(AgentError::NotFound(_)) => {
+                    let _ = self.clear(&id);
+                    format!("dropped the resize of {name}: the container is gone")
+                }
+                Err(e) => format!(
+                    "could not finish the resize of {name} to {to}: {e}; the intent record stays for the next start"
+                ),
+            });
+        }
+        report
     }
 
     /// Intents left by an agent that stopped in the middle, oldest first.

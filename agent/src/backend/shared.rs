@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use roomy_proto::v1::{ContainerStorage, Health};
 use roomy_proto::{format_bytes, ByteSize, SizeRequest};
 
-use crate::docker::ContainerView;
+use crate::backend::ContainerRef;
+use crate::docker::{ContainerView, DockerClient};
 use crate::error::AgentError;
 
 /// Bytes in a sector: dm lengths and XFS quota limits ("basic blocks")
@@ -165,6 +166,58 @@ pub fn unmanaged(view: &ContainerView, backend: &str) -> ContainerStorage {
         ),
         ..Default::default()
     }
+}
+
+/// Runs kernel work (ioctls, mounts, fsyncs) on tokio's blocking pool so it
+/// never stalls the runtime; the task panicking is an internal error.
+pub async fn on_blocking_thread<T, F>(work: F) -> Result<T, AgentError>
+where
+    F: FnOnce() -> Result<T, AgentError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AgentError::Internal(format!("storage work stopped: {e}")))?
+}
+
+/// The rows of `inspect`: the one container asked for (its error is the
+/// call's), or every container, where one that cannot be read becomes a row
+/// saying why instead of hiding the others. Sorted by name. `row` is the
+/// backend's reading of one container.
+pub async fn inspect_rows<F, Fut>(
+    docker: &DockerClient,
+    container: Option<&ContainerRef>,
+    mut row: F,
+) -> Result<Vec<ContainerStorage>, AgentError>
+where
+    F: FnMut(ContainerView) -> Fut,
+    Fut: std::future::Future<Output = Result<ContainerStorage, AgentError>>,
+{
+    let views = match container {
+        Some(query) => vec![docker.container(query.as_str()).await?],
+        None => docker.list().await?,
+    };
+    let mut out = Vec::with_capacity(views.len());
+    for view in views {
+        let unreadable = ContainerStorage {
+            id: view.id.clone(),
+            name: view.name.clone(),
+            state: view.state.clone(),
+            driver: view.driver.clone(),
+            health: Health::Unspecified as i32,
+            ..Default::default()
+        };
+        match row(view).await {
+            Ok(r) => out.push(r),
+            Err(e) if container.is_some() => return Err(e),
+            Err(e) => out.push(ContainerStorage {
+                health_message: format!("could not read its storage: {e}"),
+                ..unreadable
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// One lock per container (or pool): changes to one are serialized, to

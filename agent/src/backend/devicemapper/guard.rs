@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::backend::devicemapper::ThinBackend;
+use crate::backend::shared;
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
 
@@ -85,9 +86,7 @@ impl ThinBackend {
         info: &DaemonInfo,
     ) -> Result<(), AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
-        tokio::task::spawn_blocking(move || this.reconcile_blocking(&view, &info))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.reconcile_blocking(&view, &info)).await
     }
 
     fn reconcile_blocking(

@@ -17,9 +17,9 @@ pub mod table;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use roomy_proto::v1::{ContainerStorage, Health, PoolStatus};
+use roomy_proto::v1::{ContainerStorage, PoolStatus};
 
-use crate::backend::shared::{unmanaged, LockTable};
+use crate::backend::shared::{self, unmanaged, LockTable};
 use crate::backend::{
     health, ContainerRef, PoolGrowth, RepairOutcome, ResizeOutcome, SizeRequest, Sizes,
     StorageBackend,
@@ -325,9 +325,8 @@ impl ThinBackend {
         let this = self.clone();
         let info2 = info.clone();
         let obs =
-            tokio::task::spawn_blocking(move || this.observe(&view, &info2).map(|o| (this, o)))
-                .await
-                .map_err(|e| AgentError::Internal(e.to_string()))??;
+            shared::on_blocking_thread(move || this.observe(&view, &info2).map(|o| (this, o)))
+                .await?;
         Ok(obs.0.describe(&obs.1, info))
     }
 
@@ -371,36 +370,10 @@ impl StorageBackend for ThinBackend {
         container: Option<&ContainerRef>,
     ) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
-        let views = match container {
-            Some(query) => vec![self.inner.docker.container(query.as_str()).await?],
-            None => self.inner.docker.list().await?,
-        };
-        let mut out = Vec::with_capacity(views.len());
-        let one = container.is_some();
-        for view in views {
-            let (id, name, state, driver) = (
-                view.id.clone(),
-                view.name.clone(),
-                view.state.clone(),
-                view.driver.clone(),
-            );
-            match self.inspect_one(view, &info).await {
-                Ok(row) => out.push(row),
-                Err(e) if one => return Err(e),
-                // One unreadable container does not hide the others.
-                Err(e) => out.push(ContainerStorage {
-                    id,
-                    name,
-                    state,
-                    driver,
-                    health: Health::Unspecified as i32,
-                    health_message: format!("could not read its storage: {e}"),
-                    ..Default::default()
-                }),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        shared::inspect_rows(&self.inner.docker, container, |view| {
+            self.inspect_one(view, &info)
+        })
+        .await
     }
 
     async fn resize(
@@ -418,9 +391,7 @@ impl StorageBackend for ThinBackend {
     async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
         let info = self.inner.docker.info().await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.pool_status(&info))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.pool_status(&info)).await
     }
 
     async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
@@ -428,7 +399,7 @@ impl StorageBackend for ThinBackend {
         let this = self.clone();
         // One pool change at a time.
         let _serialized = self.inner.locks.lock("pool").await;
-        tokio::task::spawn_blocking(move || {
+        shared::on_blocking_thread(move || {
             let dm = &this.inner.dm;
             let name = info.pool.clone().ok_or_else(|| {
                 AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into())
@@ -449,7 +420,6 @@ impl StorageBackend for ThinBackend {
             Ok((before, this.pool_status(&info)?))
         })
         .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?
     }
 }
 

@@ -8,7 +8,7 @@ use roomy_proto::format_bytes;
 use roomy_proto::v1::Health;
 
 use crate::backend::devicemapper::{Observed, ThinBackend};
-use crate::backend::shared::{check_backing, Backing};
+use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, RepairOutcome, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
@@ -54,9 +54,7 @@ impl ThinBackend {
         info: &DaemonInfo,
     ) -> Result<Observed, AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
-        tokio::task::spawn_blocking(move || this.observe(&view, &info))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.observe(&view, &info)).await
     }
 
     /// Run the protocol's kernel steps on a blocking thread.
@@ -67,9 +65,7 @@ impl ThinBackend {
         grow_fs: bool,
     ) -> Result<StepTimes, AgentError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.apply(&obs, target, grow_fs))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.apply(&obs, target, grow_fs)).await
     }
 
     /// Grow a container. See `StorageBackend::resize`.
@@ -338,38 +334,10 @@ impl ThinBackend {
     /// Finish resizes an earlier agent was killed in the middle of.
     /// Returns one line per intent found, for the log.
     pub async fn recover(&self) -> Vec<String> {
-        let mut report = Vec::new();
-        let pending = match self.inner.journal.pending() {
-            Ok(p) => p,
-            Err(e) => return vec![format!("cannot read intent records: {e}")],
-        };
-        for record in pending {
-            let intent = match record {
-                Ok(i) => i,
-                Err(e) => {
-                    report.push(format!("skipped: {e}"));
-                    continue;
-                }
-            };
-            let line = match self.finish(&intent).await {
-                Ok(()) => format!(
-                    "finished the resize of {} to {} that an earlier agent left unfinished",
-                    intent.container_name,
-                    format_bytes(intent.to_bytes)
-                ),
-                Err(AgentError::NotFound(_)) => {
-                    let _ = self.inner.journal.clear(&intent.container_id);
-                    format!("dropped the resize of {}: the container is gone", intent.container_name)
-                }
-                Err(e) => format!(
-                    "could not finish the resize of {} to {}: {e}; the intent record stays for the next start",
-                    intent.container_name,
-                    format_bytes(intent.to_bytes)
-                ),
-            };
-            report.push(line);
-        }
-        report
+        let journal = &self.inner.journal;
+        journal
+            .recover(|intent| async move { self.finish(&intent).await })
+            .await
     }
 
     async fn finish(&self, intent: &Intent) -> Result<(), AgentError> {

@@ -12,6 +12,7 @@ use roomy_proto::v1::PoolStatus;
 
 use super::{BackingFs, Overlay2Backend, DRIVER};
 use crate::backend::devicemapper::pool::plan;
+use crate::backend::shared;
 use crate::backend::PoolGrowth;
 use crate::docker::DaemonInfo;
 use crate::error::AgentError;
@@ -127,7 +128,7 @@ impl Overlay2Backend {
         let limits = self.limits(&info).await?;
         let _serialized = self.inner.locks.lock("pool").await;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        shared::on_blocking_thread(move || {
             let backing = this.backing(&info)?;
             let below = under(&backing.mount.source);
             let before = status(&backing, &below, limits);
@@ -185,7 +186,6 @@ impl Overlay2Backend {
             Ok((before, status(&after, &below, limits)))
         })
         .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?
     }
 }
 

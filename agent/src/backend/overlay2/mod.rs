@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use roomy_proto::v1::{ContainerStorage, Health, Overlay2Storage, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize};
 
-use crate::backend::shared::{unmanaged, LockTable};
+use crate::backend::shared::{self, unmanaged, LockTable};
 use crate::backend::{
     ContainerRef, PoolGrowth, RepairOutcome, ResizeOutcome, SizeRequest, StorageBackend, Usage,
 };
@@ -217,9 +217,7 @@ impl Overlay2Backend {
         info: &DaemonInfo,
     ) -> Result<Observed, AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
-        tokio::task::spawn_blocking(move || this.observe(&view, &info))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.observe(&view, &info)).await
     }
 
     /// The wire form of an observation.
@@ -372,36 +370,10 @@ impl StorageBackend for Overlay2Backend {
     ) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         Self::check_daemon(&info)?;
-        let views = match container {
-            Some(query) => vec![self.inner.docker.container(query.as_str()).await?],
-            None => self.inner.docker.list().await?,
-        };
-        let one = container.is_some();
-        let mut out = Vec::with_capacity(views.len());
-        for view in views {
-            let (id, name, state, driver) = (
-                view.id.clone(),
-                view.name.clone(),
-                view.state.clone(),
-                view.driver.clone(),
-            );
-            match self.inspect_one(view, &info).await {
-                Ok(row) => out.push(row),
-                Err(e) if one => return Err(e),
-                // One unreadable container does not hide the others.
-                Err(e) => out.push(ContainerStorage {
-                    id,
-                    name,
-                    state,
-                    driver,
-                    health: Health::Unspecified as i32,
-                    health_message: format!("could not read its storage: {e}"),
-                    ..Default::default()
-                }),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        shared::inspect_rows(&self.inner.docker, container, |view| {
+            self.inspect_one(view, &info)
+        })
+        .await
     }
 
     async fn resize(
@@ -432,9 +404,7 @@ impl StorageBackend for Overlay2Backend {
         Self::check_daemon(&info)?;
         let limits = self.limits(&info).await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.pool_status(&info, limits))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.pool_status(&info, limits)).await
     }
 
     async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use roomy_proto::format_bytes;
 
 use super::{Observed, Overlay2Backend};
-use crate::backend::shared::{check_backing, Backing};
+use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
@@ -39,9 +39,7 @@ impl Overlay2Backend {
         // Re-read under the lock: a resize that ran before this one changed it.
         let (view, info) = self.find(&view.id).await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.resize_locked(&view, &info, size))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
+        shared::on_blocking_thread(move || this.resize_locked(&view, &info, size)).await
     }
 
     fn resize_locked(
@@ -156,41 +154,10 @@ impl Overlay2Backend {
     /// Finish resizes an earlier agent left unfinished (intent records), at
     /// start, before serving. Returns one line per record for the log.
     pub async fn recover(&self) -> Vec<String> {
-        let pending = match self.inner.journal.pending() {
-            Ok(p) => p,
-            Err(e) => return vec![format!("cannot read intent records: {e}")],
-        };
-        let mut report = Vec::new();
-        for record in pending {
-            let intent = match record {
-                Ok(i) => i,
-                Err(e) => {
-                    report.push(format!("skipped: {e}"));
-                    continue;
-                }
-            };
-            let line = match self.finish(&intent).await {
-                Ok(()) => format!(
-                    "finished the resize of {} to {} that an earlier agent left unfinished",
-                    intent.container_name,
-                    format_bytes(intent.to_bytes)
-                ),
-                Err(AgentError::NotFound(_)) => {
-                    let _ = self.inner.journal.clear(&intent.container_id);
-                    format!(
-                        "dropped the resize of {}: the container is gone",
-                        intent.container_name
-                    )
-                }
-                Err(e) => format!(
-                    "could not finish the resize of {} to {}: {e}; the intent record stays for the next start",
-                    intent.container_name,
-                    format_bytes(intent.to_bytes)
-                ),
-            };
-            report.push(line);
-        }
-        report
+        let journal = &self.inner.journal;
+        journal
+            .recover(|intent| async move { self.finish(&intent).await })
+            .await
     }
 
     async fn finish(&self, intent: &Intent) -> Result<(), AgentError> {
@@ -199,9 +166,7 @@ impl Overlay2Backend {
         let obs = self.observe_blocking(&view, &info).await?;
         let this = self.clone();
         let target = intent.to_bytes;
-        tokio::task::spawn_blocking(move || this.set_limit(&obs, target))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))??;
+        shared::on_blocking_thread(move || this.set_limit(&obs, target)).await?;
         self.inner.journal.clear(&intent.container_id)
     }
 }
