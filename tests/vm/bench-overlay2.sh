@@ -20,16 +20,6 @@ STEP_MIB=256
 MiB=$((1 << 20))
 RES=$LAB/bench-ov-results
 CTL=("$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock")
-FAILS=0
-
-timed() { # FILE CMD...: append the wall time (us) of CMD to FILE
-    local file=$1 t0 t1
-    shift
-    t0=${EPOCHREALTIME//[.,]/}
-    "$@" || { FAILS=$((FAILS + 1)); echo "bench: '$*' failed" >&2; }
-    t1=${EPOCHREALTIME//[.,]/}
-    echo $((t1 - t0)) >>"$file"
-}
 
 roomy_resize() { "${CTL[@]}" resize "$1" "+${STEP_MIB}M" >/dev/null; }
 
@@ -46,13 +36,6 @@ by_hand_resize() {
     xfs_quota -x -c "limit -p bsoft=${kib}k bhard=${kib}k $id" "$mnt"
 }
 
-stats() { # FILE: "n median p95 min max" in ms
-    sort -n "$1" | awk '{ v[NR] = $1 } END {
-        n = NR; med = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        i = int(0.95 * n); if (i < 0.95 * n) i++; if (i < 1) i = 1
-        printf "%d %.1f %.1f %.1f %.1f\n", n, med / 1000, v[i] / 1000, v[1] / 1000, v[n] / 1000 }'
-}
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2fx", x / y; else printf "n/a" }'; }
 df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 { printf "%.0f\n", $2 * 1024 }'; }
 
 lab_init || exit 1
@@ -98,7 +81,7 @@ check_df() {
         fail "$1 df" "shows $((got / MiB)) MiB, want ~$((want / MiB))"
     fi
 }
-if [[ $FAILS -eq 0 ]]; then pass "every timed resize exited 0"; else fail "timed resizes" "$FAILS failed"; fi
+if [[ $BENCH_FAILS -eq 0 ]]; then pass "every timed resize exited 0"; else fail "timed resizes" "$BENCH_FAILS failed"; fi
 check_df roomy-c
 check_df hand-c
 agent_stop

@@ -22,28 +22,9 @@ GiB=$((1 << 30))
 MiB=$((1 << 20))
 RES=$LAB/bench-results
 CTL=("$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock")
-RESIZE_FAILS=0
 
-# Wall clock in microseconds. $EPOCHREALTIME is bash's gettimeofday: the same
-# clock as `date +%s%N`, but without forking a `date` process around each
-# measurement (that fork would add the same constant to both methods).
+# Wall clock in microseconds, without a fork (see `timed` in lib.sh).
 now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
-
-# timed FILE CMD...: run CMD, append its wall time (us) to FILE.
-timed() {
-    local file=$1 t0 t1 rc
-    shift
-    t0=${EPOCHREALTIME//[.,]/}
-    "$@"
-    rc=$?
-    t1=${EPOCHREALTIME//[.,]/}
-    echo $((t1 - t0)) >>"$file"
-    if [[ $rc -ne 0 ]]; then
-        RESIZE_FAILS=$((RESIZE_FAILS + 1))
-        echo "bench: '$*' exited $rc" >&2
-    fi
-    return "$rc"
-}
 
 # --------------------------------------------------------------- the methods
 
@@ -65,14 +46,6 @@ recipe_resize() {
 }
 
 # ------------------------------------------------------------------ numbers
-
-# stats FILE: "n median p95 min max" in ms (p95: nearest rank).
-stats() {
-    sort -n "$1" | awk '{ v[NR] = $1 } END {
-        n = NR; med = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        i = int(0.95 * n); if (i < 0.95 * n) i++; if (i < 1) i = 1
-        printf "%d %.1f %.1f %.1f %.1f\n", n, med / 1000, v[i] / 1000, v[1] / 1000, v[n] / 1000 }'
-}
 
 # ------------------------------------------------------------- write stalls
 # A writer inside the container (busybox sh): 1 MiB to /w with fsync, then
@@ -181,7 +154,6 @@ recipe_stall=$STALL_R recipe_base=$STALL_B
 read -r rn rmed rp95 rmin rmax < <(stats "$RES/roomy")
 read -r pn pmed pp95 pmin pmax < <(stats "$RES/recipe")
 read -r cn cmed cp95 cmin cmax < <(stats "$RES/cli-start")
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2fx", x / y; else printf "n/a" }'; }
 
 {
     echo "Resize benchmark: running containers, each resize +${STEP_MIB} MiB online;"
@@ -213,7 +185,7 @@ cp "$RES"/* "$ROOMY_VM_OUT/" 2>/dev/null
 
 # ---------------------------------------------------------- sanity checks
 echo
-check "every timed resize exited 0 ($RESIZE_FAILS failed)" test "$RESIZE_FAILS" -eq 0
+check "every timed resize exited 0 ($BENCH_FAILS failed)" test "$BENCH_FAILS" -eq 0
 check "roomy: $N timed resizes recorded" test "$rn" -eq "$N"
 check "recipe: $N timed resizes recorded" test "$pn" -eq "$N"
 want=$((2 * GiB + (1 + N + S) * STEP_MIB * MiB))

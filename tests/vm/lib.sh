@@ -454,3 +454,36 @@ overlay_quota_check() {
     lab_time "$p-write-1500m" "$t0"
     D exec "$c" df -m / || true
 }
+
+# ------------------------------------------------------------- benchmarks
+
+# timed FILE CMD...: run CMD, append its wall time (us) to FILE; a failure
+# counts in BENCH_FAILS. $EPOCHREALTIME is bash's gettimeofday, the same
+# clock as `date +%s%N` without forking a process around each measurement
+# (that fork would add the same constant to every method).
+BENCH_FAILS=0
+timed() {
+    local file=$1 t0 t1 rc
+    shift
+    t0=${EPOCHREALTIME//[.,]/}
+    "$@"
+    rc=$?
+    t1=${EPOCHREALTIME//[.,]/}
+    echo $((t1 - t0)) >>"$file"
+    if [[ $rc -ne 0 ]]; then
+        BENCH_FAILS=$((BENCH_FAILS + 1))
+        echo "bench: '$*' exited $rc" >&2
+    fi
+    return "$rc"
+}
+
+# stats FILE: "n median p95 min max" in ms (p95: nearest rank).
+stats() {
+    sort -n "$1" | awk '{ v[NR] = $1 } END {
+        n = NR; med = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        i = int(0.95 * n); if (i < 0.95 * n) i++; if (i < 1) i = 1
+        printf "%d %.1f %.1f %.1f %.1f\n", n, med / 1000, v[i] / 1000, v[1] / 1000, v[n] / 1000 }'
+}
+
+# ratio X Y: X/Y as "N.NNx".
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2fx", x / y; else printf "n/a" }'; }
