@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roomy_policy::{cap_for, container_size, decide, decide_pool, select, PoolNumbers, Verdict};
+use roomy_policy::{cap_for, decide, decide_pool, select, PoolNumbers, Verdict};
 use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize};
 
@@ -442,7 +442,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 continue;
             }
             let obs = roomy_policy::Observation {
-                size_bytes: container_size(&w.c),
+                size_bytes: w.c.size_bytes(),
                 used_bytes: u.used,
                 avail_bytes: u.avail,
                 inodes_total: u.inodes_total,
@@ -599,7 +599,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             .map(|w| ContainerGauges {
                 name: &w.c.name,
                 id: &w.c.id,
-                size: container_size(&w.c),
+                size: w.c.size_bytes(),
                 fs_size: w.c.fs_total_bytes,
                 fs_used: w.c.fs_used_bytes,
                 fs_avail: w.c.fs_avail_bytes,

@@ -1,7 +1,6 @@
 //! How roomyctl shows answers: tables for people, JSON for scripts.
 
 use roomy_proto::format_bytes;
-use roomy_proto::v1::container_storage::Detail;
 use roomy_proto::v1::{
     AuditEntry, ContainerStorage, Event, EventKind, Explanation, GrowPoolResponse, Health, Host,
     HostError, HostState, Policy, PoolStatus, RepairResponse, ResizeAction, ResizeResponse,
@@ -21,12 +20,14 @@ fn used_percent(c: &ContainerStorage) -> Option<f64> {
     (c.fs_total_bytes > 0).then(|| c.fs_used_bytes as f64 * 100.0 / c.fs_total_bytes as f64)
 }
 
-/// The size users think of: the filesystem's, else Docker's.
+/// The size users think of: the filesystem's, else what Docker records.
 fn size(c: &ContainerStorage) -> u64 {
     if c.fs_size_bytes > 0 {
         c.fs_size_bytes
+    } else if let Some(dm) = c.devicemapper() {
+        dm.docker_size_bytes
     } else {
-        c.docker_size_bytes
+        c.overlay2().map_or(0, |o| o.docker_size_bytes)
     }
 }
 
@@ -302,7 +303,7 @@ pub fn details(c: &ContainerStorage) -> String {
     field("id", c.id.clone());
     field("state", c.state.clone());
     field("driver", c.driver.clone());
-    if let Some(Detail::Overlay2(o)) = &c.detail {
+    if let Some(o) = c.overlay2() {
         field(
             "project",
             if o.project_id == 0 {
@@ -341,16 +342,16 @@ pub fn details(c: &ContainerStorage) -> String {
                 ),
             );
         }
-    } else if c.health() != Health::Unmanaged {
+    } else if let Some(dm) = c.devicemapper() {
         field(
             "device",
-            format!("{} (thin id {})", c.device_name, c.device_id),
+            format!("{} (thin id {})", dm.device_name, dm.device_id),
         );
-        field("pool", c.pool_name.clone());
-        field("device active", c.device_active.to_string());
-        field("table size", bytes(c.table_size_bytes));
-        field("docker size", bytes(c.docker_size_bytes));
-        field("persisted size", bytes(c.persisted_size_bytes));
+        field("pool", dm.pool_name.clone());
+        field("device active", dm.device_active.to_string());
+        field("table size", bytes(dm.table_size_bytes));
+        field("docker size", bytes(dm.docker_size_bytes));
+        field("persisted size", bytes(dm.persisted_size_bytes));
         field(
             "filesystem",
             if c.fs_type.is_empty() {
@@ -372,7 +373,7 @@ pub fn details(c: &ContainerStorage) -> String {
                 ),
             );
         }
-        field("guarded", c.guarded.to_string());
+        field("guarded", dm.guarded.to_string());
     }
     field(
         "health",
@@ -388,13 +389,6 @@ pub fn storage_json(c: &ContainerStorage) -> Value {
         "name": c.name,
         "state": c.state,
         "driver": c.driver,
-        "device_name": c.device_name,
-        "device_id": c.device_id,
-        "pool_name": c.pool_name,
-        "device_active": c.device_active,
-        "table_size_bytes": c.table_size_bytes,
-        "docker_size_bytes": c.docker_size_bytes,
-        "persisted_size_bytes": c.persisted_size_bytes,
         "fs_type": c.fs_type,
         "fs_size_bytes": c.fs_size_bytes,
         "fs_total_bytes": c.fs_total_bytes,
@@ -404,9 +398,18 @@ pub fn storage_json(c: &ContainerStorage) -> Value {
         "inodes_used": c.inodes_used,
         "health": c.health().word(),
         "health_message": c.health_message,
-        "guarded": c.guarded,
-        "overlay2": match &c.detail {
-            Some(Detail::Overlay2(o)) => json!({
+        "devicemapper": c.devicemapper().map(|d| json!({
+            "device_name": d.device_name,
+            "device_id": d.device_id,
+            "pool_name": d.pool_name,
+            "device_active": d.device_active,
+            "table_size_bytes": d.table_size_bytes,
+            "docker_size_bytes": d.docker_size_bytes,
+            "persisted_size_bytes": d.persisted_size_bytes,
+            "guarded": d.guarded,
+        })),
+        "overlay2": match c.overlay2() {
+            Some(o) => json!({
                 "project_id": o.project_id,
                 "layer_dir": o.layer_dir,
                 "limit_bytes": o.limit_bytes,

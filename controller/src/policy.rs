@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use roomy_policy::{
-    cap_for, container_size, decide, decide_pool, select, Observation, PoolNumbers,
-};
+use roomy_policy::{cap_for, decide, decide_pool, select, Observation, PoolNumbers};
 use roomy_proto::format_bytes;
 use roomy_proto::v1::{ContainerStorage, Explanation, Health, Policy, PolicyKind, PoolStatus};
 
@@ -31,7 +29,7 @@ pub fn past_cap(policy: &Policy, host: &str, containers: &[ContainerStorage]) ->
         .filter(|c| roomy_policy::matches(policy, host, &c.name, &labels(c)))
         .filter_map(|c| {
             let cap = cap_for(policy, &labels(c));
-            let size = container_size(c);
+            let size = c.size_bytes();
             (size > cap).then(|| {
                 format!(
                     "{host}/{} is {}, above the cap {}",
@@ -58,7 +56,7 @@ pub fn explain_container(
     let mut out = Explanation {
         host: host.into(),
         target: c.name.clone(),
-        current_bytes: container_size(c),
+        current_bytes: c.size_bytes(),
         also_matching: hits.iter().skip(1).map(|p| p.name.clone()).collect(),
         ..Default::default()
     };
@@ -77,7 +75,7 @@ pub fn explain_container(
         return out;
     }
     let obs = Observation {
-        size_bytes: container_size(c),
+        size_bytes: c.size_bytes(),
         used_bytes: c.fs_used_bytes,
         avail_bytes: c.fs_avail_bytes,
         inodes_total: c.inodes_total,
@@ -159,12 +157,15 @@ mod tests {
             name: name.into(),
             state: "running".into(),
             driver: "devicemapper".into(),
-            table_size_bytes: size,
             fs_size_bytes: size,
             fs_used_bytes: used,
             fs_avail_bytes: size - used,
             ..Default::default()
         }
+        .with_devicemapper(roomy_proto::v1::DevicemapperStorage {
+            table_size_bytes: size,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -178,8 +179,13 @@ mod tests {
     fn an_overlay2_container_past_the_cap_is_named_and_an_unlimited_one_is_not() {
         let overlay = |name: &str, health: Health| ContainerStorage {
             driver: "overlay2".into(),
-            table_size_bytes: 0,
             health: health as i32,
+            detail: Some(roomy_proto::v1::container_storage::Detail::Overlay2(
+                roomy_proto::v1::Overlay2Storage {
+                    limit_bytes: 6 * G,
+                    ..Default::default()
+                },
+            )),
             ..container(name, 6 * G, G)
         };
         let cs = [

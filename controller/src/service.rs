@@ -552,11 +552,7 @@ impl Controller for ControllerService {
         .await;
         match &result {
             Ok(r) => {
-                let size = r
-                    .container
-                    .as_ref()
-                    .map(|c| c.persisted_size_bytes)
-                    .unwrap_or(0);
+                let size = r.container.as_ref().map(|c| c.size_bytes()).unwrap_or(0);
                 self.audit(&who, "repair", &text, 0, size, Ok(&r.message))
             }
             Err(e) => self.audit(&who, "repair", &text, 0, 0, Err(e)),

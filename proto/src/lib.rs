@@ -56,3 +56,51 @@ impl v1::Policy {
         }
     }
 }
+
+impl v1::ContainerStorage {
+    /// Attaches devicemapper's detail, and copies it into the deprecated flat
+    /// fields that clients of earlier releases read (the one place that
+    /// writes them).
+    #[allow(deprecated)]
+    pub fn with_devicemapper(mut self, dm: v1::DevicemapperStorage) -> Self {
+        self.device_name = dm.device_name.clone();
+        self.device_id = dm.device_id;
+        self.pool_name = dm.pool_name.clone();
+        self.device_active = dm.device_active;
+        self.table_size_bytes = dm.table_size_bytes;
+        self.docker_size_bytes = dm.docker_size_bytes;
+        self.persisted_size_bytes = dm.persisted_size_bytes;
+        self.guarded = dm.guarded;
+        self.detail = Some(v1::container_storage::Detail::Devicemapper(dm));
+        self
+    }
+
+    /// devicemapper's detail, when the row is one of its containers.
+    pub fn devicemapper(&self) -> Option<&v1::DevicemapperStorage> {
+        match &self.detail {
+            Some(v1::container_storage::Detail::Devicemapper(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// overlay2's detail, when the row is one of its containers.
+    pub fn overlay2(&self) -> Option<&v1::Overlay2Storage> {
+        match &self.detail {
+            Some(v1::container_storage::Detail::Overlay2(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// What a grow starts from and caps count: the largest size the
+    /// container has anywhere (the filesystem or an overlay2 project's
+    /// limit; for devicemapper also the table, dockerd and Docker's metadata,
+    /// so a grow still pending counts).
+    pub fn size_bytes(&self) -> u64 {
+        let dm = self.devicemapper().map_or(0, |d| {
+            d.table_size_bytes
+                .max(d.docker_size_bytes)
+                .max(d.persisted_size_bytes)
+        });
+        dm.max(self.fs_size_bytes)
+    }
+}

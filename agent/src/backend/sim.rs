@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use roomy_proto::format_bytes;
-use roomy_proto::v1::{ContainerStorage, PoolStatus};
+use roomy_proto::v1::{ContainerStorage, DevicemapperStorage, PoolStatus};
 
 use crate::backend::shared::{check_backing, Backing};
 use crate::backend::{
@@ -155,12 +155,6 @@ impl SimBackend {
             name: c.name.clone(),
             state: if c.running { "running" } else { "exited" }.into(),
             driver: c.driver.clone(),
-            device_name: format!("sim-{}", &c.id[..c.id.len().min(12)]),
-            pool_name: "sim-pool".into(),
-            device_active: c.sizes.table.is_some(),
-            table_size_bytes: c.sizes.table.unwrap_or(0),
-            docker_size_bytes: c.sizes.docker,
-            persisted_size_bytes: c.sizes.persisted,
             fs_type: "xfs".into(),
             fs_size_bytes: fs,
             fs_total_bytes: if c.running { fs } else { 0 },
@@ -174,6 +168,16 @@ impl SimBackend {
             health_message: sentence,
             ..Default::default()
         }
+        // The sim plays a devicemapper host: its rows look like one.
+        .with_devicemapper(DevicemapperStorage {
+            device_name: format!("sim-{}", &c.id[..c.id.len().min(12)]),
+            pool_name: "sim-pool".into(),
+            device_active: c.sizes.table.is_some(),
+            table_size_bytes: c.sizes.table.unwrap_or(0),
+            docker_size_bytes: c.sizes.docker,
+            persisted_size_bytes: c.sizes.persisted,
+            ..Default::default()
+        })
     }
 }
 

@@ -603,15 +603,6 @@ impl PoolNumbers {
     }
 }
 
-/// What a grow starts from: the largest size a container has anywhere
-/// (table, dockerd, Docker's metadata, filesystem).
-pub fn container_size(c: &roomy_proto::v1::ContainerStorage) -> u64 {
-    c.table_size_bytes
-        .max(c.docker_size_bytes)
-        .max(c.persisted_size_bytes)
-        .max(c.fs_size_bytes)
-}
-
 /// What the decision function concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -17,7 +17,7 @@ pub mod table;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use roomy_proto::v1::{ContainerStorage, PoolStatus};
+use roomy_proto::v1::{ContainerStorage, DevicemapperStorage, PoolStatus};
 
 use crate::backend::shared::{self, unmanaged, LockTable};
 use crate::backend::{
@@ -283,13 +283,6 @@ impl ThinBackend {
             name: obs.view.name.clone(),
             state: obs.view.state.clone(),
             driver: obs.view.driver.clone(),
-            device_name: obs.device.clone(),
-            device_id: obs.device_id,
-            pool_name: obs.pool.clone(),
-            device_active: obs.dev.is_some(),
-            table_size_bytes: obs.sizes.table.unwrap_or(0),
-            docker_size_bytes: obs.sizes.docker,
-            persisted_size_bytes: obs.sizes.persisted,
             fs_type: obs
                 .fs_kind
                 .map(|k| k.name().to_string())
@@ -302,16 +295,24 @@ impl ThinBackend {
             inodes_used: usage.inodes_used,
             health: word as i32,
             health_message: sentence,
-            guarded: self.inner.guard.holds(&obs.view.id),
             labels: obs.view.labels.clone(),
             mountpoint: obs
                 .mountpoint
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            fill_rate_bytes_per_second: 0.0,
-            detail: None,
+            ..Default::default()
         }
+        .with_devicemapper(DevicemapperStorage {
+            device_name: obs.device.clone(),
+            device_id: obs.device_id,
+            pool_name: obs.pool.clone(),
+            device_active: obs.dev.is_some(),
+            table_size_bytes: obs.sizes.table.unwrap_or(0),
+            docker_size_bytes: obs.sizes.docker,
+            persisted_size_bytes: obs.sizes.persisted,
+            guarded: self.inner.guard.holds(&obs.view.id),
+        })
     }
 
     async fn inspect_one(

@@ -316,14 +316,6 @@ impl Overlay2Backend {
     }
 }
 
-/// The overlay2 detail of a row, if it is one.
-fn detail(c: &ContainerStorage) -> Option<&Overlay2Storage> {
-    match &c.detail {
-        Some(roomy_proto::v1::container_storage::Detail::Overlay2(d)) => Some(d),
-        None => None,
-    }
-}
-
 impl StorageBackend for Overlay2Backend {
     async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
@@ -345,7 +337,7 @@ impl StorageBackend for Overlay2Backend {
     /// One quotactl: what XFS counts for the project, exact (the sampler
     /// calls this every 250 ms).
     fn usage(&self, container: &ContainerStorage) -> Option<Usage> {
-        let d = detail(container)?;
+        let d = container.overlay2()?;
         if d.project_id == 0 || d.limit_bytes == 0 {
             return None;
         }
