@@ -17,11 +17,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step says how long the one before took, so a slow CI run shows where.
+step_t0=$SECONDS
+step() {
+    printf '\n== %s    (previous step: %ss, total %ss)\n' "$*" $((SECONDS - step_t0)) "$SECONDS"
+    step_t0=$SECONDS
+}
 
 step "install dependencies"
 tests/vm/install-deps.sh
 command -v cargo >/dev/null || { echo "test.sh: cargo not found: install a Rust toolchain (1.88 or newer)" >&2; exit 1; }
+
+# The Debian 13 root for the Docker 26 tier is built (first run) or checked
+# (cached) beside the build: it waits on the network and dpkg, not the CPU.
+root_log=$(mktemp /tmp/roomy-trixie-root.XXXXXX)
+if [[ ${ROOMY_SKIP_VM:-} != 1 ]]; then
+    tests/vm/trixie-root.sh >"$root_log" 2>&1 &
+    root_pid=$!
+fi
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -62,7 +75,14 @@ ROOMY_VM_WORK=/tmp/roomy-vm ROOMY_VM_TIMEOUT=$((budget + 300)) ROOMY_BIN=$(realp
     tests/vm/boot.sh tests/vm/agent.sh || rc=1
 
 step "real-kernel tier, Docker 26 (Debian 13 root, kernel 6.12): overlay2, the containerd image store"
-root=$(tests/vm/trixie-root.sh)
+if wait "$root_pid"; then
+    root=$(tail -n 1 "$root_log")
+    rm -f "$root_log"
+else
+    cat "$root_log" >&2
+    echo "test.sh: building the Debian 13 root failed (log above): the Docker 26 tier cannot run" >&2
+    exit 1
+fi
 budget=$(ROOMY_VM_TIER=docker26 tests/vm/agent.sh --budget)
 ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp/roomy-vm-26 ROOMY_VM_TIMEOUT=$((budget + 300)) \
     ROOMY_BIN=$(realpath "$bin") tests/vm/boot.sh tests/vm/agent.sh || rc=1
@@ -75,5 +95,6 @@ done
 # A tier that died before writing results still fails the run.
 [[ $rc -eq 0 ]] || failed=$((failed > 0 ? failed : 1))
 echo
+echo "test.sh: last step $((SECONDS - step_t0))s, total ${SECONDS}s"
 echo "real-kernel tiers: $passed passed, $failed failed"
 [[ $rc -eq 0 && $failed -eq 0 ]]

@@ -9,6 +9,7 @@
 #      ROOMY_VM_KERNEL (default /boot/vmlinuz-6.1.0-56-amd64, else the newest
 #      /boot/vmlinuz-*-amd64),
 #      ROOMY_VM_MEMORY (4G), ROOMY_VM_CPUS (2), ROOMY_VM_DISK_SIZE (48G, sparse),
+#      ROOMY_VM_VERBOSE (1: the kernel's messages in the console log),
 #      ROOMY_VM_TIMEOUT (1500 s; scripts/test.sh sets it from the scenario
 #      groups' budgets). Every ROOMY_* variable set by the caller is
 #      exported to the guest script, plus ROOMY_VM_OUT (the rw shared dir,
@@ -131,6 +132,9 @@ chmod +x "$out/run.sh"
 
 root_args=()
 [[ -n $vm_root ]] && root_args=(--root "$vm_root")
+# vng hides the kernel's messages; ROOMY_VM_VERBOSE=1 shows them in the
+# console log (to see why a guest died).
+[[ ${ROOMY_VM_VERBOSE:-} == 1 ]] && root_args+=(--verbose)
 echo "boot.sh: booting $kernel${vm_root:+ over root $vm_root} (mem ${ROOMY_VM_MEMORY:-4G}, disk $disk, out $out, timeout ${timeout_s}s)" >&2
 set +e
 # timeout (without --foreground) signals its whole process group, so qemu
@@ -152,6 +156,8 @@ if [[ $vng_rc -eq 124 ]]; then
 fi
 if [[ ! -s $out/rc ]]; then
     echo "boot.sh: guest script did not finish (vng rc $vng_rc)" >&2
+    # vng's 255: QEMU exited without the script's exit code (a kernel panic).
+    [[ $vng_rc -eq 255 ]] && echo "boot.sh: the guest died under the script (kernel panic?); ROOMY_VM_VERBOSE=1 shows the kernel's messages in $out/console.log" >&2
     exit $((vng_rc == 0 ? 1 : vng_rc))
 fi
 rc=$(<"$out/rc")
