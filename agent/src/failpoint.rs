@@ -1,15 +1,28 @@
 //! Test-only failpoints: with the `failpoints` feature and
 //! `ROOMY_FAILPOINT=<step>`, the agent kills itself with SIGKILL when a
 //! resize reaches `<step>`, so the real-kernel tier can prove that every
-//! step is safe to crash in. Without the feature this compiles to nothing.
+//! step is safe to crash in. `ROOMY_FAILPOINT=<step>=pause` holds the
+//! resize there for 4 s instead, long enough for a test to cancel its
+//! client and send another. Without the feature this compiles to nothing.
 
-/// Die here if the test asked for it.
+/// How long `<step>=pause` holds a resize.
+#[cfg(feature = "failpoints")]
+const PAUSE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Die (or pause) here if the test asked for it.
 #[inline]
 pub fn hit(step: &str) {
     #[cfg(feature = "failpoints")]
-    if std::env::var("ROOMY_FAILPOINT").as_deref() == Ok(step) {
-        tracing::warn!(step, "failpoint: SIGKILL");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    {
+        let wanted = std::env::var("ROOMY_FAILPOINT").unwrap_or_default();
+        if wanted == step {
+            tracing::warn!(step, "failpoint: SIGKILL");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        } else if wanted.strip_suffix("=pause") == Some(step) {
+            // A blocking sleep, as the kernel work it stands for would be.
+            tracing::warn!(step, "failpoint: pause");
+            std::thread::sleep(PAUSE);
+        }
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = step;

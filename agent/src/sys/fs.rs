@@ -186,6 +186,57 @@ pub fn find_mount(mountinfo: &str, dev: Device) -> Option<PathBuf> {
     })
 }
 
+/// Mount points at or under `dir` in mountinfo text, deepest first (the
+/// order they must be unmounted in).
+pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .map(|m| m.point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Unmounts whatever an earlier agent, killed between its private mount and
+/// the unmount, left under its scratch directory `dir` (a forgotten mount
+/// keeps the thin device open, so Docker could not remove it), and removes
+/// the empty mount points. Returns one line per mount, for the log.
+pub fn sweep_scratch(dir: &Path) -> Vec<String> {
+    use nix::mount::{umount2, MntFlags};
+    let mut report = Vec::new();
+    let text = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![format!(
+                "cannot read /proc/self/mountinfo to sweep {}: {e}",
+                dir.display()
+            )]
+        }
+    };
+    for point in mounts_under(&text, dir) {
+        // A plain unmount first: nothing but a dead agent used it. Detach if
+        // something still holds it, so the device is free once they let go.
+        let line = match umount2(&point, MntFlags::empty()) {
+            Ok(()) => format!("unmounted {}, left by an agent killed while growing a stopped container", point.display()),
+            Err(busy) => match umount2(&point, MntFlags::MNT_DETACH) {
+                Ok(()) => format!("detached {} ({busy} on a plain unmount), left by an agent killed while growing a stopped container", point.display()),
+                Err(e) => format!("cannot unmount {}: {e}; unmount it by hand before removing the container it belongs to", point.display()),
+            },
+        };
+        report.push(line);
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            // Only empty directories go: remove_dir refuses anything else.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    report
+}
+
 /// One line of mountinfo, the fields Roomy reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -446,7 +497,9 @@ pub fn grow_unmounted(
         options,
     )
     .map_err(|e| AgentError::fs(&device, format!("mount at {}: {e}", scratch.display())))?;
+    crate::failpoint::hit("after-mount");
     let grown = grow_mounted(kind, scratch, node, device_bytes);
+    crate::failpoint::hit("before-unmount");
     let unmounted = umount2(scratch, MntFlags::empty());
     let size = grown?;
     unmounted
@@ -458,6 +511,26 @@ pub fn grow_unmounted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_under_the_scratch_dir_deepest_first() {
+        let info = "\
+36 25 8:1 / / rw - ext4 /dev/sda1 rw
+90 36 253:4 / /var/lib/roomy/mnt/abc rw,noatime - xfs /dev/mapper/docker-8:1-1-abc rw,nouuid
+91 90 0:50 / /var/lib/roomy/mnt/abc/proc rw - proc proc rw
+92 36 253:5 / /var/lib/roomy/mntx rw - xfs /dev/dm-5 rw
+93 36 253:6 / /var/lib/roomy/mnt/a\\040b rw - xfs /dev/dm-6 rw
+";
+        let got = mounts_under(info, Path::new("/var/lib/roomy/mnt"));
+        assert_eq!(
+            got,
+            [
+                PathBuf::from("/var/lib/roomy/mnt/abc/proc"),
+                PathBuf::from("/var/lib/roomy/mnt/abc"),
+                PathBuf::from("/var/lib/roomy/mnt/a b"),
+            ]
+        );
+    }
 
     #[test]
     fn finds_the_mount_that_holds_a_path() {

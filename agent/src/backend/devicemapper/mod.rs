@@ -6,12 +6,15 @@
 //!
 //! Its whole protocol lives in this folder: `resize` (grow, repair,
 //! recovery), `guard`, `pool` (the thin pool and its growth), `metadata`
-//! (Docker's per-device files) and `table` (dm tables as values).
+//! (Docker's per-device files), `seen` (filesystem sizes as last read, so
+//! `ls` need not activate stopped containers' devices) and `table` (dm
+//! tables as values).
 
 pub mod guard;
 pub mod metadata;
 pub mod pool;
 pub mod resize;
+pub mod seen;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +59,17 @@ pub(crate) struct Inner {
     pub(crate) guard: Guard,
     pub(crate) config: ThinConfig,
     pub(crate) locks: LockTable,
+    pub(crate) seen: seen::Seen,
+}
+
+/// Where a stopped container's filesystem size may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsRead {
+    /// The device itself, through a private activation if it is not active
+    /// (inspect of one container, resize, repair, the guard).
+    Device,
+    /// What the agent last read, if it read it (`ls`): no activation.
+    Recorded,
 }
 
 /// Everything known about one devicemapper container's disk.
@@ -79,6 +93,7 @@ impl ThinBackend {
     /// Connect the backend to dockerd and device-mapper.
     pub fn new(docker: DockerClient, config: ThinConfig) -> Result<Self, AgentError> {
         let journal = Journal::open(&config.state_dir.join("intents"))?;
+        let seen = seen::Seen::load(config.state_dir.join("fs-seen.json"));
         Ok(ThinBackend {
             inner: Arc::new(Inner {
                 docker,
@@ -87,6 +102,7 @@ impl ThinBackend {
                 guard: Guard::default(),
                 config,
                 locks: Default::default(),
+                seen,
             }),
         })
     }
@@ -113,6 +129,17 @@ impl ThinBackend {
         &self,
         view: &ContainerView,
         info: &DaemonInfo,
+    ) -> Result<Observed, AgentError> {
+        self.observe_with(view, info, FsRead::Device)
+    }
+
+    /// [`observe`](Self::observe), taking a stopped container's filesystem
+    /// size from `read`.
+    pub(crate) fn observe_with(
+        &self,
+        view: &ContainerView,
+        info: &DaemonInfo,
+        read: FsRead,
     ) -> Result<Observed, AgentError> {
         let device = view
             .device_name
@@ -195,11 +222,23 @@ impl ThinBackend {
             out.sizes.table = None;
             out.sizes.fs = None;
         }
-        if !active {
-            if let Some(sb) = self.probe_superblock(&out)? {
-                out.fs_kind = Some(sb.kind);
-                out.sizes.fs = Some(sb.bytes());
+        let seen = &self.inner.seen;
+        let recorded = seen.get(&out.mount_id, out.device_id);
+        match (active, read, recorded) {
+            (false, FsRead::Recorded, Some((kind, bytes))) => {
+                out.fs_kind = Some(kind);
+                out.sizes.fs = Some(bytes);
             }
+            (false, ..) => {
+                if let Some(sb) = self.probe_superblock(&out)? {
+                    out.fs_kind = Some(sb.kind);
+                    out.sizes.fs = Some(sb.bytes());
+                }
+            }
+            (true, ..) => {}
+        }
+        if let (Some(kind), Some(bytes)) = (out.fs_kind, out.sizes.fs) {
+            seen.put(&out.mount_id, out.device_id, kind, bytes);
         }
         Ok(out)
     }
@@ -238,6 +277,12 @@ impl ThinBackend {
         // would take the other's probe device for a leftover.
         static PROBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = PROBING.lock().unwrap_or_else(|e| e.into_inner());
+        // Said at info: each probe maps the thin device a second time, and
+        // `ls` should cause one per container at most, ever (`seen`).
+        tracing::info!(
+            container = %obs.view.name,
+            "reading a stopped container's filesystem size through a private activation"
+        );
         let dm = &self.inner.dm;
         let pool_dev = dm.device_number(&obs.pool)?;
         let name = format!(
@@ -319,21 +364,28 @@ impl ThinBackend {
         &self,
         view: ContainerView,
         info: &DaemonInfo,
+        read: FsRead,
     ) -> Result<ContainerStorage, AgentError> {
         if view.driver != "devicemapper" || view.device_name.is_none() {
             return Ok(unmanaged(&view, "devicemapper"));
         }
         let this = self.clone();
         let info2 = info.clone();
-        let obs =
-            shared::on_blocking_thread(move || this.observe(&view, &info2).map(|o| (this, o)))
-                .await?;
+        let obs = shared::on_blocking_thread(move || {
+            this.observe_with(&view, &info2, read).map(|o| (this, o))
+        })
+        .await?;
         Ok(obs.0.describe(&obs.1, info))
     }
 
     /// Private mount point for growing a stopped container's filesystem.
     pub(crate) fn scratch_dir(&self, mount_id: &str) -> PathBuf {
-        self.inner.config.state_dir.join("mnt").join(mount_id)
+        self.scratch_root().join(mount_id)
+    }
+
+    /// Where every scratch mount lives (swept at start).
+    pub(crate) fn scratch_root(&self) -> PathBuf {
+        self.inner.config.state_dir.join("mnt")
     }
 
     /// The agent's state directory.
@@ -352,7 +404,7 @@ impl StorageBackend for ThinBackend {
             }
             // A container that stops or vanishes mid-read is simply left
             // out until the next refresh.
-            if let Ok(row) = self.inspect_one(view, &info).await {
+            if let Ok(row) = self.inspect_one(view, &info, FsRead::Recorded).await {
                 out.push(row);
             }
         }
@@ -371,10 +423,22 @@ impl StorageBackend for ThinBackend {
         container: Option<&ContainerRef>,
     ) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
-        shared::inspect_rows(&self.inner.docker, container, |view| {
-            self.inspect_one(view, &info)
+        // One container asked for by name is read from its device; a list
+        // takes stopped containers' sizes as last read (`seen`).
+        let read = match container {
+            Some(_) => FsRead::Device,
+            None => FsRead::Recorded,
+        };
+        let mut live = std::collections::HashSet::new();
+        let rows = shared::inspect_rows(&self.inner.docker, container, |view| {
+            live.extend(view.mount_id(&info.root_dir));
+            self.inspect_one(view, &info, read)
         })
-        .await
+        .await?;
+        if container.is_none() {
+            self.inner.seen.retain(&live);
+        }
+        Ok(rows)
     }
 
     async fn resize(

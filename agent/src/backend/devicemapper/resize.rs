@@ -242,10 +242,14 @@ impl ThinBackend {
                     .map(|sb| sb.kind)
                     .ok_or_else(|| AgentError::fs(device, "no XFS or ext4 filesystem on it"))?,
             };
-            match fs::mountpoint_of(state.dev) {
+            let fs_bytes = match fs::mountpoint_of(state.dev) {
                 Some(mp) => fs::grow_mounted(kind, &mp, &node, target)?,
                 None => fs::grow_unmounted(kind, &node, &self.scratch_dir(&obs.mount_id), target)?,
             };
+            // What `ls` shows for the container once its device goes away.
+            self.inner
+                .seen
+                .put(&obs.mount_id, obs.device_id, kind, fs_bytes);
             failpoint::hit("after-grow");
         }
 
@@ -332,12 +336,18 @@ impl ThinBackend {
     }
 
     /// Finish resizes an earlier agent was killed in the middle of.
-    /// Returns one line per intent found, for the log.
+    /// Returns one line per scratch mount swept and per intent found, for
+    /// the log.
     pub async fn recover(&self) -> Vec<String> {
+        // Mounts first: a re-run must not find the device held by a mount
+        // the killed agent never undid.
+        let mut report = fs::sweep_scratch(&self.scratch_root());
         let journal = &self.inner.journal;
-        journal
+        let finished = journal
             .recover(|intent| async move { self.finish(&intent).await })
-            .await
+            .await;
+        report.extend(finished);
+        report
     }
 
     async fn finish(&self, intent: &Intent) -> Result<(), AgentError> {
