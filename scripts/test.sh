@@ -84,7 +84,9 @@ else
     exit 1
 fi
 budget=$(ROOMY_VM_TIER=docker26 tests/vm/agent.sh --budget)
-ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp/roomy-vm-26 ROOMY_VM_TIMEOUT=$((budget + 300)) \
+# Kernel messages on: one run here saw this guest die without a word (vng
+# 255); if it happens again, the log says why.
+ROOMY_VM_VERBOSE=1 ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp/roomy-vm-26 ROOMY_VM_TIMEOUT=$((budget + 300)) \
     ROOMY_BIN=$(realpath "$bin") tests/vm/boot.sh tests/vm/agent.sh || rc=1
 
 passed=0 failed=0

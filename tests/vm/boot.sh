@@ -130,6 +130,15 @@ export ROOMY_VM_OUT ROOMY_VM_DISK_SERIAL
 } >"$out/run.sh"
 chmod +x "$out/run.sh"
 
+# vng shares files with the guest over virtiofs when it finds a Rust
+# virtiofsd on PATH (install-deps.sh builds one), else over 9p, slower.
+virtiofsd_dir=${ROOMY_VM_CACHE:-/var/cache/roomy-vm}/virtiofsd/bin
+if [[ -x $virtiofsd_dir/virtiofsd ]]; then
+    PATH=$virtiofsd_dir:$PATH
+else
+    echo "boot.sh: no $virtiofsd_dir/virtiofsd (tests/vm/install-deps.sh builds it): files go over 9p, slower" >&2
+fi
+
 root_args=()
 [[ -n $vm_root ]] && root_args=(--root "$vm_root")
 # vng hides the kernel's messages; ROOMY_VM_VERBOSE=1 shows them in the
