@@ -2,7 +2,8 @@
 # Every test Roomy has, on a fresh Debian 12 machine (as root):
 #   1. installs what it needs (apt packages, virtme-ng; skipped when present)
 #   2. cargo fmt --check and clippy -D warnings
-#   3. host tests (parsing, tables, metadata rewrite, superblocks, ...)
+#   3. host tests (parsing, tables, metadata rewrite, superblocks, ...), and
+#      a bounded, seeded cargo-fuzz run of the parsers people feed (fuzz/)
 #   4. the fleet tier: roomy-controller and three agents (in-memory backend)
 #      as processes in network namespaces, over mutual TLS (tests/fleet)
 #   5. the real-kernel tiers: boot Debian's kernel in QEMU (no KVM) and
@@ -50,6 +51,24 @@ links roomyctl rcgen || { echo "test.sh: the boundary check cannot see rcgen und
 
 step "host tests"
 cargo test --release --workspace --features roomy-agent/failpoints
+
+step "fuzz the parsers of sizes, targets, policy specs and globs (cargo-fuzz, fixed seed and count)"
+# A fixed seed, a fixed number of inputs and an empty corpus: every run
+# tries the same inputs, so CI sees what a run here saw. A crash is kept in
+# fuzz/artifacts/ and becomes a unit test beside its parser.
+fuzz_corpus=$(mktemp -d /tmp/roomy-fuzz.XXXXXX)
+for t in sizes:200000 targets:200000 policies:50000; do
+    name=${t%%:*}
+    mkdir -p "$fuzz_corpus/$name"
+    if ! (cd fuzz && cargo +nightly fuzz run -O "$name" "$fuzz_corpus/$name" -- \
+        -seed=1 -runs="${t##*:}" -max_len=256 >"$fuzz_corpus/$name.log" 2>&1); then
+        tail -40 "$fuzz_corpus/$name.log" >&2
+        echo "test.sh: fuzz target $name failed (log above; the input is in fuzz/artifacts/$name/)" >&2
+        exit 1
+    fi
+    echo "fuzz $name: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$fuzz_corpus/$name.log")"
+done
+rm -rf "$fuzz_corpus"
 
 step "build binaries for the VM tier (agent with test-only failpoints)"
 cargo build --release --workspace --features roomy-agent/failpoints

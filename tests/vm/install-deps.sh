@@ -68,6 +68,19 @@ else
     echo "install-deps.sh: no cargo, so no virtiofsd: the VM tiers will share files over 9p (slower)" >&2
 fi
 
+# The fuzz step of scripts/test.sh: a nightly toolchain (libFuzzer needs
+# sanitizers) and cargo-fuzz.
+if command -v rustup >/dev/null; then
+    rustup run nightly rustc --version >/dev/null 2>&1 ||
+        rustup toolchain install nightly --profile minimal
+else
+    echo "install-deps.sh: no rustup, so no nightly toolchain for the fuzz step" >&2
+fi
+if ! command -v cargo-fuzz >/dev/null && command -v cargo >/dev/null; then
+    echo "install-deps.sh: installing cargo-fuzz (about 2 minutes, once)"
+    cargo install --quiet --locked cargo-fuzz --version 0.13.2
+fi
+
 ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 ||
     { echo "install-deps.sh: no /boot/vmlinuz-*-amd64 after install" >&2; exit 1; }
 echo "install-deps.sh: ok"
