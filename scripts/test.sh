@@ -31,8 +31,8 @@ command -v cargo >/dev/null || { echo "test.sh: cargo not found: install a Rust 
 
 # The Debian 13 root for the Docker 26 tier is built (first run) or checked
 # (cached) beside the build: it waits on the network and dpkg, not the CPU.
-root_log=$(mktemp /tmp/roomy-trixie-root.XXXXXX)
 if [[ ${ROOMY_SKIP_VM:-} != 1 ]]; then
+    root_log=$(mktemp /tmp/roomy-trixie-root.XXXXXX)
     tests/vm/trixie-root.sh >"$root_log" 2>&1 &
     root_pid=$!
 fi

@@ -213,32 +213,32 @@ impl ThinBackend {
                 }
             }
         }
-        if !active {
-            out.dev = None;
-            out.table = None;
-            out.mountpoint = None;
-            out.usage = None;
-            out.fs_kind = None;
-            out.sizes.table = None;
-            out.sizes.fs = None;
-        }
         let seen = &self.inner.seen;
-        let recorded = seen.get(&out.mount_id, out.device_id);
-        match (active, read, recorded) {
-            (false, FsRead::Recorded, Some((kind, bytes))) => {
-                out.fs_kind = Some(kind);
-                out.sizes.fs = Some(bytes);
+        if active {
+            // Just read from the device: what `ls` shows once it goes.
+            if let (Some(kind), Some(bytes)) = (out.fs_kind, out.sizes.fs) {
+                seen.put(&out.mount_id, out.device_id, kind, bytes);
             }
-            (false, ..) => {
-                if let Some(sb) = self.probe_superblock(&out)? {
-                    out.fs_kind = Some(sb.kind);
-                    out.sizes.fs = Some(sb.bytes());
-                }
-            }
-            (true, ..) => {}
+            return Ok(out);
         }
-        if let (Some(kind), Some(bytes)) = (out.fs_kind, out.sizes.fs) {
-            seen.put(&out.mount_id, out.device_id, kind, bytes);
+        out.dev = None;
+        out.table = None;
+        out.mountpoint = None;
+        out.usage = None;
+        out.fs_kind = None;
+        out.sizes.table = None;
+        out.sizes.fs = None;
+        let recorded = match read {
+            FsRead::Recorded => seen.get(&out.mount_id, out.device_id),
+            FsRead::Device => None,
+        };
+        if let Some((kind, bytes)) = recorded {
+            out.fs_kind = Some(kind);
+            out.sizes.fs = Some(bytes);
+        } else if let Some(sb) = self.probe_superblock(&out)? {
+            out.fs_kind = Some(sb.kind);
+            out.sizes.fs = Some(sb.bytes());
+            seen.put(&out.mount_id, out.device_id, sb.kind, sb.bytes());
         }
         Ok(out)
     }
