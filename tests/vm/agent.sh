@@ -19,7 +19,7 @@ cd "$(dirname "$0")" || exit 1
 # out is stuck, not slow.
 GROUPS_TABLE="
 xfs         1700 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client
-ext4         300 s4_running_ext4 s4_stopped_ext4
+ext4         450 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes
 nodefer      250 s9_no_deferred_removal
 pool         800 p1_pool_grows_online p2_pool_out_of_space
 autogrow     950 a1_autogrow
@@ -681,6 +681,70 @@ want_any() {
 
 # scenarios FN...: run the wanted ones in order, timed and named for the
 # group's watchdog.
+# Every /dev/mapper entry resolves to the device dmsetup gives that name,
+# and none is left for a name dmsetup does not know.
+mapper_nodes_match() {
+    local name major minor p got bad=0
+    while read -r name major minor; do
+        p=/dev/mapper/$name
+        got=$(stat -L -c '%t:%T' "$p" 2>/dev/null) || { echo "$p missing"; bad=1; continue; }
+        [[ -b $p && $got == $(printf '%x:%x' "$major" "$minor") ]] ||
+            { echo "$p is $got (hex), dmsetup says $major:$minor"; bad=1; }
+    done < <(dmsetup info -c --noheadings --separator ' ' -o name,major,minor)
+    for p in /dev/mapper/*; do
+        [[ $p == /dev/mapper/control ]] && continue
+        dmsetup info "${p##*/}" >/dev/null 2>&1 || { echo "$p names no device"; bad=1; }
+    done
+    return $bad
+}
+minor_of() { dmsetup info -c --noheadings -o minor "$(dev_of "$1")" 2>/dev/null | tr -d ' '; }
+
+# 13. /dev/mapper nodes: grow a stopped container (the agent activates its
+# device), remove it, create others until its minor is another device's, and
+# check every entry against dmsetup; then a stale node left at a stopped
+# container's path (a crash, an old tool, no udev) pointing at that reused
+# minor: the agent's activation must replace it, or Docker would mount
+# another container's disk.
+s13_mapper_nodes() {
+    local i minor0="" reused="" sum dev out
+    # m1 is the first container made after m0 goes; its device names the major.
+    run_box m0
+    D stop -t 1 m0 >/dev/null
+    sleep 3
+    R resize m0 3G
+    check "s13 stopped m0 grown" test "$RC" -eq 0
+    minor0=$(minor_of m0)
+    check "s13 m0 active under its own name after the grow (minor $minor0)" test -n "$minor0"
+    check "s13 entries match dmsetup after the agent's activation" mapper_nodes_match
+    D rm m0 >/dev/null
+    for i in 1 2 3 4 5 6; do
+        run_box "m$i"
+        if [[ $(minor_of "m$i") == "$minor0" ]]; then reused=m$i; break; fi
+        dmsetup info -c --noheadings -o minor | tr -d ' ' | grep -qx "$minor0" && { reused="another device"; break; }
+    done
+    check "s13 minor $minor0 reused (by ${reused:-nobody})" test -n "$reused"
+    check "s13 entries match dmsetup after the minor was reused" mapper_nodes_match
+    # m7: stopped, its device gone; plant a node at its path that points at
+    # the reused minor, then grow it.
+    run_box m7
+    sum=$(write_data m7)
+    D stop -t 1 m7 >/dev/null
+    sleep 3
+    dev=$(dev_of m7)
+    dmsetup remove "$dev" 2>/dev/null || true
+    rm -f "/dev/mapper/$dev"
+    mknod "/dev/mapper/$dev" b "$(dmsetup info -c --noheadings -o major "$(dev_of m1)" | tr -d ' ')" "$minor0"
+    R resize m7 3G
+    check "s13 m7 grown over a stale node" test "$RC" -eq 0
+    out=$(mapper_nodes_match) && pass "s13 the stale node now points at m7's device" ||
+        fail "s13 the stale node now points at m7's device" "$out"
+    check "s13 m7 starts" D start m7
+    check "s13 m7 df 3G" df_near "$(df_bytes m7)" $((3 * GiB))
+    check "s13 m7 data intact" test "$(data_sum m7)" = "$sum"
+    D rm -f m1 m2 m3 m4 m5 m6 m7 >/dev/null 2>&1
+    check "s13 entries match dmsetup after the removals" mapper_nodes_match
+}
+
 scenarios() {
     local s t0
     for s in "$@"; do
@@ -714,7 +778,7 @@ group_ext4() {
     dockerd_start ext4 ext4 || { fail "group ext4: dockerd starts"; return 1; }
     image_import
     agent_start || { fail "group ext4: agent starts"; return 1; }
-    scenarios s4_running_ext4 s4_stopped_ext4
+    scenarios s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes
     check "ext4: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop ext4

@@ -128,11 +128,17 @@ pub fn dev_node(dev: Device) -> PathBuf {
 
 /// Whether `path` is a block device node for `dev`.
 fn is_node_of(path: &Path, dev: Device) -> bool {
+    is_block_node(
+        path,
+        nix::sys::stat::makedev(dev.major.into(), dev.minor.into()),
+    )
+}
+
+/// Whether `path` (a symlink is followed, as udev's `/dev/mapper` links
+/// are) is a block device whose number is `rdev`.
+pub(crate) fn is_block_node(path: &Path, rdev: u64) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    std::fs::metadata(path).is_ok_and(|m| {
-        m.file_type().is_block_device()
-            && m.rdev() == nix::sys::stat::makedev(dev.major.into(), dev.minor.into())
-    })
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
 }
 
 /// Read the superblock of a device. `direct` bypasses the page cache, for
