@@ -60,23 +60,28 @@ step "build (every target once: the tests and the VM tiers' binaries share it)"
 # --all-targets: the binaries get the features the tests' dev-dependencies
 # turn on too, so cargo test below builds nothing again.
 cargo build --release --workspace --all-targets --features roomy-agent/failpoints
-bin=$CARGO_TARGET_DIR/vm-bin
+# In the checkout, not the cache: the Docker 20.10 guest runs over this
+# machine's root, where virtme-ng hides /var/cache behind a tmpfs.
+bin=target/vm-bin
 mkdir -p "$bin"
 cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
 
 step "host tests"
 cargo test --release --workspace --features roomy-agent/failpoints
 
-step "fuzz the parsers of sizes, targets, policy specs and globs (cargo-fuzz, fixed seed and count)"
+step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo and Docker metadata (cargo-fuzz, fixed seed and count)"
 # A fixed seed, a fixed number of inputs and an empty corpus: every run
-# tries the same inputs, so CI sees what a run here saw. A crash is kept in
+# tries the same inputs, so CI sees what a run here saw. -a: debug
+# assertions on, so an arithmetic overflow is a crash, not a wrong size. A crash is kept in
 # fuzz/artifacts/ and becomes a unit test beside its parser.
 fuzz_corpus=$(mktemp -d /tmp/roomy-fuzz.XXXXXX)
-for t in sizes:200000 targets:200000 policies:50000; do
+# NAME:RUNS:MAX_LEN. superblock's inputs reach ext4's 64-bit block count
+# at 64 + 0x150.
+for t in sizes:200000:256 targets:200000:256 policies:50000:256 superblock:200000:512 mountinfo:200000:256 docker_metadata:100000:256; do
     name=${t%%:*}
     mkdir -p "$fuzz_corpus/$name"
-    if ! (cd fuzz && cargo +nightly fuzz run -O --target-dir "$CARGO_TARGET_DIR/fuzz" "$name" "$fuzz_corpus/$name" -- \
-        -seed=1 -runs="${t##*:}" -max_len=256 >"$fuzz_corpus/$name.log" 2>&1); then
+    if ! (cd fuzz && cargo +nightly fuzz run -O -a --target-dir "$CARGO_TARGET_DIR/fuzz" "$name" "$fuzz_corpus/$name" -- \
+        -seed=1 -runs="$(cut -d: -f2 <<<"$t")" -max_len="${t##*:}" >"$fuzz_corpus/$name.log" 2>&1); then
         tail -40 "$fuzz_corpus/$name.log" >&2
         echo "test.sh: fuzz target $name failed (log above; the input is in fuzz/artifacts/$name/)" >&2
         exit 1

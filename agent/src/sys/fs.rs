@@ -10,97 +10,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use devicemapper::Device;
+use roomy_formats::mountinfo;
 
 use crate::error::AgentError;
 
-/// A filesystem Roomy can grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsKind {
-    /// XFS: grows only while mounted (XFS_IOC_FSGROWFSDATA).
-    Xfs,
-    /// ext4: grown online while mounted (EXT4_IOC_RESIZE_FS).
-    Ext4,
-}
-
-impl FsKind {
-    /// `xfs` / `ext4`, as mount(8) and Docker's `dm.fs` spell them.
-    pub fn name(self) -> &'static str {
-        match self {
-            FsKind::Xfs => "xfs",
-            FsKind::Ext4 => "ext4",
-        }
-    }
-}
-
-/// What a superblock says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Superblock {
-    /// Which filesystem.
-    pub kind: FsKind,
-    /// Filesystem block size in bytes.
-    pub block_size: u64,
-    /// Blocks in the filesystem.
-    pub blocks: u64,
-}
-
-impl Superblock {
-    /// Size of the filesystem in bytes: what the device must at least hold.
-    pub fn bytes(&self) -> u64 {
-        self.blocks * self.block_size
-    }
-
-    /// Parse the first 4 KiB of a device. `None` when neither XFS nor ext4.
-    pub fn parse(head: &[u8]) -> Option<Superblock> {
-        let be32 = |at: usize| {
-            head.get(at..at + 4)
-                .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-        };
-        let be64 = |at: usize| {
-            head.get(at..at + 8)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
-        };
-        let le32 = |at: usize| {
-            head.get(at..at + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        };
-        let le16 = |at: usize| {
-            head.get(at..at + 2)
-                .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
-        };
-
-        // XFS: "XFSB", sb_blocksize (be32 @4), sb_dblocks (be64 @8).
-        if head.get(0..4) == Some(b"XFSB") {
-            return Some(Superblock {
-                kind: FsKind::Xfs,
-                block_size: u64::from(be32(4)?),
-                blocks: be64(8)?,
-            });
-        }
-        // ext2/3/4 superblock at 1024: s_magic 0xEF53 @0x38,
-        // s_blocks_count_lo @0x04, s_log_block_size @0x18,
-        // s_blocks_count_hi @0x150 when INCOMPAT_64BIT (0x80) is set.
-        const SB: usize = 1024;
-        if le16(SB + 0x38)? == 0xEF53 {
-            let log = le32(SB + 0x18)?;
-            if log > 6 {
-                return None;
-            }
-            let lo = u64::from(le32(SB + 0x04)?);
-            let incompat = le32(SB + 0x60)?;
-            let hi = if incompat & 0x80 != 0 {
-                u64::from(le32(SB + 0x150)?)
-            } else {
-                0
-            };
-            return Some(Superblock {
-                kind: FsKind::Ext4,
-                block_size: 1024 << log,
-                blocks: (hi << 32) | lo,
-            });
-        }
-        None
-    }
-}
+pub use roomy_formats::superblock::{FsKind, Superblock};
 
 /// A block device node for a dm device: `/dev/dm-N` when it is there and
 /// really is that device, else one of our own under `/dev/.roomy`. udev may
@@ -182,28 +96,7 @@ pub fn mountpoint_of(dev: Device) -> Option<PathBuf> {
 
 /// Find `dev` in mountinfo text (first match).
 pub fn find_mount(mountinfo: &str, dev: Device) -> Option<PathBuf> {
-    let want = format!("{}:{}", dev.major, dev.minor);
-    mountinfo.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        let devno = fields.nth(2)?;
-        let _root = fields.next()?;
-        let point = fields.next()?;
-        (devno == want).then(|| PathBuf::from(unescape_mountinfo(point)))
-    })
-}
-
-/// Mount points at or under `dir` in mountinfo text, deepest first (the
-/// order they must be unmounted in).
-pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(parse_mountinfo_line)
-        .map(|m| m.point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
+    mountinfo::find_device(mountinfo, &format!("{}:{}", dev.major, dev.minor))
 }
 
 /// Unmounts whatever an earlier agent, killed between its private mount and
@@ -222,7 +115,7 @@ pub fn sweep_scratch(dir: &Path) -> Vec<String> {
             )]
         }
     };
-    for point in mounts_under(&text, dir) {
+    for point in mountinfo::mounts_under(&text, dir) {
         // A plain unmount first: nothing but a dead agent used it. Detach if
         // something still holds it, so the device is free once they let go.
         let line = match umount2(&point, MntFlags::empty()) {
@@ -243,38 +136,7 @@ pub fn sweep_scratch(dir: &Path) -> Vec<String> {
     report
 }
 
-/// One line of mountinfo, the fields Roomy reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// `major:minor` of the filesystem.
-    pub devno: String,
-    /// Where it is mounted.
-    pub point: PathBuf,
-    /// Filesystem type, e.g. `xfs`.
-    pub fstype: String,
-    /// What was mounted (a device path, for block filesystems).
-    pub source: String,
-    /// The filesystem's own options, e.g. `rw,attr2,inode64,prjquota`.
-    pub super_options: String,
-}
-
-/// Parse one mountinfo line (`proc(5)`): `ID PARENT MAJ:MIN ROOT POINT
-/// OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`.
-pub fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let (head, tail) = line.split_once(" - ")?;
-    let mut head = head.split(' ');
-    let devno = head.nth(2)?.to_string();
-    let _root = head.next()?;
-    let point = PathBuf::from(unescape_mountinfo(head.next()?));
-    let mut tail = tail.split(' ');
-    Some(MountEntry {
-        devno,
-        point,
-        fstype: tail.next()?.to_string(),
-        source: unescape_mountinfo(tail.next()?),
-        super_options: tail.next().unwrap_or("").to_string(),
-    })
-}
+pub use roomy_formats::mountinfo::MountEntry;
 
 /// The mount that holds `path`: the one of its device (st_dev) whose mount
 /// point is the longest prefix of it.
@@ -290,45 +152,12 @@ pub fn mount_of(path: &Path) -> Result<MountEntry, AgentError> {
         nix::sys::stat::major(dev),
         nix::sys::stat::minor(dev)
     );
-    find_mount_of(&text, &want, path).ok_or_else(|| {
+    mountinfo::holding(&text, &want, path).ok_or_else(|| {
         AgentError::Internal(format!(
             "{} (device {want}) is on no mount in /proc/self/mountinfo",
             path.display()
         ))
     })
-}
-
-/// `mount_of` on mountinfo text.
-pub fn find_mount_of(mountinfo: &str, devno: &str, path: &Path) -> Option<MountEntry> {
-    mountinfo
-        .lines()
-        .filter_map(parse_mountinfo_line)
-        .filter(|m| m.devno == devno && path.starts_with(&m.point))
-        .max_by_key(|m| m.point.as_os_str().len())
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Space and inodes of a mounted filesystem.
@@ -517,96 +346,6 @@ pub fn grow_unmounted(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mounts_under_the_scratch_dir_deepest_first() {
-        let info = "\
-36 25 8:1 / / rw - ext4 /dev/sda1 rw
-90 36 253:4 / /var/lib/roomy/mnt/abc rw,noatime - xfs /dev/mapper/docker-8:1-1-abc rw,nouuid
-91 90 0:50 / /var/lib/roomy/mnt/abc/proc rw - proc proc rw
-92 36 253:5 / /var/lib/roomy/mntx rw - xfs /dev/dm-5 rw
-93 36 253:6 / /var/lib/roomy/mnt/a\\040b rw - xfs /dev/dm-6 rw
-";
-        let got = mounts_under(info, Path::new("/var/lib/roomy/mnt"));
-        assert_eq!(
-            got,
-            [
-                PathBuf::from("/var/lib/roomy/mnt/abc/proc"),
-                PathBuf::from("/var/lib/roomy/mnt/abc"),
-                PathBuf::from("/var/lib/roomy/mnt/a b"),
-            ]
-        );
-    }
-
-    #[test]
-    fn finds_the_mount_that_holds_a_path() {
-        let text = "\
-22 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw
-90 22 7:3 / /var/lib/docker rw,relatime shared:40 - xfs /dev/loop3 rw,attr2,inode64,logbufs=8,prjquota
-91 90 0:52 / /var/lib/docker/overlay2/abc/merged rw - overlay overlay rw,lowerdir=x
-92 22 7:3 / /srv/bind\\040me rw - xfs /dev/loop3 rw,prjquota
-";
-        let m = find_mount_of(text, "7:3", Path::new("/var/lib/docker/overlay2/abc/diff")).unwrap();
-        assert_eq!(m.point, PathBuf::from("/var/lib/docker"));
-        assert_eq!(m.fstype, "xfs");
-        assert_eq!(m.source, "/dev/loop3");
-        assert!(m.super_options.split(',').any(|o| o == "prjquota"));
-        let b = find_mount_of(text, "7:3", Path::new("/srv/bind me/x")).unwrap();
-        assert_eq!(b.point, PathBuf::from("/srv/bind me"));
-        assert_eq!(
-            find_mount_of(text, "7:9", Path::new("/var/lib/docker")),
-            None
-        );
-    }
-
-    #[test]
-    fn finds_a_device_in_mountinfo_and_unescapes_the_path() {
-        let text = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
-                    95 22 253:3 / /var/lib/docker/devicemapper/mnt/ab\\040cd rw - xfs /dev/mapper/x rw,nouuid\n";
-        assert_eq!(
-            find_mount(
-                text,
-                Device {
-                    major: 253,
-                    minor: 3
-                }
-            ),
-            Some(PathBuf::from("/var/lib/docker/devicemapper/mnt/ab cd"))
-        );
-        assert_eq!(
-            find_mount(
-                text,
-                Device {
-                    major: 253,
-                    minor: 4
-                }
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn parses_hand_made_superblocks() {
-        let mut xfs = vec![0u8; 4096];
-        xfs[0..4].copy_from_slice(b"XFSB");
-        xfs[4..8].copy_from_slice(&4096u32.to_be_bytes());
-        xfs[8..16].copy_from_slice(&524288u64.to_be_bytes());
-        let sb = Superblock::parse(&xfs).unwrap();
-        assert_eq!((sb.kind, sb.bytes()), (FsKind::Xfs, 2 << 30));
-
-        let mut ext4 = vec![0u8; 4096];
-        ext4[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
-        ext4[1024 + 0x18..1024 + 0x1c].copy_from_slice(&2u32.to_le_bytes());
-        ext4[1024 + 0x04..1024 + 0x08].copy_from_slice(&1000u32.to_le_bytes());
-        ext4[1024 + 0x150..1024 + 0x154].copy_from_slice(&1u32.to_le_bytes());
-        // Without INCOMPAT_64BIT the high word is ignored.
-        assert_eq!(Superblock::parse(&ext4).unwrap().bytes(), 1000 * 4096);
-        ext4[1024 + 0x60..1024 + 0x64].copy_from_slice(&0x80u32.to_le_bytes());
-        assert_eq!(Superblock::parse(&ext4).unwrap().blocks, (1 << 32) | 1000);
-
-        assert_eq!(Superblock::parse(&[0u8; 4096]), None);
-        assert_eq!(Superblock::parse(b"XFSB"), None);
-    }
 
     /// Real superblocks from the real mkfs tools, on image files (no root).
     #[test]

@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use roomy_formats::docker_metadata::DeviceRecord;
 
 use crate::error::AgentError;
 use crate::sys::atomic::write_atomically;
@@ -42,44 +42,29 @@ impl DeviceMetadata {
         }
     }
 
-    fn read_value(&self) -> Result<serde_json::Map<String, Value>, AgentError> {
+    fn read(&self) -> Result<DeviceRecord, AgentError> {
         let text = fs::read(&self.path).map_err(|e| self.err(e))?;
-        match serde_json::from_slice(&text).map_err(|e| self.err(format!("not JSON: {e}")))? {
-            Value::Object(map) => Ok(map),
-            _ => Err(self.err("not a JSON object")),
-        }
+        DeviceRecord::parse(&text).map_err(|e| self.err(e))
     }
 
     /// The size Docker will adopt at its next start, in bytes.
     pub fn size(&self) -> Result<u64, AgentError> {
-        self.read_value()?
-            .get("size")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.err("no numeric \"size\" field"))
+        self.read()?.size().map_err(|e| self.err(e))
     }
 
     /// The thin device id the file records.
     pub fn device_id(&self) -> Result<u64, AgentError> {
-        self.read_value()?
-            .get("device_id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.err("no numeric \"device_id\" field"))
+        self.read()?.device_id().map_err(|e| self.err(e))
     }
 
     /// Rewrite `size`, keeping every other field. Returns the old size.
     /// A no-op (nothing written) when the size is already `bytes`.
     pub fn set_size(&self, bytes: u64) -> Result<u64, AgentError> {
-        let mut map = self.read_value()?;
-        let old = map
-            .get("size")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.err("no numeric \"size\" field"))?;
-        if old == bytes {
-            return Ok(old);
+        let record = self.read()?;
+        let old = record.size().map_err(|e| self.err(e))?;
+        if let Some(text) = record.with_size(bytes).map_err(|e| self.err(e))? {
+            write_atomically(&self.path, &text).map_err(|e| self.err(e))?;
         }
-        map.insert("size".into(), Value::from(bytes));
-        let text = serde_json::to_vec(&Value::Object(map)).map_err(|e| self.err(e))?;
-        write_atomically(&self.path, &text).map_err(|e| self.err(e))?;
         Ok(old)
     }
 }
