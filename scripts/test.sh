@@ -99,12 +99,18 @@ if [[ ${ROOMY_SKIP_VM:-} == 1 ]]; then
 fi
 
 # Each scenario group has its own watchdog inside the guest (and says which
-# ran out); a boot's own watchdog is their sum plus the boot. The two tiers
-# boot side by side: one TCG guest keeps the host's two cores about 80% busy
-# (it waits on timers and its emulated disks), and the Docker 26 tier's work
-# fits in what the longer Docker 20.10 tier leaves idle. Budgets are sized
-# for this sharing on a machine twice as slow. Both tiers run, whatever the
-# other's outcome, and the last line adds them up.
+# ran out); a boot's own watchdog is their sum plus the boot. Both tiers
+# run, whatever the first one's outcome, and the last line adds them up.
+# One after the other: booted side by side (tried), the 20.10 tier took
+# 2541 s instead of about 2030 and the Docker 26 guest logged a soft lockup
+# (its vCPU starved for 23 s), so it saved nothing and failed a check.
+rc=0
+step "real-kernel tier, Docker 20.10 (Debian 12, kernel 6.1): devicemapper, overlay2 on XFS quotas"
+budget=$(tests/vm/agent.sh --budget)
+ROOMY_VM_WORK=/tmp/roomy-vm ROOMY_VM_TIMEOUT=$((budget + 300)) ROOMY_BIN=$(realpath "$bin") \
+    tests/vm/boot.sh tests/vm/agent.sh || rc=1
+
+step "real-kernel tier, Docker 26 (Debian 13 root, kernel 6.12): overlay2, the containerd image store"
 if wait "$root_pid"; then
     root=$(tail -n 1 "$root_log")
     rm -f "$root_log"
@@ -113,26 +119,11 @@ else
     echo "test.sh: building the Debian 13 root failed (log above): the Docker 26 tier cannot run" >&2
     exit 1
 fi
-rc=0
-step "real-kernel tiers, side by side: Docker 20.10 (Debian 12, kernel 6.1: devicemapper, overlay2 on XFS quotas) and Docker 26 (Debian 13 root, kernel 6.12: overlay2, the containerd image store)"
-budget26=$(ROOMY_VM_TIER=docker26 tests/vm/agent.sh --budget)
-log26=$(mktemp /tmp/roomy-vm-26.XXXXXX)
+budget=$(ROOMY_VM_TIER=docker26 tests/vm/agent.sh --budget)
 # Kernel messages on: one run here saw this guest die without a word (vng
 # 255); if it happens again, the log says why.
-ROOMY_VM_VERBOSE=1 ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp/roomy-vm-26 ROOMY_VM_TIMEOUT=$((budget26 + 300)) \
-    ROOMY_BIN=$(realpath "$bin") bash -c 'tests/vm/boot.sh tests/vm/agent.sh; rc=$?; echo "test.sh: Docker 26 tier ended (rc $rc) after $(($(date +%s) - $0))s"; exit $rc' "$(date +%s)" >"$log26" 2>&1 &
-pid26=$!
-echo "test.sh: the Docker 26 tier runs beside this one; its log follows this tier's (and is in $log26 meanwhile)"
-budget=$(tests/vm/agent.sh --budget)
-ROOMY_VM_WORK=/tmp/roomy-vm ROOMY_VM_TIMEOUT=$((budget + 300)) ROOMY_BIN=$(realpath "$bin") \
-    tests/vm/boot.sh tests/vm/agent.sh || rc=1
-echo "test.sh: Docker 20.10 tier done after $((SECONDS - step_t0))s"
-
-echo
-echo "== the Docker 26 tier's log (it ran beside the Docker 20.10 tier)"
-wait "$pid26" || rc=1
-cat "$log26"
-rm -f "$log26"
+ROOMY_VM_VERBOSE=1 ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp/roomy-vm-26 ROOMY_VM_TIMEOUT=$((budget + 300)) \
+    ROOMY_BIN=$(realpath "$bin") tests/vm/boot.sh tests/vm/agent.sh || rc=1
 
 passed=0 failed=0
 for r in /tmp/roomy-vm/out/results /tmp/roomy-vm-26/out/results; do
