@@ -72,8 +72,8 @@ cargo test --release --workspace --features roomy-agent/failpoints
 step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo and Docker metadata (cargo-fuzz, fixed seed and count)"
 # A fixed seed, a fixed number of inputs and an empty corpus: every run
 # tries the same inputs, so CI sees what a run here saw. -a: debug
-# assertions on, so an arithmetic overflow is a crash, not a wrong size. A crash is kept in
-# fuzz/artifacts/ and becomes a unit test beside its parser.
+# assertions on, so an arithmetic overflow is a crash, not a wrong size. A
+# crash is kept in fuzz/artifacts/ and becomes a unit test beside its parser.
 fuzz_corpus=$(mktemp -d /tmp/roomy-fuzz.XXXXXX)
 # NAME:RUNS:MAX_LEN. superblock's inputs reach ext4's 64-bit block count
 # at 64 + 0x150.

@@ -26,33 +26,62 @@ pub fn dev_node(dev: Device) -> PathBuf {
         return standard;
     }
     let private = PathBuf::from(format!("/dev/.roomy/{}:{}", dev.major, dev.minor));
-    if !is_node_of(&private, dev) {
-        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-        let _ = std::fs::create_dir_all("/dev/.roomy");
-        let _ = std::fs::remove_file(&private);
-        let _ = mknod(
-            &private,
-            SFlag::S_IFBLK,
-            Mode::from_bits_truncate(0o600),
-            makedev(dev.major.into(), dev.minor.into()),
-        );
-    }
+    let _ = std::fs::create_dir_all("/dev/.roomy");
+    let _ = ensure_node_at(&private, dev);
     private
 }
 
-/// Whether `path` is a block device node for `dev`.
+/// Whether `path` (a symlink is followed) is a block device node for `dev`.
 fn is_node_of(path: &Path, dev: Device) -> bool {
-    is_block_node(
-        path,
-        nix::sys::stat::makedev(dev.major.into(), dev.minor.into()),
-    )
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(path).is_ok_and(|m| {
+        m.file_type().is_block_device()
+            && m.rdev() == nix::sys::stat::makedev(dev.major.into(), dev.minor.into())
+    })
 }
 
-/// Whether `path` (a symlink is followed, as udev's `/dev/mapper` links
-/// are) is a block device whose number is `rdev`.
-pub(crate) fn is_block_node(path: &Path, rdev: u64) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
+/// What `ensure_node_at` found at a device node's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeFix {
+    /// It was there and is that device (udev's link, or a node of ours).
+    Present,
+    /// Nothing was there (no udev runs): made, as libdevmapper does then.
+    Made,
+    /// Something else was there: a node or link left from an earlier device
+    /// whose minor number is now another device's. Replaced, since Docker
+    /// mounts by this path and would otherwise open the wrong disk.
+    Replaced,
+}
+
+/// Make `path` a node of `dev` unless it already resolves to one (a symlink
+/// is followed, as udev's `/dev/mapper` links are). The new node is
+/// made beside the path and renamed over it, so a reader never sees the
+/// path missing, and udev can still replace it with its link later (udev
+/// renames over whatever is there too).
+pub(crate) fn ensure_node_at(path: &Path, dev: Device) -> Result<NodeFix, AgentError> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    if is_node_of(path, dev) {
+        return Ok(NodeFix::Present);
+    }
+    let rdev = makedev(dev.major.into(), dev.minor.into());
+    let existed = path.symlink_metadata().is_ok();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.roomy-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    mknod(&tmp, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), rdev)
+        .map_err(|e| AgentError::io("mknod", &tmp, e.into()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(AgentError::io("rename a device node to", path, e));
+    }
+    Ok(if existed {
+        NodeFix::Replaced
+    } else {
+        NodeFix::Made
+    })
 }
 
 /// Read the superblock of a device. `direct` bypasses the page cache, for
@@ -374,5 +403,96 @@ mod tests {
             assert_eq!(sb.kind, kind);
             assert_eq!(sb.bytes(), 512 << 20, "{mkfs}");
         }
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn rdev_of(path: &std::path::Path) -> (u64, bool) {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.rdev(), m.file_type().is_symlink())
+    }
+
+    fn dev(major: u32, minor: u32) -> Device {
+        Device { major, minor }
+    }
+
+    fn make_node(path: &std::path::Path, d: Device) {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        mknod(
+            path,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            makedev(d.major.into(), d.minor.into()),
+        )
+        .expect("mknod (the host tests run as root)");
+    }
+
+    // A node left from a device whose minor was reused must not survive:
+    // Docker would mount another container's disk through it.
+    #[test]
+    fn stale_node_with_another_minor_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker-253:0-1-abc");
+        make_node(&path, dev(253, 7));
+        assert_eq!(
+            ensure_node_at(&path, dev(253, 9)).unwrap(),
+            NodeFix::Replaced
+        );
+        let want = nix::sys::stat::makedev(253, 9);
+        assert_eq!(rdev_of(&path), (want, false));
+        // Only the node itself is left: no temporary beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // udev's link to the right /dev/dm-N is left alone; a link to another
+    // device is not.
+    #[test]
+    fn links_are_followed_and_kept_only_when_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let right = dir.path().join("dm-9");
+        let wrong = dir.path().join("dm-7");
+        make_node(&right, dev(253, 9));
+        make_node(&wrong, dev(253, 7));
+        let path = dir.path().join("thin");
+        std::os::unix::fs::symlink("dm-9", &path).unwrap();
+        assert_eq!(
+            ensure_node_at(&path, dev(253, 9)).unwrap(),
+            NodeFix::Present
+        );
+        assert!(rdev_of(&path).1, "the right link stays a link");
+
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("dm-7", &path).unwrap();
+        assert_eq!(
+            ensure_node_at(&path, dev(253, 9)).unwrap(),
+            NodeFix::Replaced
+        );
+        assert_eq!(rdev_of(&path), (nix::sys::stat::makedev(253, 9), false));
+        // The device the stale link pointed at is untouched.
+        assert_eq!(rdev_of(&wrong), (nix::sys::stat::makedev(253, 7), false));
+    }
+
+    #[test]
+    fn missing_node_is_made_and_a_regular_file_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thin");
+        assert_eq!(ensure_node_at(&path, dev(253, 3)).unwrap(), NodeFix::Made);
+        assert_eq!(
+            ensure_node_at(&path, dev(253, 3)).unwrap(),
+            NodeFix::Present
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a device").unwrap();
+        assert_eq!(
+            ensure_node_at(&path, dev(253, 3)).unwrap(),
+            NodeFix::Replaced
+        );
+        assert_eq!(rdev_of(&path), (nix::sys::stat::makedev(253, 3), false));
     }
 }
