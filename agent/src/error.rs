@@ -120,6 +120,17 @@ pub enum AgentError {
         mode: String,
     },
 
+    /// The pool's metadata must be checked before it takes a new size: with
+    /// `needs_check` set (or the pool failed) dm-thin ignores a grow, logs
+    /// "unable to grow ... until repaired" and reports success.
+    #[error("pool {pool} is {mode}: the kernel ignores a new size until its metadata is repaired; stop Docker, run thin_check (then thin_repair) on the pool's metadata as the README's \"A pool that needs a check\" shows, then grow it")]
+    PoolNeedsRepair {
+        /// Pool name.
+        pool: String,
+        /// Its mode word.
+        mode: String,
+    },
+
     /// A dm table Roomy refuses to rewrite.
     #[error("device {device} does not have the table Roomy expects ({why}); it was left as it is")]
     UnexpectedTable {
@@ -262,6 +273,7 @@ impl AgentError {
             AgentError::PoolTooFull { .. }
             | AgentError::BackingFull { .. }
             | AgentError::PoolUnhealthy { .. }
+            | AgentError::PoolNeedsRepair { .. }
             | AgentError::Unsupported(_)
             | AgentError::NoLimit { .. }
             | AgentError::UnexpectedTable { .. } => Code::FailedPrecondition,
@@ -354,6 +366,13 @@ mod tests {
                     total: 2,
                     growth: 3,
                     margin_percent: 10,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::PoolNeedsRepair {
+                    pool: "p".into(),
+                    mode: "needs_check".into(),
                 },
                 Code::FailedPrecondition,
             ),

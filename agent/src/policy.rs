@@ -108,6 +108,8 @@ struct State {
     containers: HashMap<String, Watched>,
     pool: Option<PoolStatus>,
     pool_track: Track,
+    /// The pool's mode at the last refresh, for health events.
+    pool_mode: Option<String>,
     refreshed_at: Option<Instant>,
 }
 
@@ -137,6 +139,39 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The pool's mode changed since `before` (or is unhealthy at first
+/// sight): the mode it came from, and the pool.
+fn mode_change(before: Option<String>, now: &PoolStatus) -> Option<(String, PoolStatus)> {
+    let before = before.unwrap_or_else(|| "rw".into());
+    (before != now.mode).then(|| (before, now.clone()))
+}
+
+/// What a health event says: what changed, what it means, what to do.
+fn health_message(from: &str, pool: &PoolStatus) -> String {
+    let next = match pool.mode.as_str() {
+        "rw" => "it takes writes again".to_string(),
+        "out_of_data_space" => format!(
+            "writes to its containers {} until it grows: roomyctl pool grow --data +SIZE",
+            if pool.when_full == "error" {
+                "fail"
+            } else {
+                "wait (for the kernel's no_space_timeout, then fail)"
+            }
+        ),
+        "needs_check" | "ro" => {
+            "its metadata is read-only (full or damaged) and Roomy refuses to grow \
+            anything on it: stop Docker, run thin_check (then thin_repair) on the pool's metadata, \
+            grow the metadata, start Docker (README: \"A pool that needs a check\")"
+                .to_string()
+        }
+        _ => "the pool failed: read the kernel log (dmesg) and dmsetup status".to_string(),
+    };
+    format!(
+        "pool {} went from {from} to {}: {next} ({})",
+        pool.name, pool.mode, pool.message
+    )
 }
 
 /// A grow the sample loop decided on.
@@ -201,10 +236,13 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let m = &self.inner.metrics;
         match kind {
             EventKind::Skipped => m.skips.inc(&[policy, reason]),
+            // Not a policy's action: roomy_pool_healthy tells it.
+            EventKind::Health => {}
             other => m.actions.inc(&[policy, other.word()]),
         }
         match kind {
             EventKind::Failed => tracing::error!(policy, target, "{message}"),
+            EventKind::Health if reason != "rw" => tracing::warn!(target, "{message}"),
             _ => tracing::info!(policy, target, kind = kind.word(), "{message}"),
         }
         let event = Event {
@@ -248,6 +286,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
     async fn refresh(&self) {
         let listed = self.inner.backend.running().await;
         let pool = self.inner.backend.inspect_pool().await.ok();
+        let health;
         {
             let mut state = self.state();
             state.refreshed_at = Some(Instant::now());
@@ -275,6 +314,22 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 state.pool_track.sample(Instant::now(), p.data_used_bytes);
             }
             state.pool = pool.clone();
+            health = pool
+                .as_ref()
+                .and_then(|p| mode_change(state.pool_mode.replace(p.mode.clone()), p));
+        }
+        if let Some((from, p)) = health {
+            self.emit(
+                EventKind::Health,
+                "",
+                "pool",
+                "",
+                &p.mode,
+                0,
+                0,
+                health_message(&from, &p),
+                None,
+            );
         }
         if let Some(p) = pool {
             self.pool_policies(p).await;
@@ -614,5 +669,50 @@ impl<B: StorageBackend + Clone> Engine<B> {
         if let Some(pool) = &state.pool {
             crate::metrics::render_pool(out, pool);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(mode: &str, when_full: &str) -> PoolStatus {
+        PoolStatus {
+            name: "docker-pool".into(),
+            mode: mode.into(),
+            when_full: when_full.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn health_events_on_every_change_of_mode_and_a_bad_first_sight() {
+        assert!(mode_change(None, &pool("rw", "queue")).is_none());
+        assert!(mode_change(Some("rw".into()), &pool("rw", "queue")).is_none());
+        let (from, _) = mode_change(None, &pool("needs_check", "queue")).unwrap();
+        assert_eq!(from, "rw");
+        let (from, p) = mode_change(Some("out_of_data_space".into()), &pool("rw", "")).unwrap();
+        assert_eq!(
+            (from.as_str(), p.mode.as_str()),
+            ("out_of_data_space", "rw")
+        );
+    }
+
+    #[test]
+    fn health_messages_say_what_to_do() {
+        let m = health_message("rw", &pool("out_of_data_space", "error"));
+        assert!(
+            m.contains("writes to its containers fail") && m.contains("roomyctl pool grow"),
+            "{m}"
+        );
+        let m = health_message("rw", &pool("out_of_data_space", "queue"));
+        assert!(m.contains("wait"), "{m}");
+        let m = health_message("rw", &pool("needs_check", "queue"));
+        assert!(
+            m.contains("thin_check") && m.contains("refuses to grow"),
+            "{m}"
+        );
+        let m = health_message("out_of_data_space", &pool("rw", "queue"));
+        assert!(m.contains("went from out_of_data_space to rw"), "{m}");
     }
 }

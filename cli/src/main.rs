@@ -121,7 +121,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Policy decisions fleet-wide: grown, would_grow, skipped, failed.
+    /// Policy decisions fleet-wide (grown, would_grow, skipped, failed) and
+    /// pools' changes of mode (health).
     Events {
         /// How many past events to show first.
         #[arg(long, default_value_t = 20)]

@@ -146,7 +146,7 @@ pub fn print_pools(rows: &[(String, PoolStatus)], errors: &[HostError], json: bo
                        "metadata_total_bytes": p.metadata_total_bytes, "low_water_mark_bytes": p.low_water_mark_bytes,
                        "mode": p.mode, "backing": p.backing, "data_file": p.data_file,
                        "metadata_file": p.metadata_file, "backing_free_bytes": p.backing_free_bytes,
-                       "virtual_bytes": p.virtual_bytes})
+                       "virtual_bytes": p.virtual_bytes, "when_full": p.when_full})
             })
             .collect();
         let errors: Vec<Value> = errors
@@ -170,6 +170,7 @@ pub fn print_pools(rows: &[(String, PoolStatus)], errors: &[HostError], json: bo
         "USED",
         "META USED",
         "MODE",
+        "WHEN FULL",
         "BACKING",
         "BACKING FREE",
         "OVERCOMMIT",
@@ -187,6 +188,11 @@ pub fn print_pools(rows: &[(String, PoolStatus)], errors: &[HostError], json: bo
             pct(p.data_used_bytes, p.data_total_bytes),
             pct(p.metadata_used_bytes, p.metadata_total_bytes),
             p.mode.clone(),
+            if p.when_full.is_empty() {
+                "-".into()
+            } else {
+                p.when_full.clone()
+            },
             p.backing.clone(),
             if p.backing == "loop" {
                 format_bytes(p.backing_free_bytes)

@@ -5,7 +5,7 @@
 //! [[webhooks]]
 //! name = "ops-chat"                       # optional; labels logs and metrics
 //! url = "https://chat.example/hooks/T0K3N"
-//! events = ["grown", "failed", "skipped"] # default; also "would_grow"
+//! events = ["grown", "failed", "skipped", "health"] # default; also "would_grow"
 //! max_attempts = 6                        # default
 //! timeout_ms = 5000                       # per attempt, default
 //! ca = "/etc/ssl/certs/ca-certificates.crt" # https roots, default
@@ -66,7 +66,7 @@ pub struct WebhookConfig {
     /// `http://` or `https://` host\[:port\]\[/path\]\[?query\].
     pub url: String,
     /// Event kinds to send: `grown`, `would_grow`, `skipped`, `failed`.
-    /// Default `["grown", "failed", "skipped"]`.
+    /// Default `["grown", "failed", "skipped", "health"]`.
     #[serde(default = "default_events")]
     pub events: Vec<String>,
     /// Attempts per event, the first included (default 6).
@@ -81,7 +81,12 @@ pub struct WebhookConfig {
 }
 
 fn default_events() -> Vec<String> {
-    vec!["grown".into(), "failed".into(), "skipped".into()]
+    vec![
+        "grown".into(),
+        "failed".into(),
+        "skipped".into(),
+        "health".into(),
+    ]
 }
 
 /// What is wrong with a webhook's configuration. Each message names the
@@ -101,7 +106,7 @@ pub enum WebhookError {
         problem: String,
     },
     /// `events` names a kind that does not exist.
-    #[error("{webhook}: events has unknown kind {kind:?}: write events = [...] with any of \"grown\", \"would_grow\", \"skipped\", \"failed\"")]
+    #[error("{webhook}: events has unknown kind {kind:?}: write events = [...] with any of \"grown\", \"would_grow\", \"skipped\", \"failed\", \"health\"")]
     UnknownKind {
         /// Which webhook.
         webhook: String,
@@ -348,6 +353,7 @@ fn kind_of(word: &str) -> Option<EventKind> {
         "would_grow" => Some(EventKind::WouldGrow),
         "skipped" => Some(EventKind::Skipped),
         "failed" => Some(EventKind::Failed),
+        "health" => Some(EventKind::Health),
         _ => None,
     }
 }
@@ -391,6 +397,7 @@ fn text_line(event: &Event, kind: EventKind) -> String {
         EventKind::WouldGrow => format!("would grow{sizes}"),
         EventKind::Failed => format!("failed to grow{sizes}"),
         EventKind::Skipped | EventKind::Unspecified => "skipped".to_owned(),
+        EventKind::Health => format!("is {}", event.reason),
     };
     let mut line = format!("roomy: {who} {what}");
     if !event.policy.is_empty() {
@@ -1382,7 +1389,7 @@ mod tests {
         let file: File =
             toml::from_str("[[webhooks]]\nurl = \"https://chat.example/x\"\n").unwrap();
         let cfg = &file.webhooks[0];
-        assert_eq!(cfg.events, ["grown", "failed", "skipped"]);
+        assert_eq!(cfg.events, ["grown", "failed", "skipped", "health"]);
         assert_eq!((cfg.max_attempts, cfg.timeout_ms), (None, None));
         cfg.validate().unwrap();
         let err = toml::from_str::<File>("[[webhooks]]\nurl = \"http://a\"\nretries = 3\n")

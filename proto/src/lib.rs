@@ -42,6 +42,7 @@ impl v1::EventKind {
             v1::EventKind::WouldGrow => "would_grow",
             v1::EventKind::Skipped => "skipped",
             v1::EventKind::Failed => "failed",
+            v1::EventKind::Health => "health",
         }
     }
 }

@@ -129,13 +129,19 @@ impl Pool {
             backing_free_bytes: free,
             virtual_bytes,
             message: format!(
-                "data {} of {} ({:.0}%), metadata {:.0}%, {}",
+                "data {} of {} ({:.0}%), metadata {:.0}%, {}{}",
                 format_bytes(u.data_used),
                 format_bytes(u.data_total),
                 percent(u.data_used, u.data_total),
                 percent(u.meta_used, u.meta_total),
-                u.mode
+                u.mode,
+                match u.when_full {
+                    "error" => ", fails writes when full",
+                    "queue" => ", holds writes when full",
+                    _ => "",
+                }
             ),
+            when_full: u.when_full.to_string(),
         }
     }
 }
@@ -177,6 +183,12 @@ impl DeviceMapper {
         data: Option<u64>,
         meta: Option<u64>,
     ) -> Result<(), AgentError> {
+        if matches!(pool.usage.mode, "needs_check" | "fail" | "error") {
+            return Err(AgentError::PoolNeedsRepair {
+                pool: pool.name.clone(),
+                mode: pool.usage.mode.to_string(),
+            });
+        }
         if pool.lvm {
             return self.grow_lvm_pool(pool, data, meta);
         }

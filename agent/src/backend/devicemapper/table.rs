@@ -3,8 +3,8 @@
 //! Pure (no ioctls), so every rule here is tested without root.
 
 use devicemapper::{
-    Device, Sectors, ThinPoolStatus, ThinPoolStatusSummary, ThinPoolTargetParams, ThinTargetParams,
-    SECTOR_SIZE,
+    Device, Sectors, ThinPoolNoSpacePolicy, ThinPoolStatus, ThinPoolStatusSummary,
+    ThinPoolTargetParams, ThinTargetParams, SECTOR_SIZE,
 };
 
 use crate::error::AgentError;
@@ -62,6 +62,10 @@ impl ThinTable {
         if params.external_origin_dev.is_some() {
             return Err(unexpected("thin device with an external origin"));
         }
+        // So that bytes() cannot overflow, whatever the kernel says.
+        if length.checked_mul(SECTOR_SIZE as u64).is_none() {
+            return Err(unexpected("a length beyond 2^64 bytes"));
+        }
         Ok(ThinTable {
             length: Sectors(*length),
             params,
@@ -106,6 +110,9 @@ pub struct PoolUsage {
     pub meta_total: u64,
     /// `rw`, `ro`, `out_of_data_space`, `needs_check`, `fail`, `error`.
     pub mode: &'static str,
+    /// What a write to a full pool gets: `queue` (held) or `error` (failed
+    /// at once: the table's `error_if_no_space`); empty when failed.
+    pub when_full: &'static str,
 }
 
 impl PoolUsage {
@@ -138,14 +145,24 @@ impl PoolUsage {
         let params: ThinPoolTargetParams = format!("thin-pool {tparams}")
             .parse()
             .map_err(|e| unexpected(format!("unreadable pool table {tparams:?}: {e}")))?;
-        let block_bytes = *params.data_block_size * SECTOR_SIZE as u64;
         let status: ThinPoolStatus = sparams
             .parse()
             .map_err(|e| unexpected(format!("unreadable pool status {sparams:?}: {e}")))?;
+        let bytes = |blocks: u64| {
+            (*params.data_block_size)
+                .checked_mul(SECTOR_SIZE as u64)
+                .and_then(|b| b.checked_mul(blocks))
+                .ok_or_else(|| {
+                    unexpected(format!(
+                        "{blocks} data blocks of {} sectors do not fit in 64 bits",
+                        *params.data_block_size
+                    ))
+                })
+        };
         Ok(match status {
             ThinPoolStatus::Working(w) => PoolUsage {
-                data_total: *w.usage.total_data * block_bytes,
-                data_used: *w.usage.used_data * block_bytes,
+                data_total: bytes(*w.usage.total_data)?,
+                data_used: bytes(*w.usage.used_data)?,
                 meta_used: *w.usage.used_meta,
                 meta_total: *w.usage.total_meta,
                 mode: if w.needs_check {
@@ -156,6 +173,10 @@ impl PoolUsage {
                         ThinPoolStatusSummary::ReadOnly => "ro",
                         ThinPoolStatusSummary::OutOfSpace => "out_of_data_space",
                     }
+                },
+                when_full: match w.no_space_policy {
+                    ThinPoolNoSpacePolicy::Error => "error",
+                    ThinPoolNoSpacePolicy::Queue => "queue",
                 },
             },
             ThinPoolStatus::Error => PoolUsage::failed("error"),
@@ -170,6 +191,7 @@ impl PoolUsage {
             meta_used: 0,
             meta_total: 0,
             mode,
+            when_full: "",
         }
     }
 }
@@ -253,6 +275,30 @@ mod tests {
         assert_eq!(usage.data_free(), (1638400 - 1600) * 65536);
         assert_eq!((usage.meta_used, usage.meta_total), (200, 524288));
         assert_eq!(usage.mode, "rw");
+        assert_eq!(usage.when_full, "queue");
+
+        // lvm2's --errorwhenfull y, or a table with error_if_no_space.
+        let erroring = [line(
+            209715200,
+            "thin-pool",
+            "3 200/524288 1638400/1638400 - out_of_data_space discard_passdown error_if_no_space - 1024",
+        )];
+        let usage = PoolUsage::from_lines("pool", &table, &erroring).unwrap();
+        assert_eq!(
+            (usage.mode, usage.when_full),
+            ("out_of_data_space", "error")
+        );
+        let checked = [line(
+            209715200,
+            "thin-pool",
+            "3 200/524288 1600/1638400 - ro discard_passdown queue_if_no_space needs_check 1024",
+        )];
+        assert_eq!(
+            PoolUsage::from_lines("pool", &table, &checked)
+                .unwrap()
+                .mode,
+            "needs_check"
+        );
 
         let full = [line(
             209715200,
