@@ -69,26 +69,8 @@ cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
 step "host tests"
 cargo test --release --workspace --features roomy-agent/failpoints
 
-step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo and Docker metadata (cargo-fuzz, fixed seed and count)"
-# A fixed seed, a fixed number of inputs and an empty corpus: every run
-# tries the same inputs, so CI sees what a run here saw. -a: debug
-# assertions on, so an arithmetic overflow is a crash, not a wrong size. A
-# crash is kept in fuzz/artifacts/ and becomes a unit test beside its parser.
-fuzz_corpus=$(mktemp -d /tmp/roomy-fuzz.XXXXXX)
-# NAME:RUNS:MAX_LEN. superblock's inputs reach ext4's 64-bit block count
-# at 64 + 0x150.
-for t in sizes:200000:256 targets:200000:256 policies:50000:256 superblock:200000:512 mountinfo:200000:256 docker_metadata:100000:256; do
-    name=${t%%:*}
-    mkdir -p "$fuzz_corpus/$name"
-    if ! (cd fuzz && cargo +nightly fuzz run -O -a --target-dir "$CARGO_TARGET_DIR/fuzz" "$name" "$fuzz_corpus/$name" -- \
-        -seed=1 -runs="$(cut -d: -f2 <<<"$t")" -max_len="${t##*:}" >"$fuzz_corpus/$name.log" 2>&1); then
-        tail -40 "$fuzz_corpus/$name.log" >&2
-        echo "test.sh: fuzz target $name failed (log above; the input is in fuzz/artifacts/$name/)" >&2
-        exit 1
-    fi
-    echo "fuzz $name: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$fuzz_corpus/$name.log")"
-done
-rm -rf "$fuzz_corpus"
+step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: fixed seed and count)"
+scripts/fuzz.sh
 
 step "fleet tier (controller + agents in network namespaces, mutual TLS)"
 ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh

@@ -55,12 +55,7 @@ impl Pool {
     /// Read the pool `name`.
     pub fn read(dm: &DeviceMapper, name: &str) -> Result<Pool, AgentError> {
         let (length, params) = dm.raw_table(name, "thin-pool")?;
-        let parsed: devicemapper::ThinPoolTargetParams = format!("thin-pool {params}")
-            .parse()
-            .map_err(|e| AgentError::UnexpectedTable {
-                device: name.to_string(),
-                why: format!("unreadable pool table: {e}"),
-            })?;
+        let parsed = super::table::pool_params(name, &params)?;
         let block_bytes = *parsed.data_block_size * 512;
         Ok(Pool {
             name: name.to_string(),
@@ -68,7 +63,7 @@ impl Pool {
             data_dev: parsed.data_dev,
             meta_dev: parsed.metadata_dev,
             block_bytes,
-            low_water_bytes: *parsed.low_water_mark * block_bytes,
+            low_water_bytes: (*parsed.low_water_mark).saturating_mul(block_bytes),
             usage: dm.pool_usage(name)?,
             data_loop: loop_backing(parsed.data_dev),
             meta_loop: loop_backing(parsed.metadata_dev),

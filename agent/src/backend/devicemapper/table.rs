@@ -97,6 +97,39 @@ pub fn bytes_to_sectors(bytes: u64) -> Result<Sectors, AgentError> {
     crate::backend::shared::bytes_to_sectors(bytes).map(Sectors)
 }
 
+/// A pool's table params (what follows `thin-pool`), parsed, with a data
+/// block size whose byte count fits in 64 bits.
+pub fn pool_params(pool: &str, tparams: &str) -> Result<ThinPoolTargetParams, AgentError> {
+    let unexpected = |why: String| AgentError::UnexpectedTable {
+        device: pool.to_string(),
+        why,
+    };
+    // devicemapper-rs slices the feature words by the count the line gives,
+    // and panics when the line holds fewer: check it first.
+    let words: Vec<&str> = tparams.split(' ').collect();
+    if let Some(count) = words.get(4) {
+        let held = words.len().saturating_sub(5);
+        if !count.parse::<usize>().is_ok_and(|n| n <= held) {
+            return Err(unexpected(format!(
+                "pool table {tparams:?} counts {count} feature words and holds {held}"
+            )));
+        }
+    }
+    let params: ThinPoolTargetParams = format!("thin-pool {tparams}")
+        .parse()
+        .map_err(|e| unexpected(format!("unreadable pool table {tparams:?}: {e}")))?;
+    if (*params.data_block_size)
+        .checked_mul(SECTOR_SIZE as u64)
+        .is_none()
+    {
+        return Err(unexpected(format!(
+            "a data block of {} sectors",
+            *params.data_block_size
+        )));
+    }
+    Ok(params)
+}
+
 /// What the pool has, in bytes, from its table and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUsage {
@@ -142,9 +175,7 @@ impl PoolUsage {
                 "target type {ttype:?}, expected thin-pool"
             )));
         }
-        let params: ThinPoolTargetParams = format!("thin-pool {tparams}")
-            .parse()
-            .map_err(|e| unexpected(format!("unreadable pool table {tparams:?}: {e}")))?;
+        let params = pool_params(pool, tparams)?;
         let status: ThinPoolStatus = sparams
             .parse()
             .map_err(|e| unexpected(format!("unreadable pool status {sparams:?}: {e}")))?;
@@ -313,6 +344,18 @@ mod tests {
         assert_eq!(
             PoolUsage::from_lines("pool", &table, &failed).unwrap().mode,
             "fail"
+        );
+    }
+
+    #[test]
+    fn fuzzed_tables_are_refused_not_panicked_on() {
+        // fuzz/artifacts/dm_lines: a pool table that counts more features
+        // than it lists.
+        let table = [line(1 << 21, "thin-pool", "33:1 3:3 33 3 3 ;1 38")];
+        let status = [line(1 << 21, "thin-pool", "")];
+        assert!(PoolUsage::from_lines("p", &table, &status).is_err());
+        assert!(
+            ThinTable::from_lines("c", &[line(1 << 21, "thin", "33:1 3:3 33 3 3 ;1 38")]).is_err()
         );
     }
 }
