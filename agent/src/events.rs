@@ -159,6 +159,12 @@ impl EventLog {
             .collect()
     }
 
+    /// Where the buffer lives: the agent's state directory, also home to
+    /// what the engine must remember across restarts (the pool's mode).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Events not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.inner.lock().expect("event log poisoned").pending.len()

@@ -21,6 +21,7 @@ use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageB
 use crate::events::EventLog;
 use crate::metrics::{AgentMetrics, ContainerGauges, Source};
 use crate::sync::PolicyStore;
+use crate::sys::atomic::write_atomically;
 
 /// Fill rate is the slope over this much recent history: long enough to
 /// smooth page-cache bursts, short enough to see a new writer at once.
@@ -282,6 +283,10 @@ impl<B: StorageBackend + Clone> Engine<B> {
         }
     }
 
+    fn mode_file(&self) -> std::path::PathBuf {
+        self.inner.events.dir().join("pool.mode")
+    }
+
     /// Re-read the running containers and the pool; run pool policies.
     async fn refresh(&self) {
         let listed = self.inner.backend.running().await;
@@ -314,9 +319,20 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 state.pool_track.sample(Instant::now(), p.data_used_bytes);
             }
             state.pool = pool.clone();
-            health = pool
-                .as_ref()
-                .and_then(|p| mode_change(state.pool_mode.replace(p.mode.clone()), p));
+            health = pool.as_ref().and_then(|p| {
+                // The mode last reported survives a restart, so that a pool
+                // repaired while the agent was down is reported back to rw.
+                let before = state
+                    .pool_mode
+                    .replace(p.mode.clone())
+                    .or_else(|| std::fs::read_to_string(self.mode_file()).ok());
+                mode_change(before.map(|m| m.trim().to_string()), p)
+            });
+        }
+        if let Some((_, p)) = &health {
+            if let Err(e) = write_atomically(&self.mode_file(), p.mode.as_bytes()) {
+                tracing::warn!("pool mode not remembered: {e}");
+            }
         }
         if let Some((from, p)) = health {
             self.emit(

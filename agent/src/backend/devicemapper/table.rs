@@ -42,6 +42,16 @@ impl ThinTable {
             device: device.to_string(),
             why: why.to_string(),
         };
+        // dm-thin answers "Fail" for every thin device, table or status, once
+        // its pool has failed: say that, not that the table is odd.
+        if let [(_, _, target, params)] = lines {
+            if target == "thin" && params == "Fail" {
+                return Err(AgentError::PoolUnhealthy {
+                    pool: format!("of {device}"),
+                    mode: "fail".into(),
+                });
+            }
+        }
         let [(start, length, target, params)] = lines else {
             return Err(unexpected(&format!(
                 "{} targets, expected one",
