@@ -18,10 +18,10 @@ cd "$(dirname "$0")" || exit 1
 # minutes there), so a machine twice as slow still fits: a group that runs
 # out is stuck, not slow.
 GROUPS_TABLE="
-xfs         1700 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client
-ext4         450 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes
+xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs
+ext4         650 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes s14_power_cut_ext4
 nodefer      250 s9_no_deferred_removal
-pool         800 p1_pool_grows_online p2_pool_out_of_space
+pool        1100 p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
 autogrow     950 a1_autogrow
 lvm          250 p3_direct_lvm
 overlay     1000 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota
@@ -494,23 +494,25 @@ p1_pool_grows_online() {
     D stop -t 1 p1 >/dev/null
     dockerd_restart "$NAME" >/dev/null
     sleep 2
-    check "p1 docker sees the grown pool after restart" bash -c "/usr/bin/docker info 2>/dev/null | grep -q 'Data Space Total: 8.59'"
+    # docker info prints decimal units with 4 significant digits.
+    check "p1 docker sees the grown pool after restart" bash -c "/usr/bin/docker info 2>/dev/null | grep -q 'Data Space Total: $(awk -v b=$((before + 2 * GiB)) 'BEGIN { printf "%.4g", b / 1e9 }')GB'"
     check "p1 agent sees the grown pool after restart" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
     check "p1 container starts after restart" D start p1
     check "p1 container writes after restart" D exec p1 dd if=/dev/zero of=/w2 bs=1M count=100 conv=fsync
 }
 
-# P2. a pool driven out of data space: reported, grown, writers recover.
+# P2. a pool driven out of data space in queue mode (Docker's default):
+# reported, grown, writers recover. The first on the pool (1G): two
+# writers of 600M fill it before either is done.
 p2_pool_out_of_space() {
-    check "p2 pool starts at 2G" test "$(pool_field data_total_bytes)" -eq $((2 * GiB))
+    local c mode=""
+    check "p2 pool starts at 1G" test "$(pool_field data_total_bytes)" -eq "$GiB"
+    check "p2 pool queues writes when full" test "$(pool_field when_full)" = queue
     run_box p2a
     run_box p2b
-    local c
-    # 2 x 1100M > 2G: the pool fills before either writer is done.
     for c in p2a p2b; do
-        D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=1100 conv=fsync 2>/dev/null; echo $? >/w.rc'
+        D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
     done
-    local mode=""
     for _ in $(seq 480); do
         mode=$(pool_field mode)
         [[ $mode == out_of_data_space ]] && break
@@ -525,6 +527,159 @@ p2_pool_out_of_space() {
         check "p2 $c writer finished without error" test "$(D exec "$c" cat /w.rc)" = 0
     done
     check "p2 no suspended device" no_stray_dm_state
+    # Their space goes back for P4.
+    D rm -f p2a p2b >/dev/null
+}
+
+# P2, P4, P5 and P1 share one pool: 1G of data, 2M of metadata at first. A thin device of
+# the test's own (id 9999, not Docker's) takes up its room fast: one 4 KiB
+# write maps a whole 64 KiB block.
+FILL=roomy-fill
+filler_map() { # BYTES: (re)map the filler thin device that long
+    local pool devno
+    pool=$(pool_field name)
+    devno=$(dmsetup info -c --noheadings -o major,minor --separator : "$pool" | tr -d ' ')
+    dmsetup info "$FILL" >/dev/null 2>&1 && dmsetup remove --retry "$FILL"
+    dmsetup message "$pool" 0 "create_thin 9999" 2>/dev/null # exists after the first call
+    dmsetup create "$FILL" --table "0 $(($1 / 512)) thin $devno 9999"
+}
+filler_write() { # FROM_BYTES TO_BYTES: map every 64 KiB block in between
+    python3 - "/dev/mapper/$FILL" "$1" "$2" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+off, end, n = int(sys.argv[2]), int(sys.argv[3]), 0
+try:
+    while off < end:
+        os.pwrite(fd, b"f" * 4096, off)
+        off, n = off + 65536, n + 1
+        if n % 8192 == 0:
+            os.fsync(fd)
+    os.fsync(fd)
+    print(f"lab: filler: {n} blocks mapped")
+except OSError as e:
+    print(f"lab: filler: {n} blocks mapped, then {e}")
+PY
+}
+
+# P4. a pool that fails writes when full (error_if_no_space, what lvm2's
+# --errorwhenfull y sets; Docker's loop-lvm pool queues them): a writer
+# fails instead of hanging, the agent says so (mode, when_full, a health
+# event), Roomy grows the pool and keeps its no-space mode, and what was
+# fsync'd before is intact.
+pool_set_when_full() { # error|queue; no container may be running
+    local pool start len tt meta data block low _n rest feats
+    pool=$(pool_field name)
+    read -r start len tt meta data block low _n rest <<<"$(dmsetup table "$pool")"
+    feats=$(tr ' ' '\n' <<<"$rest" | grep -vx -e error_if_no_space -e '')
+    [[ $1 == error ]] && feats="$feats error_if_no_space"
+    # shellcheck disable=SC2086 # the features are words
+    dmsetup reload "$pool" --table "$start $len $tt $meta $data $block $low $(wc -w <<<"$feats") $(echo $feats)" &&
+        dmsetup suspend "$pool" && dmsetup resume "$pool"
+}
+health_event() { grep -aq "went from $1 to $2" "$LAB/$NAME/state/events.log" 2>/dev/null; }
+p4_pool_error_mode() {
+    local sum free t0 took
+    check "p4 pool queues writes when full at first" test "$(pool_field when_full)" = queue
+    pool_set_when_full error
+    check "p4 agent says the pool fails writes when full" test "$(pool_field when_full)" = error
+    run_box p4
+    sum=$(write_data p4)
+    # The filler takes all but ~100M; the container's writer asks for more.
+    free=$(($(pool_field data_total_bytes) - $(pool_field data_used_bytes)))
+    filler_map "$(pool_field data_total_bytes)" && filler_write 0 $((free - (100 << 20)))
+    free=$(($(pool_field data_total_bytes) - $(pool_field data_used_bytes)))
+    # The exit code lands on the host: the container's filesystem may shut
+    # down on the write errors.
+    t0=$SECONDS
+    (D exec p4 dd if=/dev/zero of=/w bs=1M count=$(((free >> 20) + 200)) conv=fsync >"$LAB/p4.out" 2>&1; echo $? >"$LAB/p4.rc") &
+    for _ in $(seq 300); do [[ -s $LAB/p4.rc ]] && break; sleep 1; done
+    took=$((SECONDS - t0))
+    check "p4 the writer failed, it did not hang (${took}s for $((free >> 20)) MiB free)" \
+        bash -c "r=\$(cat '$LAB/p4.rc' 2>/dev/null); [[ -n \$r && \$r != 0 ]]"
+    check "p4 dd says why" grep -qi -e "no space" -e "i/o error" "$LAB/p4.out"
+    check "p4 agent reports out_of_data_space" test "$(pool_field mode)" = out_of_data_space
+    check "p4 health event: rw to out_of_data_space" wait_until 40 'health_event rw out_of_data_space'
+    R pool grow --data +6G
+    check "p4 pool grow while full exit 0" test "$RC" -eq 0
+    check "p4 pool back to rw" test "$(pool_field mode)" = rw
+    check "p4 grown pool still fails writes when full" test "$(pool_field when_full)" = error
+    check "p4 health event: back to rw" wait_until 40 'health_event out_of_data_space rw'
+    # Write errors may have shut the container's XFS down; a restart (log
+    # recovery) is what an operator does then.
+    if ! D exec p4 md5sum /data.bin >/dev/null 2>&1; then
+        echo "lab: p4: the container's filesystem shut down on the write errors; restarting it"
+        check "p4 restarts after its filesystem shut down" D restart -t 1 p4
+    fi
+    check "p4 data fsync'd before the pool filled is intact" test "$(data_sum p4)" = "$sum"
+    check "p4 writes again after the grow" D exec p4 dd if=/dev/zero of=/w2 bs=1M count=256 conv=fsync
+    check "p4 no suspended device" no_stray_dm_state
+}
+
+# P5. pool metadata exhausted (lvm2's test/shell thin-*-full cases): the
+# filler maps the 11G pool block by block until its 2 MiB of metadata run
+# out. The kernel stops the pool: read-only ("ro"), "needs_check", or, as
+# seen on 6.1 with metadata this small, "fail". Roomy says so and raises a
+# health event; it refuses to grow a container on it and changes nothing.
+# An "ro" pool comes back when its metadata grows; a needs_check or failed
+# one is refused with the repair to run, and the README's repair (stop
+# Docker, thin_check, thin_repair into a larger file) brings it back with
+# the container's data.
+pool_repair() { # the README's "A pool that needs a check", for loop-lvm
+    local pool=$1 dir=$LAB/$NAME/root/devicemapper/devicemapper d
+    agent_stop
+    dockerd_stop "$NAME" keep-containerd
+    for d in $(dmsetup ls --target thin | awk '{print $1}') "$pool"; do
+        dmsetup remove --retry "$d" >/dev/null 2>&1
+    done
+    losetup -j "$dir/data" -O NAME -n | xargs -r -n1 losetup -d
+    losetup -j "$dir/metadata" -O NAME -n | xargs -r -n1 losetup -d
+    thin_check "$dir/metadata" >"$LAB/p5-thin_check.log" 2>&1
+    echo "lab: p5: thin_check exit $?: $(tr '\n' ' ' <"$LAB/p5-thin_check.log" | cut -c1-200)"
+    truncate -s 64M "$dir/metadata.new" &&
+        thin_repair -i "$dir/metadata" -o "$dir/metadata.new" &&
+        mv "$dir/metadata" "$dir/metadata.broken" && mv "$dir/metadata.new" "$dir/metadata" || return 1
+    eval "dockerd_launch \"\$NAME\" $(<"$LAB/$NAME/args")" && agent_start
+}
+p5_metadata_full() {
+    local sum size0 mode total pool
+    sum=$(data_sum p4)
+    size0="$(table_bytes p4) $(meta_bytes p4)"
+    total=$(pool_field data_total_bytes)
+    pool=$(pool_field name)
+    filler_map "$total" && filler_write 0 "$total"
+    mode=$(pool_field mode)
+    echo "lab: p5: the pool is $mode: $(dmsetup status "$pool")"
+    check "p5 agent reports the pool stopped ($mode)" test "$mode" = ro -o "$mode" = needs_check -o "$mode" = fail
+    check "p5 health event: rw to $mode" wait_until 40 "health_event rw $mode"
+    R resize p4 +1G
+    check "p5 container grow on the stopped pool refused (exit 3)" test "$RC" -eq 3
+    check "p5 the refusal names the pool's mode" grep -q "is $mode" <<<"$OUT"
+    check "p5 refusal changed nothing (Docker's metadata)" test "$(meta_bytes p4)" = "${size0#* }"
+    R pool grow --metadata +62M
+    if [[ $mode == ro ]]; then
+        check "p5 metadata grow of an ro pool exit 0" test "$RC" -eq 0
+        check "p5 pool back to rw after the metadata grew" wait_until 20 'test "$(pool_field mode)" = rw'
+        check "p5 health event: back to rw" wait_until 40 "health_event $mode rw"
+    else
+        check "p5 metadata grow of a $mode pool refused (exit 3)" test "$RC" -eq 3
+        check "p5 the refusal says to run thin_check" grep -q "thin_check" <<<"$OUT"
+        check "p5 the README's repair runs" pool_repair "$pool"
+        check "p5 pool rw after the repair" test "$(pool_field mode)" = rw
+        check "p5 pool metadata 64M after the repair" test "$(pool_field metadata_total_bytes)" -eq $((64 << 20))
+        check "p5 health event: $mode to rw after the repair" wait_until 40 "health_event $mode rw"
+    fi
+    if ! D exec p4 md5sum /data.bin >/dev/null 2>&1; then
+        echo "lab: p5: the container is down or its filesystem shut down; (re)starting it"
+        check "p5 container starts again" D restart -t 1 p4
+    fi
+    check "p5 data written before intact" test "$(data_sum p4)" = "$sum"
+    # The filler's blocks go back to the pool (the grow below needs them,
+    # with its 10% margin, and so does P2).
+    dmsetup remove --retry "$FILL" >/dev/null 2>&1
+    check "p5 the filler thin device deleted" dmsetup message "$pool" 0 "delete 9999"
+    R resize p4 +1G
+    check "p5 container grows once the pool is rw" test "$RC" -eq 0
+    D rm -f p4 >/dev/null
 }
 
 # P3. direct-lvm: dockerd on an LVM thin pool (on a loop device); the pool
@@ -745,6 +900,83 @@ s13_mapper_nodes() {
     check "s13 entries match dmsetup after the removals" mapper_nodes_match
 }
 
+# 14. a power cut after an online grow under write load (what xfstests'
+# _flakey_drop_and_remount and the device-mapper tests check): a writer
+# writes files one after the other, each fsync'd and then acknowledged by a
+# marker file holding its checksum, itself fsync'd; Roomy grows the device
+# under it; then the device is cut: in-flight I/O is not flushed (suspend
+# --noflush) and its table becomes `error`, as a disk that loses power
+# mid-write; then the host "reboots" (agent and dockerd restart, the mount
+# and the device go). After Docker remounts it (log or journal recovery), every
+# acknowledged file must be there and match, those acknowledged before the
+# grow and after it, the grown size must hold, and fsck must find nothing.
+power_cut_case() {
+    local c=$1 fs=$2 sum dev table acked_at_grow out n bad missing fsck=roomy-fsck-$1
+    run_box "$c"
+    sum=$(write_data "$c")
+    D exec -d "$c" sh -c 'mkdir -p /pc; i=0; while [ $i -lt 3000 ]; do i=$((i + 1));
+        dd if=/dev/urandom of=/pc/f$i bs=64k count=4 conv=fsync 2>/dev/null || exit 1
+        md5sum /pc/f$i | cut -d" " -f1 | dd of=/pc/ok$i conv=fsync 2>/dev/null || exit 1; done'
+    sleep 3
+    R resize "$c" 4G
+    check "$c grown online under the writer" test "$RC" -eq 0
+    # Every marker but the newest (its fsync may not have returned yet) was
+    # acknowledged before the grow ended.
+    acked_at_grow=$(($(D exec "$c" sh -c 'ls /pc | grep -c "^ok"') - 1))
+    sleep 3
+    dev=$(dev_of "$c")
+    table=$(dmsetup table "$dev")
+    dmsetup suspend --noflush "$dev" &&
+        dmsetup load "$dev" --table "0 $(awk '{print $2}' <<<"$table") error" &&
+        dmsetup resume "$dev"
+    check "$c device cut mid-write (error table)" test "$(dmsetup table "$dev" | awk '{print $3}')" = error
+    sleep 2
+    # Power back on: the host rebooted, so the agent and dockerd start again
+    # and neither the mount nor the device is left; Docker activates the
+    # device from its metadata, which Roomy wrote before the cut.
+    agent_stop
+    D kill "$c" >/dev/null 2>&1
+    dockerd_stop "$NAME" keep-containerd
+    findmnt -rn -S "/dev/mapper/$dev" -o TARGET | xargs -r -n1 umount -l
+    dmsetup info "$dev" >/dev/null 2>&1 && dmsetup remove --retry "$dev" >/dev/null 2>&1
+    eval "dockerd_launch \"\$NAME\" $(<"$LAB/$NAME/args")" || { fail "$c dockerd starts after the cut"; return 1; }
+    agent_start || { fail "$c agent starts after the cut"; return 1; }
+    check "$c starts after the cut (log recovery)" D start "$c"
+    check "$c df 4G after the cut" df_near "$(df_bytes "$c")" $((4 * GiB))
+    check "$c data written before the grow intact" test "$(data_sum "$c")" = "$sum"
+    # A marker that is empty was never acknowledged (its fsync did not
+    # return); one that holds a checksum was, and so was its file.
+    out=$(D exec "$c" sh -c 'cd /pc; n=0; bad=0; for o in ok*; do i=${o#ok}; [ -s "$o" ] || continue
+        n=$((n + 1)); [ "$(cat "$o")" = "$(md5sum "f$i" | cut -d" " -f1)" ] || bad=$((bad + 1)); done
+        missing=0; i=0; while [ $i -lt '"$acked_at_grow"' ]; do i=$((i + 1)); [ -s ok$i ] || missing=$((missing + 1)); done
+        echo $n $bad $missing')
+    read -r n bad missing <<<"$out"
+    echo "lab: $c: $acked_at_grow files acknowledged when the grow returned, ${n:-?} after the cut"
+    check "$c every file acknowledged before the grow is there ($acked_at_grow)" test "${missing:-1}" -eq 0
+    check "$c files acknowledged after the grow survived ($n > $acked_at_grow)" test "${n:-0}" -gt "$acked_at_grow"
+    check "$c every acknowledged file matches its checksum ($n, $bad bad)" test "${bad:-1}" -eq 0
+    check "$c writes after the cut" D exec "$c" dd if=/dev/zero of=/after bs=1M count=64 conv=fsync
+    table=$(dmsetup table "$dev")
+    D stop -t 1 "$c" >/dev/null
+    sleep 3
+    dmsetup info "$dev" >/dev/null 2>&1 && dmsetup remove --retry "$dev" >/dev/null 2>&1
+    # Docker deactivates a stopped container's device: check it through a
+    # mapping of our own, removed after.
+    if dmsetup create "$fsck" --table "$table"; then
+        if [[ $fs == xfs ]]; then
+            check "$c xfs_repair -n clean after the cut" xfs_repair -n "/dev/mapper/$fsck"
+        else
+            check "$c e2fsck -fn clean after the cut" e2fsck -fn "/dev/mapper/$fsck"
+        fi
+        dmsetup remove --retry "$fsck"
+    else
+        fail "$c fsck after the cut" "could not map the device: $table"
+    fi
+    D rm -f "$c" >/dev/null
+}
+s14_power_cut_xfs() { power_cut_case pc1 xfs; }
+s14_power_cut_ext4() { power_cut_case pc2 ext4; }
+
 scenarios() {
     local s t0
     for s in "$@"; do
@@ -767,7 +999,8 @@ group_xfs() {
     image_import
     agent_start || { fail "group xfs: agent starts"; return 1; }
     scenarios s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent \
-        s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client
+        s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client \
+        s14_power_cut_xfs
     check "xfs: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop xfs
@@ -778,7 +1011,7 @@ group_ext4() {
     dockerd_start ext4 ext4 || { fail "group ext4: dockerd starts"; return 1; }
     image_import
     agent_start || { fail "group ext4: agent starts"; return 1; }
-    scenarios s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes
+    scenarios s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes s14_power_cut_ext4
     check "ext4: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop ext4
@@ -798,11 +1031,13 @@ group_nodefer() {
 
 group_pool() {
     NAME=pool
-    dockerd_start pool xfs --storage-opt dm.loopdatasize=2G --storage-opt dm.loopmetadatasize=128M ||
+    # 2M of metadata map fewer blocks than the 11G P2 and P4 grow it to.
+    dockerd_start pool xfs --storage-opt dm.loopdatasize=1G --storage-opt dm.loopmetadatasize=2M ||
         { fail "group pool: dockerd starts"; return 1; }
     image_import
     agent_start || { fail "group pool: agent starts"; return 1; }
-    scenarios p2_pool_out_of_space p1_pool_grows_online
+    scenarios p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
+    dmsetup info "$FILL" >/dev/null 2>&1 && dmsetup remove --retry "$FILL"
     agent_stop
     dockerd_stop pool
 }
