@@ -186,6 +186,19 @@ impl PoolUsage {
             )));
         }
         let params = pool_params(pool, tparams)?;
+        // devicemapper-rs indexes both halves of "used/total" (fields 1
+        // and 2, split on single spaces as it does) without checking them.
+        if !(sparams.starts_with("Error") || sparams.starts_with("Fail"))
+            && sparams
+                .split(' ')
+                .skip(1)
+                .take(2)
+                .any(|f| f.split('/').count() != 2)
+        {
+            return Err(unexpected(format!(
+                "pool status {sparams:?} lacks used/total block counts"
+            )));
+        }
         let status: ThinPoolStatus = sparams
             .parse()
             .map_err(|e| unexpected(format!("unreadable pool status {sparams:?}: {e}")))?;
