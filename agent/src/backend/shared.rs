@@ -108,6 +108,13 @@ pub fn plan_grow(container: &str, request: SizeRequest, current: u64) -> Result<
     Ok(target)
 }
 
+/// Whether a pool in `mode` (PoolStatus.mode) must have its metadata repaired before it
+/// takes a new size: dm-thin ignores a grow of a needs_check pool ("unable
+/// to grow ... until repaired") and a failed one takes nothing at all.
+pub fn needs_repair(mode: &str) -> bool {
+    matches!(mode, "needs_check" | "fail" | "error")
+}
+
 /// The health of a container's disk and the sentence that goes with it.
 /// `protected`: the agent keeps the grown device alive across a restart
 /// (fd held with deferred removal, or the device left active while stopped).

@@ -178,7 +178,7 @@ impl DeviceMapper {
         data: Option<u64>,
         meta: Option<u64>,
     ) -> Result<(), AgentError> {
-        if matches!(pool.usage.mode, "needs_check" | "fail" | "error") {
+        if crate::backend::shared::needs_repair(pool.usage.mode) {
             return Err(AgentError::PoolNeedsRepair {
                 pool: pool.name.clone(),
                 mode: pool.usage.mode.to_string(),

@@ -202,16 +202,15 @@ impl PoolUsage {
         let status: ThinPoolStatus = sparams
             .parse()
             .map_err(|e| unexpected(format!("unreadable pool status {sparams:?}: {e}")))?;
+        // pool_params made sure one block's bytes fit in 64 bits.
+        let block_bytes = *params.data_block_size * SECTOR_SIZE as u64;
         let bytes = |blocks: u64| {
-            (*params.data_block_size)
-                .checked_mul(SECTOR_SIZE as u64)
-                .and_then(|b| b.checked_mul(blocks))
-                .ok_or_else(|| {
-                    unexpected(format!(
-                        "{blocks} data blocks of {} sectors do not fit in 64 bits",
-                        *params.data_block_size
-                    ))
-                })
+            block_bytes.checked_mul(blocks).ok_or_else(|| {
+                unexpected(format!(
+                    "{blocks} data blocks of {} sectors do not fit in 64 bits",
+                    *params.data_block_size
+                ))
+            })
         };
         Ok(match status {
             ThinPoolStatus::Working(w) => PoolUsage {
