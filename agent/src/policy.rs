@@ -17,6 +17,7 @@ use roomy_policy::{cap_for, decide, decide_pool, select, PoolNumbers, Verdict};
 use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize};
 
+use crate::backend::shared::needs_repair;
 use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend};
 use crate::events::EventLog;
 use crate::metrics::{AgentMetrics, ContainerGauges, Source};
@@ -161,13 +162,17 @@ fn health_message(from: &str, pool: &PoolStatus) -> String {
                 "wait (for the kernel's no_space_timeout, then fail)"
             }
         ),
-        "needs_check" | "ro" => {
-            "its metadata is read-only (full or damaged) and Roomy refuses to grow \
-            anything on it: stop Docker, run thin_check (then thin_repair) on the pool's metadata, \
-            grow the metadata, start Docker (README: \"A pool that needs a check\")"
+        "ro" => "its metadata is full and its containers cannot grow until it grows: \
+            roomyctl pool grow --metadata +SIZE"
+            .to_string(),
+        mode if needs_repair(mode) => {
+            "the kernel takes no new size until its metadata is repaired, and Roomy refuses \
+            to grow anything on it: stop Docker, run thin_check (then thin_repair) on the \
+            pool's metadata, start Docker (README: \"A pool that needs a check\"); the kernel \
+            log (dmesg) says what happened"
                 .to_string()
         }
-        _ => "the pool failed: read the kernel log (dmesg) and dmsetup status".to_string(),
+        _ => "read the kernel log (dmesg) and dmsetup status".to_string(),
     };
     format!(
         "pool {} went from {from} to {}: {next} ({})",
@@ -728,6 +733,10 @@ mod tests {
             m.contains("thin_check") && m.contains("refuses to grow"),
             "{m}"
         );
+        let m = health_message("rw", &pool("fail", ""));
+        assert!(m.contains("thin_repair") && m.contains("dmesg"), "{m}");
+        let m = health_message("rw", &pool("ro", "queue"));
+        assert!(m.contains("pool grow --metadata"), "{m}");
         let m = health_message("out_of_data_space", &pool("rw", "queue"));
         assert!(m.contains("went from out_of_data_space to rw"), "{m}");
     }
