@@ -254,7 +254,7 @@ as vic inspect host3/c2 -o json
 check "inspect shows the cap size" grep -q '"fs_size_bytes": 4294967296' <<<"$OUT"
 as vic policy explain host3/c0
 check "explain at the cap: skip (cap_reached)" grep -q "decision: skip (cap_reached)" <<<"$OUT"
-check "webhook got a grown event after 2 failures" wait_for 15 'grep -q '\''"kind":"grown".*"host":"host3"\|"host":"host3".*"kind":"grown"'\'' "$WORK/webhook.jsonl"'
+check "webhook got a grown event after 2 failures" wait_for 15 'grep -q '\''"kind":"grown".*"host":"host3"\|"host":"host3".*"kind":"grown"'\'' "$WORK/webhook.jsonl" 2>/dev/null'
 check "webhook text line for chat" grep -q 'roomy: host3/c[0-2] grown 2 GiB' "$WORK/webhook.jsonl"
 OUT=$(curl -s --max-time 2 http://127.0.0.1:9788/metrics)
 check "controller metrics: host up" grep -q '^roomy_host_up{host="host1"} 1' <<<"$OUT"
