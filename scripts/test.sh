@@ -113,10 +113,11 @@ ROOMY_VM_VERBOSE=1 ROOMY_VM_ROOT=$root ROOMY_VM_TIER=docker26 ROOMY_VM_WORK=/tmp
 # A tier that died before its first result has no results file: count 0
 # (grep -c prints nothing for a missing file, which broke the sum once).
 count() { if [[ -r $2 ]]; then grep -c "$1" "$2" || true; else echo 0; fi; }
-passed=0 failed=0
-for r in /tmp/roomy-vm/out/results /tmp/roomy-vm-26/out/results; do
-    passed=$((passed + $(count '^PASS' "$r")))
-    failed=$((failed + $(count '^FAIL' "$r")))
+passed=0 failed=0 rebooted=()
+for w in /tmp/roomy-vm /tmp/roomy-vm-26; do
+    passed=$((passed + $(count '^PASS' "$w/out/results")))
+    failed=$((failed + $(count '^FAIL' "$w/out/results")))
+    [[ -e $w/out/boot-retries ]] && rebooted+=("$w")
 done
 # A tier that died before writing results still fails the run.
 [[ $rc -eq 0 ]] || failed=$((failed > 0 ? failed : 1))
@@ -124,7 +125,7 @@ echo
 echo "test.sh: last step $((SECONDS - step_t0))s, total ${SECONDS}s"
 echo "real-kernel tiers: $passed passed, $failed failed"
 # Say it when a tier needed a second boot (the kernel died before our script).
-for w in /tmp/roomy-vm /tmp/roomy-vm-26; do
-    [[ -e $w/out/boot-retries ]] && echo "test.sh: $w booted twice: the first kernel died before the guest script started ($w/out/console.boot-1.log)"
+for w in "${rebooted[@]}"; do
+    echo "test.sh: $w booted twice: the first kernel died before the guest script started ($w/out/console.boot-1.log)"
 done
 [[ $rc -eq 0 && $failed -eq 0 ]]

@@ -75,13 +75,6 @@ df_near() {
     [[ $got -le $want && $got -ge $((want * 95 / 100)) ]]
 }
 
-# check NAME CONDITION-COMMAND...: pass/fail one assertion.
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name" "$* (last output: ${OUT:-})"; fi
-}
-
 write_data() { D exec "$1" sh -c 'dd if=/dev/urandom of=/data.bin bs=1M count=32 2>/dev/null && sync && md5sum /data.bin' | cut -d' ' -f1; }
 data_sum() { D exec "$1" md5sum /data.bin | cut -d' ' -f1; }
 
@@ -729,15 +722,9 @@ p3_direct_lvm() {
 # distributed: growth still happens (2G written: three growths, 1G ->
 # 3.4G, enough to prove it and half the emulated writes of a 3.5G
 # repeat), and the audit entries arrive when the controller is back.
-agent_metric() { curl -s --max-time 2 http://127.0.0.1:9787/metrics | awk -v name="$1 " 'index($0, name) == 1 {v=$NF} END {print v+0}'; }
 # Check names: a1/a2 on devicemapper, o7/o7b when overlay2 runs it.
 A1=a1
 A2=a2
-wait_until() { # SECONDS CONDITION-STRING
-    local i
-    for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
-    return 1
-}
 # Writes MiB of zeros to FILE in container C as fast as it can; the exit
 # code and dd's complaint land in FILE.rc and FILE.err.
 writer() { # C FILE MiB

@@ -105,11 +105,6 @@ stall_phase() {
 dev_of() { D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1"; }
 table_bytes() { dmsetup table "$(dev_of "$1")" | awk '{ printf "%.0f\n", $2 * 512 }'; }
 df_bytes() { D exec "$1" df -kP / | awk 'NR == 2 { printf "%.0f\n", $2 * 1024 }'; }
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name" "$*"; fi
-}
 # xfs df shows the filesystem less its log: within 5% below.
 df_near() { [[ $1 -le $2 && $1 -ge $(($2 * 95 / 100)) ]]; }
 no_stray_dm_state() {

@@ -149,8 +149,8 @@ root_args=()
 echo "boot.sh: booting $kernel${vm_root:+ over root $vm_root} (mem ${ROOMY_VM_MEMORY:-4G}, disk $disk, out $out, timeout ${timeout_s}s)" >&2
 # QEMU 7.2's TCG (Debian 12) now and then runs a stale translation of a
 # static branch the kernel has just patched: "Oops: int3" in early boot
-# (seen twice in ~20 runs on the 6.12 kernel, 0 in 30 bare boots), before
-# any of our code ran. Only that case boots again, once, and says so; a
+# (seen once, in CI's run of the 6.12 tier; 0 in 30 bare boots here),
+# before any of our code ran. Only that case boots again, once, and says so; a
 # guest that dies after the script started fails as it did.
 deadline=$((SECONDS + timeout_s))
 for attempt in 1 2; do

@@ -255,6 +255,27 @@ fail() {
     echo "FAIL $1" >>"$LAB_RESULTS"
 }
 
+# check NAME CONDITION-COMMAND...: pass/fail one assertion.
+check() {
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name" "$* (last output: ${OUT:-})"; fi
+}
+
+wait_until() { # SECONDS CONDITION-STRING
+    local i
+    for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
+    return 1
+}
+
+# agent_metric NAME: the value of one sample on the agent's /metrics
+# (--metrics-listen 127.0.0.1:9787); nothing when the agent does not answer,
+# so a `test ... -eq 0` on it fails instead of passing on a dead endpoint.
+agent_metric() {
+    curl -s --max-time 5 http://127.0.0.1:9787/metrics |
+        awk -v name="$1 " 'index($0, name) == 1 {v = $NF} END {if (v != "") print v + 0}'
+}
+
 # Exactly one final line; non-zero when anything failed.
 summary() {
     local p f

@@ -24,16 +24,6 @@ T=${ROOMY_SOAK_SECONDS:-600}
 REPORT=$ROOMY_VM_OUT/soak.txt
 : >"$REPORT"
 say() { echo "$*" | tee -a "$REPORT"; }
-wait_until() { # SECONDS CONDITION-STRING
-    local i
-    for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
-    return 1
-}
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name" "${OUT:-}"; fi
-}
 
 lab_init || exit 1
 # Dirty memory capped at about a second of this emulated disk, as in a1.
@@ -62,7 +52,6 @@ controller_start() {
     return 1
 }
 controller_start || { fail "soak: controller starts" "$(tail -5 "$LAB/controller.log")"; summary; exit 1; }
-agent_metric() { curl -s --max-time 5 http://127.0.0.1:9787/metrics | awk -v name="$1 " 'index($0, name) == 1 {v=$NF} END {print v+0}'; }
 
 C policy set soak --containers 'soak*' --at 80% --grow 50% --max 256M
 check "soak: policy set" test "$RC" -eq 0
