@@ -1,13 +1,35 @@
 #!/bin/bash
-# Fleet benchmark: `roomyctl ls` across 1, 10, 100 and 1,000 simulated
-# agents on loopback, over mutual TLS; prints p50/p99 latency and the
-# controller's CPU and memory. Needs no VM.
+# Fleet benchmarks, no VM needed:
+#  1. `roomyctl ls` across 1, 10, 100 and 1,000 simulated agents on
+#     loopback, over mutual TLS: p50/p99 latency, the controller's CPU and
+#     memory (tests/fleet/bench.sh);
+#  2. event ingest: the controller's store, an fsync per event against
+#     batches (controller/benches/event_ingest.rs); the agent's buffer
+#     drained with a sampler appending meanwhile (agent/benches/
+#     event_backlog.rs); and end to end, backlogs of up to 100,000 events
+#     on simulated agents drained by a controller that starts after them
+#     (tests/fleet/bench-ingest.sh).
+# ROOMY_BENCH_ONLY=ls or =ingest runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/roomy-build}/target}
 tests/vm/install-deps.sh >/dev/null
 echo "bench-fleet.sh: building roomy (release)..." >&2
 cargo build --release --workspace --quiet
 bin=target/bench-bin
 mkdir -p "$bin"
-cp target/release/roomy-agent target/release/roomyctl target/release/roomy-controller "$bin/"
-ROOMY_BIN=$(realpath "$bin") tests/fleet/bench.sh
+cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
+only=${ROOMY_BENCH_ONLY:-}
+if [[ -z $only || $only == ls ]]; then
+    ROOMY_BIN=$(realpath "$bin") tests/fleet/bench.sh
+fi
+if [[ -z $only || $only == ingest ]]; then
+    echo
+    cargo bench -q -p roomy-controller --bench event_ingest -- 20000
+    echo
+    cargo bench -q -p roomy-agent --bench event_backlog -- 10000 100000
+    cargo bench -q -p roomy-agent --bench event_backlog -- --ack-every 1 10000
+    echo
+    ROOMY_BIN=$(realpath "$bin") ROOMY_SEED="cargo bench -q -p roomy-agent --bench event_backlog -- --seed" \
+        tests/fleet/bench-ingest.sh
+fi

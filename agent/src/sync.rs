@@ -18,6 +18,9 @@ use crate::error::AgentError;
 use crate::events::EventLog;
 use crate::sys::atomic::write_atomically;
 
+/// Events taken from the buffer at a time for the stream.
+const SEND_BATCH: usize = 1024;
+
 /// The last policy set from the controller, on disk and in memory.
 pub struct PolicyStore {
     path: PathBuf,
@@ -145,11 +148,18 @@ impl SyncHub {
             let mut sent = 0;
             while current(&hub) && !tx.is_closed() {
                 latest.borrow_and_update();
-                for event in hub.events.after(sent) {
+                // In batches, so a long backlog is neither copied whole nor
+                // held under the buffer's lock.
+                let batch = hub.events.after(sent, SEND_BATCH);
+                let more = batch.len() == SEND_BATCH;
+                for event in batch {
                     sent = event.seq;
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                }
+                if more {
+                    continue;
                 }
                 tokio::select! {
                     _ = latest.changed() => {}

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use roomy_proto::v1::{sync_request, Event, EventKind, Policy, PolicySet, SyncRequest};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -28,6 +29,9 @@ use crate::webhook::Webhooks;
 /// Backoff between attempts to reopen a link.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Events stored at most per transaction (and acknowledged at once).
+const INGEST_BATCH: usize = 512;
 
 struct Link {
     task: JoinHandle<()>,
@@ -183,17 +187,36 @@ impl Distributor {
                     let Some(event) = message? else {
                         return Err(closed());
                     };
-                    let seq = event.seq;
-                    self.accept(host, event)?;
+                    // What has arrived already goes into the same
+                    // transaction, under one ack: a backlog is stored at
+                    // the disk's write speed, not one fsync per event.
+                    let mut batch = vec![event];
+                    let mut ended = false;
+                    while batch.len() < INGEST_BATCH {
+                        match inbound.message().now_or_never() {
+                            Some(Ok(Some(event))) => batch.push(event),
+                            None => break,
+                            Some(Ok(None) | Err(_)) => {
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    let seq = batch.last().map_or(0, |e| e.seq);
+                    self.accept(host, batch).await?;
                     let ack = SyncRequest { msg: Some(sync_request::Msg::Ack(seq)) };
                     tx.send(ack).await.map_err(|_| closed())?;
+                    if ended {
+                        return Err(closed());
+                    }
                 }
             }
         }
     }
 
-    /// Store an event (and audit its action) once; pass new ones on.
-    fn accept(&self, host: &str, mut event: Event) -> Result<(), Status> {
+    /// An event as stored: stamped with its host, and the audit entry of
+    /// the action it reports, if any.
+    fn record(host: &str, mut event: Event) -> (Event, Option<AuditRecord>) {
         event.host = host.to_string();
         let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
         let pool = event.target == "pool";
@@ -215,20 +238,34 @@ impl Distributor {
             },
             message: event.message.clone(),
         });
-        let new = self
-            .store
-            .record_event(&event, audit.as_ref())
-            .map_err(Status::from)?;
-        if !new {
-            return Ok(());
+        (event, audit)
+    }
+
+    /// Store a batch of events (and audit their actions) once, in one
+    /// transaction off the async workers; pass the new ones on.
+    async fn accept(&self, host: &str, events: Vec<Event>) -> Result<(), Status> {
+        let records: Vec<_> = events.into_iter().map(|e| Self::record(host, e)).collect();
+        let store = self.store.clone();
+        let (records, added) = tokio::task::spawn_blocking(move || {
+            let added = store.record_events(&records);
+            (records, added)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("storing events: {e}")))?;
+        let added = added.map_err(Status::from)?;
+        for ((event, audit), new) in records.into_iter().zip(added) {
+            if !new {
+                continue;
+            }
+            if let Some(a) = &audit {
+                self.metrics.audit(&a.action, &a.result);
+            }
+            let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
+            self.metrics.event(host, kind.word(), &event.reason);
+            self.webhooks.deliver(&event);
+            // No followers is fine.
+            let _ = self.events.send(event);
         }
-        if let Some(a) = &audit {
-            self.metrics.audit(&a.action, &a.result);
-        }
-        self.metrics.event(host, kind.word(), &event.reason);
-        self.webhooks.deliver(&event);
-        // No followers is fine.
-        let _ = self.events.send(event);
         Ok(())
     }
 }

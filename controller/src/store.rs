@@ -65,14 +65,24 @@ pub trait Store: Send + Sync + 'static {
     /// Every policy, by name.
     fn policies(&self) -> Result<Vec<Policy>, ControllerError>;
 
-    /// Store an agent's event, and its audit entry when it has one, in one
-    /// transaction. False when (host, seq) is already stored: the agent
-    /// sent it again before it saw the ack; nothing is written twice.
+    /// Store agents' events, each with its audit entry when it has one,
+    /// all in one transaction: all are stored or none. Per event, false
+    /// when (host, seq) is already stored: the agent sent it again before
+    /// it saw the ack; nothing is written twice.
+    fn record_events(
+        &self,
+        batch: &[(Event, Option<AuditRecord>)],
+    ) -> Result<Vec<bool>, ControllerError>;
+
+    /// One event: [`Store::record_events`] of one.
     fn record_event(
         &self,
         event: &Event,
         audit: Option<&AuditRecord>,
-    ) -> Result<bool, ControllerError>;
+    ) -> Result<bool, ControllerError> {
+        let added = self.record_events(&[(event.clone(), audit.cloned())])?;
+        Ok(added.first().copied().unwrap_or(false))
+    }
     /// The newest `limit` events (of `host`, when given), oldest first.
     fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError>;
 }
@@ -209,27 +219,46 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn record_event(
+    fn record_events(
         &self,
-        event: &Event,
-        audit: Option<&AuditRecord>,
-    ) -> Result<bool, ControllerError> {
+        batch: &[(Event, Option<AuditRecord>)],
+    ) -> Result<Vec<bool>, ControllerError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_err)?;
-        let added = tx
-            .execute(
-                "INSERT OR IGNORE INTO events (host, seq, body) VALUES (?1, ?2, ?3)",
-                params![event.host, event.seq as i64, event.encode_to_vec()],
-            )
-            .map_err(db_err)?
-            > 0;
-        if let (true, Some(e)) = (added, audit) {
-            tx.execute(
-                "INSERT INTO audit (time_ms, principal, action, target, from_bytes, to_bytes, result, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![e.time_ms, e.principal, e.action, e.target, e.from_bytes as i64, e.to_bytes as i64, e.result, e.message],
-            )
-            .map_err(db_err)?;
+        let mut added = Vec::with_capacity(batch.len());
+        {
+            let mut event_stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO events (host, seq, body) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db_err)?;
+            let mut audit_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit (time_ms, principal, action, target, from_bytes, to_bytes, result, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db_err)?;
+            for (event, audit) in batch {
+                let new = event_stmt
+                    .execute(params![event.host, event.seq as i64, event.encode_to_vec()])
+                    .map_err(db_err)?
+                    > 0;
+                if let (true, Some(e)) = (new, audit) {
+                    audit_stmt
+                        .execute(params![
+                            e.time_ms,
+                            e.principal,
+                            e.action,
+                            e.target,
+                            e.from_bytes as i64,
+                            e.to_bytes as i64,
+                            e.result,
+                            e.message
+                        ])
+                        .map_err(db_err)?;
+                }
+                added.push(new);
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(added)
@@ -390,6 +419,41 @@ mod tests {
             .map(|e| e.message)
             .collect();
         assert_eq!(last, ["host1-2"]);
+    }
+
+    #[test]
+    fn a_batch_is_stored_in_one_go_and_resends_in_it_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("roomy.db")).unwrap();
+        let event = |seq| Event {
+            host: "host1".into(),
+            seq,
+            ..Default::default()
+        };
+        let audit = |target: &str| AuditRecord {
+            principal: "policy:grow80@host1".into(),
+            target: target.into(),
+            ..Default::default()
+        };
+        store.record_event(&event(2), Some(&audit("a"))).unwrap();
+        // 2 again (a resend after a lost ack), then new ones.
+        let added = store
+            .record_events(&[
+                (event(1), Some(audit("b"))),
+                (event(2), Some(audit("a"))),
+                (event(3), None),
+                (event(4), Some(audit("c"))),
+            ])
+            .unwrap();
+        assert_eq!(added, [true, false, true, true]);
+        let targets: Vec<_> = store
+            .audit(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.target)
+            .collect();
+        assert_eq!(targets.len(), 3, "{targets:?}");
+        assert_eq!(store.events(10, None).unwrap().len(), 4);
     }
 
     #[test]

@@ -569,7 +569,7 @@ pool_set_when_full() { # error|queue; no container may be running
     dmsetup reload "$pool" --table "$start $len $tt $meta $data $block $low $(wc -w <<<"$feats") $(echo $feats)" &&
         dmsetup suspend "$pool" && dmsetup resume "$pool"
 }
-health_event() { grep -aq "went from $1 to $2" "$LAB/$NAME/state/events.log" 2>/dev/null; }
+health_event() { cat "$LAB/$NAME/state"/events*.log 2>/dev/null | grep -aq "went from $1 to $2"; }
 p4_pool_error_mode() {
     local sum free t0 took
     check "p4 pool queues writes when full at first" test "$(pool_field when_full)" = queue
