@@ -425,21 +425,9 @@ s9_no_deferred_removal() {
 # 10. the whole chain: roomyctl -> controller -> agent (mutual TLS) -> dm +
 # dockerd, and the audit log names who did it.
 s10_through_the_controller() {
-    local pki=$LAB/pki sum
-    "$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
-    agent_stop
-    AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key" --tls-ca "$pki/ca.pem")
-    agent_start || return 1
+    local sum
+    controller_lab s10 || { fail "s10 controller lab starts"; AGENT_ARGS=(); return 1; }
     AGENT_ARGS=()
-    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/controller.toml"
-    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/controller.toml"
-    "$BIN/roomy-controller" --config "$LAB/controller.toml" >"$LAB/controller.log" 2>&1 &
-    local controller=$!
-    C() {
-        OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
-        RC=$?
-    }
-    for _ in $(seq 150); do C hosts ls; [[ $RC -eq 0 ]] && break; sleep 0.2; done
     run_box s10
     sum=$(write_data s10)
     C ls vmhost
@@ -451,9 +439,7 @@ s10_through_the_controller() {
     check "s10 metadata 4G" test "$(meta_bytes s10)" -eq $((4 * GiB))
     C audit
     check "s10 audited with the user's identity" grep -q "olga .*resize .*vmhost/s10 .*2 GiB -> 4 GiB .*ok" <<<"$OUT"
-    kill "$controller"
-    wait "$controller" 2>/dev/null
-    cp "$LAB/controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
+    controller_stop
 }
 
 # P1. the loop-lvm pool grows online under a writer, refuses what it must,
@@ -732,26 +718,10 @@ writer() { # C FILE MiB
 }
 writer_done() { D exec "$1" test -f "$2.rc"; }
 a1_autogrow() {
-    local pki=$LAB/pki-a1 controller sum grown audited t0
-    "$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
-    agent_stop
-    AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key"
-        --tls-ca "$pki/ca.pem" --metrics-listen 127.0.0.1:9787)
-    agent_start || return 1
+    local sum grown audited t0
+    controller_lab "$A1" --metrics-listen 127.0.0.1:9787 ||
+        { fail "$A1 controller lab starts"; AGENT_ARGS=(); return 1; }
     AGENT_ARGS=()
-    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/a1-controller.toml"
-    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/a1-controller.toml"
-    a1_controller_start() {
-        "$BIN/roomy-controller" --config "$LAB/a1-controller.toml" >>"$LAB/a1-controller.log" 2>&1 &
-        controller=$!
-        for _ in $(seq 150); do C hosts ls; [[ $RC -eq 0 ]] && return 0; sleep 0.2; done
-        return 1
-    }
-    C() {
-        OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
-        RC=$?
-    }
-    a1_controller_start || { fail "$A1 controller starts" "$(tail -5 "$LAB/a1-controller.log")"; return 1; }
     run_box a1
     # XFS keeps ~6% of a 1G filesystem for its log and metadata.
     check "$A1 starts at 1G" test "$(df_bytes a1)" -le "$GiB" -a "$(df_bytes a1)" -gt $((900 << 20))
@@ -783,8 +753,7 @@ a1_autogrow() {
     grep '"target":"a1".*"kind":"grown"' <<<"$OUT" | grep -o '"duration_ms":[0-9]*' | cut -d: -f2 >"$ROOMY_VM_OUT/a1-grow-ms" || true
 
     echo "--- a2: the controller stopped after the policy was distributed"
-    kill "$controller"
-    wait "$controller" 2>/dev/null
+    controller_stop
     # a1's 4G go: on overlay2 they share one backing XFS with a2, and two
     # full 4G containers with its 10% margin do not fit (the agent rightly
     # refused that growth, seen on Docker 26).
@@ -796,7 +765,7 @@ a1_autogrow() {
     check "$A2 writer wrote 2G without ENOSPC, controller down" test "$(D exec a2 cat /fill.rc)" = 0 -a -z "$(D exec a2 cat /fill.err | grep -i 'no space')"
     check "$A2 grown past 2G" test "$(df_bytes a2)" -gt $((2048 << 20))
     check "$A2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
-    a1_controller_start || { fail "$A1 controller restarts" "$(tail -5 "$LAB/a1-controller.log")"; return 1; }
+    controller_start || { fail "$A1 controller restarts"; return 1; }
     check "$A2 buffered events delivered when the controller is back" wait_until 15 'test "$(agent_metric roomy_events_buffered)" -eq 0'
     C events --limit 200 -o json
     grown=$(grep -c '"target":"a2".*"kind":"grown"' <<<"$OUT")
@@ -806,10 +775,8 @@ a1_autogrow() {
     curl -s --max-time 2 http://127.0.0.1:9787/metrics >"$ROOMY_VM_OUT/a1-agent-metrics.txt"
     check "$A1 agent metrics: resizes by policy" grep -q '^roomy_resizes_total{result="grown",source="policy"} [1-9]' "$ROOMY_VM_OUT/a1-agent-metrics.txt"
     C policy rm auto
-    kill "$controller"
-    wait "$controller" 2>/dev/null
+    controller_stop
     D rm -f a2 >/dev/null
-    cp "$LAB/a1-controller.log" "$ROOMY_VM_OUT/" 2>/dev/null
 }
 
 # ------------------------------------------------------------------- main

@@ -30,19 +30,7 @@ lab_init || exit 1
 sysctl -q -w vm.dirty_bytes=$((48 << 20)) vm.dirty_background_bytes=$((16 << 20))
 ROOMY_BASESIZE=1G dockerd_start bench xfs || exit 1
 image_import
-pki=$LAB/pki
-"$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
-AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key"
-    --tls-ca "$pki/ca.pem")
-agent_start || exit 1
-sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/controller.toml"
-printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/controller.toml"
-"$BIN/roomy-controller" --config "$LAB/controller.toml" >"$LAB/controller.log" 2>&1 &
-C() {
-    OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" --ca "$pki/ca.pem" "$@" 2>&1)
-    RC=$?
-}
-for _ in $(seq 50); do C hosts ls; [[ $RC -eq 0 ]] && break; sleep 0.2; done
+controller_lab bench || exit 1
 
 mount_of() { findmnt -n -o TARGET "/dev/mapper/$(D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1")" | head -1; }
 fs_blocks() { stat -f -c %b "$1"; }

@@ -370,9 +370,63 @@ agent_start() {
 
 agent_stop() {
     local pid
+    [[ -f $LAB/$NAME/agent.pid ]] || return 0
     pid=$(<"$LAB/$NAME/agent.pid")
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------ controller lab
+# controller_lab DIR [AGENT-ARG...]: the fleet in one VM. Certificates
+# (`roomyctl certs init`: host vmhost, user olga as operator) in $LAB/DIR/pki;
+# the agent in use restarted on mutual TLS at 127.0.0.1:7444 with the extra
+# arguments given (it keeps its unix socket, so R still works); a
+# roomy-controller on 127.0.0.1:7443 that knows the agent as "vmhost",
+# started and answering. C then runs roomyctl through it as olga.
+# AGENT_ARGS keeps the TLS arguments until the caller empties it.
+CTL_DIR="" CONTROLLER=""
+controller_lab() {
+    CTL_DIR=$LAB/$1
+    shift
+    local pki=$CTL_DIR/pki
+    mkdir -p "$CTL_DIR"
+    "$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null || return 1
+    agent_stop
+    AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key"
+        --tls-ca "$pki/ca.pem" "$@")
+    agent_start || return 1
+    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$CTL_DIR/controller.toml"
+    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$CTL_DIR/controller.toml"
+    controller_start
+}
+
+# C ARGS...: roomyctl through the controller as olga; $OUT and $RC as R.
+C() {
+    # shellcheck disable=SC2034 # read by the scripts that source this
+    OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$CTL_DIR/pki/users/olga.pem" \
+        --key "$CTL_DIR/pki/users/olga.key" --ca "$CTL_DIR/pki/ca.pem" --timeout 60 "$@" 2>&1)
+    # shellcheck disable=SC2034
+    RC=$?
+}
+
+# The controller of controller_lab, (re)started until it answers (30 s;
+# its log, appended to across restarts, is $CTL_DIR/controller.log).
+controller_start() {
+    "$BIN/roomy-controller" --config "$CTL_DIR/controller.toml" >>"$CTL_DIR/controller.log" 2>&1 &
+    CONTROLLER=$!
+    if wait_until 30 'C hosts ls; [[ $RC -eq 0 ]]'; then return 0; fi
+    echo "controller did not answer in 30 s; log tail:" >&2
+    tail -n 10 "$CTL_DIR/controller.log" >&2
+    return 1
+}
+
+controller_stop() {
+    [[ -n $CONTROLLER ]] || return 0
+    kill -TERM "$CONTROLLER" 2>/dev/null
+    wait "$CONTROLLER" 2>/dev/null
+    CONTROLLER=""
+    cp "$CTL_DIR/controller.log" "$ROOMY_VM_OUT/controller-$(basename "$CTL_DIR").log" 2>/dev/null
+    return 0
 }
 
 # roomyctl against the agent in use; output to $OUT, exit code in $RC.

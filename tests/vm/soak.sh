@@ -32,26 +32,8 @@ sysctl -q -w vm.dirty_bytes=$((48 << 20)) vm.dirty_background_bytes=$((16 << 20)
 xfs_quota_root soak 24G >/dev/null || { fail "soak: XFS prjquota root"; summary; exit 1; }
 dockerd_launch soak --storage-driver overlay2 || { fail "soak: dockerd starts"; summary; exit 1; }
 image_import
-pki=$LAB/pki
-"$BIN/roomyctl" certs init --out "$pki" --host vmhost --user olga:operator >/dev/null
-AGENT_ARGS=(--listen 127.0.0.1:7444 --tls-cert "$pki/agents/vmhost.pem" --tls-key "$pki/agents/vmhost.key"
-    --tls-ca "$pki/ca.pem" --metrics-listen 127.0.0.1:9787)
-agent_start || { fail "soak: agent starts"; summary; exit 1; }
+controller_lab soak --metrics-listen 127.0.0.1:9787 || { fail "soak: controller lab starts"; summary; exit 1; }
 agent_pid=$(<"$LAB/$NAME/agent.pid")
-sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$pki/controller.toml" >"$LAB/controller.toml"
-printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$LAB/controller.toml"
-C() {
-    OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$pki/users/olga.pem" --key "$pki/users/olga.key" \
-        --ca "$pki/ca.pem" --timeout 60 "$@" 2>&1)
-    RC=$?
-}
-controller_start() {
-    "$BIN/roomy-controller" --config "$LAB/controller.toml" >>"$LAB/controller.log" 2>&1 &
-    controller=$!
-    for _ in $(seq 150); do C hosts ls; [[ $RC -eq 0 ]] && return 0; sleep 0.2; done
-    return 1
-}
-controller_start || { fail "soak: controller starts" "$(tail -5 "$LAB/controller.log")"; summary; exit 1; }
 
 C policy set soak --containers 'soak*' --at 80% --grow 50% --max 256M
 check "soak: policy set" test "$RC" -eq 0
@@ -93,7 +75,7 @@ manual=$!
 restarts=$!
 sample() { # what sampled: the agent's and controller's RSS (KiB) and fds
     echo "$((SECONDS - start)) $(awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status") $(ls "/proc/$agent_pid/fd" | wc -l)" \
-        "$(awk '/^VmRSS/ {print $2}' "/proc/$controller/status" 2>/dev/null || echo 0) $(ls "/proc/$controller/fd" 2>/dev/null | wc -l)"
+        "$(awk '/^VmRSS/ {print $2}' "/proc/$CONTROLLER/status" 2>/dev/null || echo 0) $(ls "/proc/$CONTROLLER/fd" 2>/dev/null | wc -l)"
 }
 start=$SECONDS
 : >"$LAB/samples"
@@ -101,12 +83,11 @@ stopped_controller=0
 while ((SECONDS < end)); do
     sample >>"$LAB/samples"
     if ((stopped_controller < 2 && SECONDS - start >= (stopped_controller + 1) * T / 3)); then
-        kill -TERM "$controller"
-        wait "$controller" 2>/dev/null
+        controller_stop
         stopped_controller=$((stopped_controller + 1))
         say "controller stopped ($stopped_controller) at $((SECONDS - start)) s; buffered on the agent: $(agent_metric roomy_events_buffered) events"
         sleep 20
-        controller_start || fail "soak: controller starts again ($stopped_controller)" "$(tail -5 "$LAB/controller.log")"
+        controller_start || fail "soak: controller starts again ($stopped_controller)"
     fi
     sleep 20
 done
@@ -189,7 +170,7 @@ check "soak: agent RSS flat" test "$rss1" -le $((rss0 * 5 / 4 + 4096))
 check "soak: agent fds flat" test "$fd1" -le $((fd0 + 8))
 check_dmesg
 cp "$LAB/$NAME/agent.log" "$ROOMY_VM_OUT/agent-soak.log"
-cp "$LAB/controller.log" "$LAB/samples" "$LAB/ledger" "$LAB/events.json" "$LAB/audit.json" "$LAB/manual.log" "$LAB/restarts.log" "$ROOMY_VM_OUT/" 2>/dev/null
+cp "$CTL_DIR/controller.log" "$LAB/samples" "$LAB/ledger" "$LAB/events.json" "$LAB/audit.json" "$LAB/manual.log" "$LAB/restarts.log" "$ROOMY_VM_OUT/" 2>/dev/null
 C policy rm soak
-kill "$controller" 2>/dev/null
+controller_stop
 summary
