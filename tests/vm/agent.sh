@@ -33,9 +33,13 @@ autogrow_ov  500 o7_autogrow
 # containerd image store refused. Budgets: about 1.6x and 2x a run there
 # beside a second VM and a build (overlay 740 s, autogrow_ov ~250 s).
 if [[ ${ROOMY_VM_TIER:-} == docker26 ]]; then
+    # o7 (auto-grow, the same overlay2 code as on 20.10) is left out here
+    # for now: on a machine twice as slow the whole test command came near
+    # CI's 90 minutes with it. ROOMY_SCENARIOS=o7_autogrow still runs it.
     GROUPS_TABLE="
 overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store
-autogrow_ov 500 o7_autogrow
+"
+    [[ " ${ROOMY_SCENARIOS:-} " == *" o7_autogrow "* ]] && GROUPS_TABLE+="autogrow_ov 500 o7_autogrow
 "
 fi
 
