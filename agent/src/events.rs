@@ -213,6 +213,13 @@ impl EventLog {
         let mut max_seq = acked;
         for (_, path) in segments {
             let events = read_segment(&path)?;
+            // Nothing whole in it (a crash right after it was made): gone
+            // now, or the segment about to be made under its name would be
+            // swept as this one later.
+            if events.is_empty() {
+                std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+                continue;
+            }
             let last_seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
             max_seq = max_seq.max(last_seq);
             pending.extend(events.into_iter().filter(|e| e.seq > acked));
@@ -452,6 +459,23 @@ mod tests {
         drop(log);
         let log = EventLog::open(dir.path()).unwrap();
         assert_eq!(messages(&log.after(0, 100)), ["after"]);
+    }
+
+    #[test]
+    fn a_segment_left_empty_by_a_crash_is_not_swept_with_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        log.append(event("a")).unwrap();
+        log.append(event("b")).unwrap();
+        std::mem::forget(log);
+        // The crash came right after the next segment was made.
+        std::fs::write(dir.path().join(segment_name(3)), [0x40, 1]).unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.append(event("c")).unwrap(), 3);
+        log.ack(2).unwrap();
+        drop(log);
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(messages(&log.after(0, 100)), ["c"]);
     }
 
     #[test]
