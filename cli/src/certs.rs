@@ -59,10 +59,10 @@ pub fn init(out: &Path, agents: &[String], users: &[String]) -> Result<(), Strin
         write(&abs.join("users").join(format!("{u}.toml")), &text)?;
     }
     for path in &written {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
-    println!("wrote {dir}/controller.toml (roles of the users above; add [[hosts]] or use `roomyctl hosts add`)");
-    println!(
+    outln!("wrote {dir}/controller.toml (roles of the users above; add [[hosts]] or use `roomyctl hosts add`)");
+    outln!(
         "next: roomy-controller --config {dir}/controller.toml; on each host: roomy-agent --listen 0.0.0.0:7444 \
          --tls-cert {dir}/agents/HOST.pem --tls-key {dir}/agents/HOST.key --tls-ca {dir}/ca.pem"
     );
@@ -140,7 +140,7 @@ pub fn issue(
     // for long, and refuses a mismatched pair (keeping its old config).
     write_private(&key_path, &key)?;
     write(&cert_path, &cert)?;
-    println!(
+    outln!(
         "wrote {}\nwrote {}",
         cert_path.display(),
         key_path.display()

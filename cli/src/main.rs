@@ -6,6 +6,9 @@
 //! shrink, unknown host or container, permission denied, pool too full),
 //! 4 agent or controller unreachable.
 
+#[macro_use]
+mod print;
+
 mod certs;
 mod output;
 mod settings;
@@ -479,12 +482,9 @@ fn fleet_only(what: &str) -> Failure {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "roomyctl",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "roomyctl", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             return Ok(());
         }
         Command::Certs {
@@ -600,7 +600,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
                 if json {
                     output::print_json(&output::storage_json(row));
                 } else {
-                    print!("{}", output::details(row));
+                    out!("{}", output::details(row));
                 }
             }
         }
@@ -619,7 +619,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
             if json {
                 output::print_json(&output::resize_json(&reply));
             } else {
-                println!("{}", reply.message);
+                outln!("{}", reply.message);
             }
         }
         (Command::Repair { target }, conn) => {
@@ -631,7 +631,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
             if json {
                 output::print_json(&output::repair_json(&reply));
             } else {
-                println!("{}", reply.message);
+                outln!("{}", reply.message);
             }
         }
         (Command::Pool { command }, conn) => match (command, conn) {
@@ -723,10 +723,10 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
                     })
                     .await?
                     .into_inner();
-                println!("added {} at {}", host.name, host.address);
+                outln!("added {} at {}", host.name, host.address);
             }
             HostsCommand::Rm { name } => {
-                println!(
+                outln!(
                     "{}",
                     c.remove_host(RemoveHostRequest { name })
                         .await?
@@ -764,7 +764,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
             }
             PolicyCommand::Rm { name } => {
                 let reply = c.remove_policy(RemovePolicyRequest { name }).await?;
-                println!("{}", reply.into_inner().message);
+                outln!("{}", reply.into_inner().message);
             }
             PolicyCommand::Explain { target } => {
                 let reply = c

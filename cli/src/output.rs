@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// Print JSON, pretty, on one document.
 pub fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values always serialize")
     );
@@ -108,7 +108,7 @@ pub fn print_rows(rows: &[(String, ContainerStorage)], errors: &[HostError], jso
             .collect();
         print_json(&json!({"containers": rows, "errors": errors}));
     } else {
-        print!("{}", table(rows));
+        out!("{}", table(rows));
         for e in errors {
             eprintln!("roomyctl: host {} did not answer: {}", e.host, e.message);
         }
@@ -210,7 +210,7 @@ pub fn print_pools(rows: &[(String, PoolStatus)], errors: &[HostError], json: bo
         }
         lines.push(line);
     }
-    print!("{}", render(&lines));
+    out!("{}", render(&lines));
     for e in errors {
         eprintln!("roomyctl: host {} did not answer: {}", e.host, e.message);
     }
@@ -224,7 +224,7 @@ pub fn print_grow_pool(reply: &GrowPoolResponse, json: bool) {
             "metadata_total_bytes": reply.after.as_ref().map(|p| p.metadata_total_bytes),
             "mode": reply.after.as_ref().map(|p| p.mode.clone())}));
     } else {
-        println!("{}", reply.message);
+        outln!("{}", reply.message);
     }
 }
 
@@ -253,7 +253,7 @@ pub fn print_hosts(hosts: &[Host], json: bool) {
             h.last_error.clone(),
         ]);
     }
-    print!("{}", render(&lines));
+    out!("{}", render(&lines));
 }
 
 /// `audit`.
@@ -291,7 +291,7 @@ pub fn print_audit(entries: &[AuditEntry], json: bool) {
             e.result.clone(),
         ]);
     }
-    print!("{}", render(&lines));
+    out!("{}", render(&lines));
 }
 
 /// `inspect`: one container, field by field.
@@ -485,7 +485,7 @@ pub fn print_set_policy(reply: &SetPolicyResponse, json: bool) {
         }));
         return;
     }
-    println!("{}", reply.message);
+    outln!("{}", reply.message);
     for e in &reply.unchecked {
         eprintln!(
             "warning: {}: could not check the cap against its containers: {}",
@@ -539,7 +539,7 @@ pub fn print_policies(policies: &[Policy], json: bool) {
             p.source.clone(),
         ]);
     }
-    print!("{}", render(&lines));
+    out!("{}", render(&lines));
 }
 
 /// `policy explain`.
@@ -557,15 +557,15 @@ pub fn print_explanation(e: &Explanation, json: bool) {
     } else {
         &e.policy
     };
-    println!("{}/{}: policy {policy}", e.host, e.target);
+    outln!("{}/{}: policy {policy}", e.host, e.target);
     if !e.also_matching.is_empty() {
-        println!(
+        outln!(
             "  also matching (less specific): {}",
             e.also_matching.join(", ")
         );
     }
     for line in &e.lines {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let mut verdict = format!("decision: {}", e.decision);
     if !e.reason.is_empty() {
@@ -578,7 +578,7 @@ pub fn print_explanation(e: &Explanation, json: bool) {
             format_bytes(e.to_bytes)
         ));
     }
-    println!("{verdict}");
+    outln!("{verdict}");
 }
 
 /// `events`: one line per event, as it arrives.
@@ -588,7 +588,7 @@ pub fn print_event(e: &Event, json: bool) {
         .word();
     if json {
         // One object per line, so `--follow -o json` pipes into jq.
-        println!(
+        outln!(
             "{}",
             json!({"host": e.host, "seq": e.seq, "time_ms": e.time_ms, "policy": e.policy, "target": e.target,
                    "kind": kind, "reason": e.reason, "from_bytes": e.from_bytes, "to_bytes": e.to_bytes,
@@ -596,7 +596,7 @@ pub fn print_event(e: &Event, json: bool) {
         );
         return;
     }
-    println!(
+    outln!(
         "{}  {}/{}  {kind}  {}  {}: {}",
         when(e.time_ms),
         e.host,

@@ -429,7 +429,7 @@ OUT=$(ROOMY_CONTROLLER=127.0.0.1:1 ROOMY_CONFIG="$WORK/pki/users/vic.toml" "$BIN
 check "the environment wins over the config file" test $? -eq 4
 OUT=$("$BIN/roomyctl" ls --bogus 2>&1)
 check "usage error exit 2" test $? -eq 2
-check "bash completions" bash -c "'$BIN/roomyctl' completions bash | grep -q _roomyctl"
+check "bash completions" bash -c "set -o pipefail; '$BIN/roomyctl' completions bash | grep -q _roomyctl"
 
 echo "=== certificates reload without restart"
 old=$(openssl s_client -connect 127.0.0.1:7443 -servername roomy-controller -cert "$WORK/pki/users/vic.pem" \
