@@ -494,7 +494,7 @@ p1_pool_grows_online() {
 # 300 s and says how long each part took.
 NO_SPACE_TIMEOUT=/sys/module/dm_thin_pool/parameters/no_space_timeout
 p2_pool_out_of_space() {
-    local c mode="" t0 t1 t2 timeout
+    local c mode="" t0 timeout
     timeout=$(cat "$NO_SPACE_TIMEOUT")
     echo 300 >"$NO_SPACE_TIMEOUT"
     check "p2 pool starts at 1G" test "$(pool_field data_total_bytes)" -eq "$GiB"
@@ -504,17 +504,17 @@ p2_pool_out_of_space() {
     for c in p2a p2b; do
         D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
     done
-    t0=$(date +%s.%N)
+    t0=$(lab_now)
     for _ in $(seq 480); do
         mode=$(pool_field mode)
         [[ $mode == out_of_data_space ]] && break
         sleep 1
     done
-    t1=$(date +%s.%N)
+    lab_time p2-fill "$t0"
     check "p2 agent reports out_of_data_space" test "$mode" = out_of_data_space
+    t0=$(lab_now)
     R pool grow --data +4G
-    t2=$(date +%s.%N)
-    lab_log "p2: full after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s of writing; roomyctl pool grow took $(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.1f", b - a }') s"
+    lab_time p2-grow-while-full "$t0"
     dmesg | grep "device-mapper: thin:" | tail -3 >&2
     check "p2 pool grow while full exit 0" test "$RC" -eq 0
     check "p2 pool back to rw" test "$(pool_field mode)" = rw
