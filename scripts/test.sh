@@ -72,7 +72,7 @@ cargo test --release --workspace --features roomy-agent/failpoints
 # the guest script started), with a stand-in for vng.
 tests/vm/boot-test.sh
 
-step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: a minute each from a fixed seed, one per core)"
+step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: 20 s each from a fixed seed, one per core)"
 scripts/fuzz.sh
 
 step "fleet tier (controller + agents in network namespaces, mutual TLS)"
