@@ -666,6 +666,11 @@ impl<B: StorageBackend + Clone> Engine<B> {
         self.state().containers.get(id).map(|w| w.track.rate)
     }
 
+    /// The pool's data fill rate the sampler measured (0 before two samples).
+    pub fn pool_fill_rate(&self) -> f64 {
+        self.state().pool_track.rate
+    }
+
     /// Gauges for /metrics, from the last samples.
     pub fn render(&self, out: &mut roomy_metrics::Exposition) {
         let state = self.state();

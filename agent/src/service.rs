@@ -183,7 +183,9 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
         &self,
         _request: Request<InspectPoolRequest>,
     ) -> Result<Response<PoolStatus>, Status> {
-        Ok(Response::new(self.backend.inspect_pool().await?))
+        let mut pool = self.backend.inspect_pool().await?;
+        pool.data_fill_rate_bytes_per_second = self.engine.pool_fill_rate();
+        Ok(Response::new(pool))
     }
 
     async fn grow_pool(

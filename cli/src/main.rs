@@ -12,6 +12,7 @@ mod print;
 mod certs;
 mod output;
 mod settings;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use roomy_proto::v1::agent_client::AgentClient;
 use roomy_proto::v1::controller_client::ControllerClient;
 use roomy_proto::v1::{
-    AddHostRequest, EventsRequest, GrowPoolRequest, HostGrowPoolRequest, InspectPoolRequest,
-    InspectRequest, ListAuditRequest, ListContainersRequest, ListHostsRequest, ListPoliciesRequest,
+    AddHostRequest, ContainerStorage, EventsRequest, GrowPoolRequest, HostError,
+    HostGrowPoolRequest, InspectPoolRequest, InspectRequest, ListAuditRequest,
+    ListContainersRequest, ListHostsRequest, ListPoliciesRequest, Policy, PoolStatus,
     RemoveHostRequest, RemovePolicyRequest, RepairRequest, ResizeRequest, TargetRequest,
     TargetResizeRequest,
 };
@@ -84,6 +86,25 @@ enum Command {
     Ls {
         /// Only this host (fleet mode).
         host: Option<String>,
+        /// Order rows: full (soonest full first), used, size, rate, name.
+        #[arg(long, value_enum)]
+        sort: Option<top::SortKey>,
+    },
+    /// Who fills next: every container and pool with use, fill rate, time
+    /// to full (up to its policy's cap) and the policy that applies,
+    /// soonest full first; refreshes on a terminal, one shot otherwise.
+    Top {
+        /// Only this host (fleet mode).
+        host: Option<String>,
+        /// Order containers (see ls --sort).
+        #[arg(long, value_enum, default_value_t = top::SortKey::Full)]
+        sort: top::SortKey,
+        /// Seconds between refreshes.
+        #[arg(short = 'n', long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+        /// Print once and exit (also with -o json, or when stdout is not a terminal).
+        #[arg(long)]
+        once: bool,
     },
     /// Everything known about one container's disk: HOST/CONTAINER (CONTAINER with --agent).
     Inspect {
@@ -553,32 +574,156 @@ fn tls_target(
     Some((addr, name, config))
 }
 
-async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
-    let json = cli.output == Format::Json;
-    match (cli.command, conn) {
-        (Command::Ls { host: None }, Conn::Agent(mut c)) => {
-            let rows = c
-                .inspect(InspectRequest::default())
-                .await?
-                .into_inner()
-                .containers;
-            let rows: Vec<_> = rows.into_iter().map(|c| (String::new(), c)).collect();
-            output::print_rows(&rows, &[], json);
+/// Every container of the fleet (or one host, or the one agent), with the
+/// hosts that did not answer.
+async fn containers(
+    conn: &mut Conn,
+    host: Option<String>,
+) -> Result<(Vec<(String, ContainerStorage)>, Vec<HostError>), Failure> {
+    Ok(match conn {
+        Conn::Agent(c) => {
+            let rows = c.inspect(InspectRequest::default()).await?.into_inner();
+            let rows = rows.containers.into_iter().map(|c| (String::new(), c));
+            (rows.collect(), Vec::new())
         }
-        (Command::Ls { host: Some(_) }, Conn::Agent(_)) => return Err(fleet_only("ls HOST")),
-        (Command::Ls { host }, Conn::Controller(mut c)) => {
+        Conn::Controller(c) => {
             let reply = c
                 .list_containers(ListContainersRequest {
                     host: host.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
-            let rows: Vec<_> = reply
-                .rows
-                .into_iter()
-                .filter_map(|r| r.container.map(|c| (r.host, c)))
-                .collect();
-            output::print_rows(&rows, &reply.errors, json);
+            let rows = reply.rows.into_iter();
+            let rows = rows.filter_map(|r| r.container.map(|c| (r.host, c)));
+            (rows.collect(), reply.errors)
+        }
+    })
+}
+
+/// Every pool, like `containers`.
+async fn pools(
+    conn: &mut Conn,
+    host: Option<String>,
+) -> Result<(Vec<(String, PoolStatus)>, Vec<HostError>), Failure> {
+    Ok(match conn {
+        // A pool that cannot be read is a row of errors, as for a host,
+        // not the end of `top`: the containers are still worth showing.
+        Conn::Agent(c) => match c.inspect_pool(InspectPoolRequest {}).await {
+            Ok(pool) => (vec![(String::new(), pool.into_inner())], Vec::new()),
+            Err(status) => {
+                let e = HostError {
+                    host: String::new(),
+                    code: format!("{:?}", status.code()),
+                    message: status.message().into(),
+                };
+                (Vec::new(), vec![e])
+            }
+        },
+        Conn::Controller(c) => {
+            let reply = c
+                .list_pools(ListContainersRequest {
+                    host: host.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let rows = reply.rows.into_iter();
+            let rows = rows.filter_map(|r| r.pool.map(|p| (r.host, p)));
+            (rows.collect(), reply.errors)
+        }
+    })
+}
+
+/// The controller's policies; an agent alone has none to show (it enforces
+/// what its controller sent, and serves no list of them).
+async fn policies(conn: &mut Conn) -> Result<Vec<Policy>, Failure> {
+    Ok(match conn {
+        Conn::Agent(_) => Vec::new(),
+        Conn::Controller(c) => {
+            c.list_policies(ListPoliciesRequest {})
+                .await?
+                .into_inner()
+                .policies
+        }
+    })
+}
+
+async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
+    let json = cli.output == Format::Json;
+    match (cli.command, conn) {
+        (Command::Ls { host: Some(_), .. }, Conn::Agent(_)) => return Err(fleet_only("ls HOST")),
+        (Command::Ls { host, sort }, mut conn) => {
+            let (mut rows, errors) = containers(&mut conn, host).await?;
+            if let Some(key) = sort {
+                // Only time to full needs the policies (their caps).
+                let policies = if key == top::SortKey::Full {
+                    policies(&mut conn).await?
+                } else {
+                    Vec::new()
+                };
+                top::sort(&mut rows, key, &policies);
+            }
+            output::print_rows(&rows, &errors, json);
+        }
+        (Command::Top { host: Some(_), .. }, Conn::Agent(_)) => return Err(fleet_only("top HOST")),
+        (
+            Command::Top {
+                host,
+                sort,
+                interval,
+                once,
+            },
+            mut conn,
+        ) => {
+            use std::io::IsTerminal;
+            let refresh = !(once || json || !std::io::stdout().is_terminal());
+            loop {
+                let (mut rows, errors) = containers(&mut conn, host.clone()).await?;
+                let (pools, pool_errors) = pools(&mut conn, host.clone()).await?;
+                let policies = policies(&mut conn).await?;
+                top::sort(&mut rows, sort, &policies);
+                if json {
+                    output::print_json(&top::top_json(&rows, &pools, &policies, &errors));
+                    break;
+                }
+                let mut screen = String::new();
+                if refresh {
+                    // Home and clear, as top(1) redraws.
+                    screen.push_str("\x1b[H\x1b[2J");
+                    screen.push_str(&format!(
+                        "roomyctl top: {} containers, {} pools, every {interval}s (Ctrl-C ends)\n\n",
+                        rows.len(),
+                        pools.len()
+                    ));
+                }
+                screen.push_str(&top::container_table(&rows, &policies));
+                if !pools.is_empty() {
+                    screen.push('\n');
+                    screen.push_str(&top::pool_table(&pools, &policies));
+                }
+                let mut unanswered: Vec<&HostError> = errors.iter().collect();
+                unanswered.extend(
+                    pool_errors
+                        .iter()
+                        .filter(|p| !errors.iter().any(|e| e.host == p.host)),
+                );
+                for e in unanswered {
+                    let line = if e.host.is_empty() {
+                        format!("the agent's pool could not be read: {}", e.message)
+                    } else {
+                        format!("host {} did not answer: {}", e.host, e.message)
+                    };
+                    if refresh {
+                        screen.push_str(&format!("{line}\n"));
+                    } else {
+                        eprintln!("roomyctl: {line}");
+                    }
+                }
+                out!("{screen}");
+                if !refresh {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+            }
         }
         (Command::Inspect { target }, conn) => {
             let rows = match conn {

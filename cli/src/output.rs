@@ -32,7 +32,7 @@ fn size(c: &ContainerStorage) -> u64 {
 }
 
 /// Align columns, two spaces apart, no trailing blanks.
-fn render(lines: &[Vec<String>]) -> String {
+pub(crate) fn render(lines: &[Vec<String>]) -> String {
     let columns = lines.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))

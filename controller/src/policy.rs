@@ -82,7 +82,7 @@ pub fn explain_container(
         inodes_used: c.inodes_used,
         fill_rate: c.fill_rate_bytes_per_second,
         labels,
-        pool: pool.map(|p| PoolNumbers::from_status(p, 0.0)),
+        pool: pool.map(|p| PoolNumbers::from_status(p, p.data_fill_rate_bytes_per_second)),
     };
     let d = decide(policy, &obs, last_grow_ms, now_ms);
     out.policy = policy.name.clone();
@@ -120,7 +120,7 @@ pub fn explain_pool(
     };
     let d = decide_pool(
         policy,
-        &PoolNumbers::from_status(pool, 0.0),
+        &PoolNumbers::from_status(pool, pool.data_fill_rate_bytes_per_second),
         last_grow_ms,
         now_ms,
     );

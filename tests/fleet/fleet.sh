@@ -229,6 +229,32 @@ as vic policy explain host1/c1
 check "explain: host1 is not selected" grep -q "decision: none" <<<"$OUT"
 check "explain shows the fill rate the agent measures" wait_for 5 'as vic policy explain host3/c0; grep -Eq "filling at 1[45][0-9](\.[0-9]+)? MiB/s" <<<"$OUT"'
 check "explain names the policy" grep -q "^host3/c0: policy grow80" <<<"$OUT"
+# Who fills next: host3's containers (150 MiB/s, growing up to the 4G cap)
+# before host1's and host2's, which are not filling.
+as vic top --once -o json
+check "top: the filling containers first, time to full counted up to the cap" python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+cs = d["containers"]
+first, rest = cs[:3], cs[3:]
+assert [c["host"] for c in first] == ["host3"] * 3, [c["host"] for c in cs]
+assert all(c["policy"] == "grow80" and c["cap_bytes"] == 4 << 30 for c in first), first
+t = [c["full_in_seconds"] for c in first]
+assert all(0 < s <= 40 for s in t) and t == sorted(t), t
+assert rest and all(c["full_in_seconds"] is None for c in rest), rest
+assert {p["host"] for p in d["pools"]} >= {"host1", "host2", "host3"}, d["pools"]
+' <<<"$OUT"
+# Not a terminal: one shot without --once (timeout: a loop would hang here).
+OUT=$(timeout 20 "$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/pki/users/vic.pem" \
+    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" top 2>&1)
+RC=$?
+check "top on a pipe prints once and exits 0" test "$RC" -eq 0
+check "top's table: host3 on top, with its policy and cap" bash -c 'sed -n 2p <<<"$1" | grep -Eq "^host3 +c[0-2] .* grow80 +4 GiB$"' _ "$OUT"
+check "top shows the pools too" grep -q "^HOST  *POOL  *DATA" <<<"$OUT"
+as vic ls --sort full
+check "ls --sort full: host3 first" bash -c 'sed -n 2p <<<"$1" | grep -q "^host3 "' _ "$OUT"
+as vic top host9 --once
+check "top of an unknown host: exit 3" test "$RC" -eq 3
 stop_controller
 # 2 GiB at 0.5 GiB used: 80% in ~8 s, then 3 GiB, then the 4 GiB cap.
 check "growth goes on with the controller down" wait_for 40 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="grow80",action="grown"}'\'')" -ge 6'

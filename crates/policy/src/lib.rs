@@ -694,6 +694,16 @@ fn cooling(cooldown: u32, last_grow_ms: Option<i64>, now_ms: i64, urgent: bool) 
     })
 }
 
+/// Whether a container's `roomy.autogrow` label turns auto-grow off.
+pub fn autogrow_off(labels: &HashMap<String, String>) -> bool {
+    labels.get(LABEL_AUTOGROW).is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "off" | "false" | "no" | "0"
+        )
+    })
+}
+
 /// A container's cap: its `roomy.max-size` label when that is a size,
 /// otherwise the policy's.
 pub fn cap_for(policy: &Policy, labels: &HashMap<String, String>) -> u64 {
@@ -747,11 +757,8 @@ pub fn decide(
         }
     };
 
-    if let Some(v) = obs.labels.get(LABEL_AUTOGROW) {
-        if matches!(
-            v.to_ascii_lowercase().as_str(),
-            "off" | "false" | "no" | "0"
-        ) {
+    if autogrow_off(&obs.labels) {
+        if let Some(v) = obs.labels.get(LABEL_AUTOGROW) {
             return decision(
                 Verdict::Skip,
                 "disabled",

@@ -137,6 +137,8 @@ impl Pool {
                 }
             ),
             when_full: u.when_full.to_string(),
+            // The service adds what the policy engine measured.
+            data_fill_rate_bytes_per_second: 0.0,
         }
     }
 }
