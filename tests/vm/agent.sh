@@ -13,19 +13,20 @@ cd "$(dirname "$0")" || exit 1
 
 # GROUP BUDGET_S SCENARIOS. A budget is about twice the group's time in
 # CI's run on the slower kind of machine here (xfs 910 s, ext4 336, nodefer
-# 78, pool 591, lvm 95; autogrow 507 and autogrow_ov 261 before their
-# writes shrank, overlay 386 before it lost four scenarios to Docker 26),
-# so a machine twice as slow still fits: a group that runs out is stuck,
-# not slow.
+# 78, pool 591, lvm 95; autogrow 507 before its writes shrank, overlay 386
+# before it lost four scenarios to Docker 26; the auto-grow groups' writes
+# took 2.8x as long in one CI run as alone, 220 s for o7's 2G), so a
+# machine twice as slow still fits: a group that runs out is stuck, not
+# slow.
 GROUPS_TABLE="
 xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs
 ext4         650 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes s14_power_cut_ext4
 nodefer      250 s9_no_deferred_removal
 pool        1100 p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
-autogrow     950 a1_autogrow
+autogrow    1300 a1_autogrow
 lvm          250 p3_direct_lvm
 overlay      700 o3_stopped o5_concurrent o6_killed_agent o8_backing_grows
-autogrow_ov  500 o7_autogrow
+autogrow_ov 1300 o7_autogrow
 "
 # overlay2 is the same agent code on Docker 20.10 and 26, so each of its
 # scenarios runs on one tier: o3, o5, o6, o8 and o7 here, o1, o2, o4 and
@@ -45,7 +46,7 @@ overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_
     if [[ -n ${ROOMY_SCENARIOS:-} ]]; then
         GROUPS_TABLE="
 overlay    1800 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota c1_containerd_store
-autogrow_ov 500 o7_autogrow
+autogrow_ov 1300 o7_autogrow
 "
     fi
 fi
@@ -398,7 +399,7 @@ s12_cancelled_client() {
     agent_start ROOMY_FAILPOINT=after-intent=pause
     "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" resize s12 3G >"$LAB/s12.first" 2>&1 &
     pid=$!
-    check "s12 the first resize wrote its intent" wait_until 20 'test -n "$(ls "$LAB/$NAME/state/intents")"'
+    check "s12 the first resize wrote its intent" wait_until 60 'test -n "$(ls "$LAB/$NAME/state/intents")"'
     kill -KILL "$pid"
     wait "$pid"
     rc=$?
@@ -462,14 +463,14 @@ p1_pool_grows_online() {
     before=$(pool_field data_total_bytes)
     check "p1 pool is loop-backed" test "$(pool_field backing)" = loop
     run_box p1
-    D exec -d p1 sh -c 'dd if=/dev/zero of=/w bs=1M count=1200 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    box_write p1 /w 1200 conv=fsync
     sleep 2
     R pool grow --data +2G
     check "p1 pool grow exit 0" test "$RC" -eq 0
     check "p1 pool grow message" grep -q "grew pool .* online: data" <<<"$OUT"
     check "p1 pool grew by 2G" test "$(pool_field data_total_bytes)" -eq $((before + 2 * GiB))
-    for _ in $(seq 300); do D exec p1 test -f /w.rc && break; sleep 1; done
-    check "p1 writer finished without error" test "$(D exec p1 cat /w.rc)" = 0
+    box_write_wait p1 /w 600
+    check "p1 writer finished without error" box_write_ok p1 /w
     local meta
     meta=$(pool_field metadata_total_bytes)
     R pool grow --metadata +64M
@@ -510,7 +511,7 @@ p2_pool_out_of_space() {
     run_box p2a
     run_box p2b
     for c in p2a p2b; do
-        D exec -d "$c" sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
+        box_write "$c" /w 600 conv=fsync
     done
     t0=$(lab_now)
     for _ in $(seq 480); do
@@ -527,8 +528,8 @@ p2_pool_out_of_space() {
     check "p2 pool grow while full exit 0" test "$RC" -eq 0
     check "p2 pool back to rw" test "$(pool_field mode)" = rw
     for c in p2a p2b; do
-        for _ in $(seq 300); do D exec "$c" test -f /w.rc && break; sleep 1; done
-        check "p2 $c writer finished without error" test "$(D exec "$c" cat /w.rc)" = 0
+        box_write_wait "$c" /w 600
+        check "p2 $c writer finished without error" box_write_ok "$c" /w
     done
     check "p2 no suspended device" no_stray_dm_state
     echo "$timeout" >"$NO_SPACE_TIMEOUT"
@@ -603,12 +604,12 @@ p4_pool_error_mode() {
         bash -c "r=\$(cat '$LAB/p4.rc' 2>/dev/null); [[ -n \$r && \$r != 0 ]]"
     check "p4 dd says why" grep -qi -e "no space" -e "i/o error" "$LAB/p4.out"
     check "p4 agent reports out_of_data_space" test "$(pool_field mode)" = out_of_data_space
-    check "p4 health event: rw to out_of_data_space" wait_until 40 'health_event rw out_of_data_space'
+    check "p4 health event: rw to out_of_data_space" wait_until 120 'health_event rw out_of_data_space'
     R pool grow --data +6G
     check "p4 pool grow while full exit 0" test "$RC" -eq 0
     check "p4 pool back to rw" test "$(pool_field mode)" = rw
     check "p4 grown pool still fails writes when full" test "$(pool_field when_full)" = error
-    check "p4 health event: back to rw" wait_until 40 'health_event out_of_data_space rw'
+    check "p4 health event: back to rw" wait_until 120 'health_event out_of_data_space rw'
     # Write errors may have shut the container's XFS down; a restart (log
     # recovery) is what an operator does then.
     if ! D exec p4 md5sum /data.bin >/dev/null 2>&1; then
@@ -655,7 +656,7 @@ p5_metadata_full() {
     mode=$(pool_field mode)
     echo "lab: p5: the pool is $mode: $(dmsetup status "$pool")"
     check "p5 agent reports the pool stopped ($mode)" test "$mode" = ro -o "$mode" = needs_check -o "$mode" = fail
-    check "p5 health event: rw to $mode" wait_until 40 "health_event rw $mode"
+    check "p5 health event: rw to $mode" wait_until 120 "health_event rw $mode"
     R resize p4 +1G
     check "p5 container grow on the stopped pool refused (exit 3)" test "$RC" -eq 3
     check "p5 the refusal names the pool's mode" grep -q "is $mode" <<<"$OUT"
@@ -663,15 +664,15 @@ p5_metadata_full() {
     R pool grow --metadata +62M
     if [[ $mode == ro ]]; then
         check "p5 metadata grow of an ro pool exit 0" test "$RC" -eq 0
-        check "p5 pool back to rw after the metadata grew" wait_until 20 'test "$(pool_field mode)" = rw'
-        check "p5 health event: back to rw" wait_until 40 "health_event $mode rw"
+        check "p5 pool back to rw after the metadata grew" wait_until 60 'test "$(pool_field mode)" = rw'
+        check "p5 health event: back to rw" wait_until 120 "health_event $mode rw"
     else
         check "p5 metadata grow of a $mode pool refused (exit 3)" test "$RC" -eq 3
         check "p5 the refusal says to run thin_check" grep -q "thin_check" <<<"$OUT"
         check "p5 the README's repair runs" pool_repair "$pool"
         check "p5 pool rw after the repair" test "$(pool_field mode)" = rw
         check "p5 pool metadata 64M after the repair" test "$(pool_field metadata_total_bytes)" -eq $((64 << 20))
-        check "p5 health event: $mode to rw after the repair" wait_until 40 "health_event $mode rw"
+        check "p5 health event: $mode to rw after the repair" wait_until 120 "health_event $mode rw"
     fi
     if ! D exec p4 md5sum /data.bin >/dev/null 2>&1; then
         echo "lab: p5: the container is down or its filesystem shut down; (re)starting it"
@@ -706,15 +707,15 @@ p3_direct_lvm() {
     before=$(pool_field data_total_bytes)
     meta=$(pool_field metadata_total_bytes)
     run_box p3
-    D exec -d p3 sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    box_write p3 /w 600 conv=fsync
     sleep 2
     R pool grow --data +1G --metadata +32M
     check "p3 lvm pool grow exit 0" test "$RC" -eq 0
     check "p3 data grew by 1G" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
     check "p3 metadata grew by 32M" test "$(pool_field metadata_total_bytes)" -ge $((meta + (32 << 20)))
     check "p3 lvs agrees" bash -c "lvs --noheadings --units b --nosuffix -o lv_size docker/thinpool | grep -q $((before + GiB))"
-    for _ in $(seq 300); do D exec p3 test -f /w.rc && break; sleep 1; done
-    check "p3 writer finished without error" test "$(D exec p3 cat /w.rc)" = 0
+    box_write_wait p3 /w 600
+    check "p3 writer finished without error" box_write_ok p3 /w
     R pool grow --data +100G
     check "p3 beyond the VG exit 3" test "$RC" -eq 3
     check "p3 beyond the VG names it" grep -q "volume group docker can grow by" <<<"$OUT"
@@ -729,21 +730,14 @@ p3_direct_lvm() {
 # A1. auto-grow by policy (issue 5): a container with a 1G device and a
 # policy "grow by 50% at 80%, cap 2.5G"; a writer writes as fast as it can
 # to 2G and never sees ENOSPC; every growth is in the audit log; at the cap
-# the writer gets ENOSPC and an event says the cap was reached. Then again
-# on a second container with the controller stopped after the policy was
-# distributed: growth still happens (1600M written: two growths), and the
-# audit entries arrive when the controller is back. The
-# sizes are about the least that cross the growths and the cap: every GiB
-# written costs about 40 s of this emulated disk (it was 6G, 470 s, in CI).
-# Check names: a1/a2 on devicemapper, o7/o7b when overlay2 runs it.
+# the writer gets ENOSPC and an event says the cap was reached. Then, on
+# devicemapper only, again on a second container with the controller
+# stopped after the policy was distributed: growth still happens (1600M
+# written: two growths), and the audit entries arrive when the controller
+# is back. The sizes are about the least that cross the growths and the
+# cap: every GiB written costs 40 to 110 s of this emulated disk (it was 6G,
+# 470 s, in CI). Check names: a1/a2 on devicemapper, o7 on overlay2.
 A1=a1
-A2=a2
-# Writes MiB of zeros to FILE in container C as fast as it can; the exit
-# code and dd's complaint land in FILE.rc and FILE.err.
-writer() { # C FILE MiB
-    D exec -d "$1" sh -c "dd if=/dev/zero of=$2 bs=1M count=$3 2>$2.err; echo \$? >$2.rc"
-}
-writer_done() { D exec "$1" test -f "$2.rc"; }
 a1_autogrow() {
     local sum grown audited t0
     controller_lab "$A1" --metrics-listen 127.0.0.1:9787 ||
@@ -755,23 +749,23 @@ a1_autogrow() {
     sum=$(write_data a1)
     C policy set auto --containers 'a*' --at 80% --grow 50% --max 2560M
     check "$A1 policy set exit 0" test "$RC" -eq 0
-    check "$A1 agent holds the policy" wait_until 10 'test "$(agent_metric roomy_policies)" -eq 1'
+    check "$A1 agent holds the policy" wait_until 30 'test "$(agent_metric roomy_policies)" -eq 1'
     t0=$(lab_now)
     # 2G crosses every growth up to the 2.5G cap (two or three: the agent
     # steps further when the rate says the disk fills within 20 s).
-    writer a1 /fill 2048
-    wait_until 600 'writer_done a1 /fill'
+    box_write a1 /fill 2048
+    box_write_wait a1 /fill 900
     lab_time a1-write-2G "$t0"
-    check "$A1 writer wrote 2G without ENOSPC" test "$(D exec a1 cat /fill.rc)" = 0 -a -z "$(D exec a1 cat /fill.err | grep -i 'no space')"
+    check "$A1 writer wrote 2G without ENOSPC" box_write_ok a1 /fill
     check "$A1 grown past 2G" test "$(df_bytes a1)" -gt $((2048 << 20))
     check "$A1 data written before intact" test "$(data_sum a1)" = "$sum"
     # Fill the rest: at the 2.5G cap the writer gets ENOSPC.
-    writer a1 /fill2 1024
-    wait_until 300 'writer_done a1 /fill2'
-    check "$A1 at the cap the writer gets ENOSPC" grep -qi "no space left" <<<"$(D exec a1 cat /fill2.err)"
+    box_write a1 /fill2 1024
+    box_write_wait a1 /fill2 600
+    check "$A1 at the cap the writer gets ENOSPC" grep -qi "no space left" <<<"$(box_write_err a1 /fill2)"
     check "$A1 df 2.5G at the cap" df_near "$(df_bytes a1)" $((2560 << 20))
     [[ $A1 == a1 ]] && check "$A1 metadata persisted at 2.5G" test "$(meta_bytes a1)" -eq $((2560 << 20))
-    check "$A1 event says the cap was reached" wait_until 15 'C events --limit 200 --host vmhost; grep -q "vmhost/a1  skipped  cap_reached  auto: .*cap 2.5 GiB" <<<"$OUT"'
+    check "$A1 event says the cap was reached" wait_until 60 'C events --limit 200 --host vmhost; grep -q "vmhost/a1  skipped  cap_reached  auto: .*cap 2.5 GiB" <<<"$OUT"'
     C events --limit 200 -o json
     grown=$(grep -c '"target":"a1".*"kind":"grown"' <<<"$OUT")
     C audit --limit 200
@@ -780,6 +774,17 @@ a1_autogrow() {
     check "$A1 audit shows the first growth from 1G" grep -q "policy:auto@vmhost .*vmhost/a1 .*1 GiB -> " <<<"$OUT"
     C events --limit 200 -o json
     grep '"target":"a1".*"kind":"grown"' <<<"$OUT" | grep -o '"duration_ms":[0-9]*' | cut -d: -f2 >"$ROOMY_VM_OUT/a1-grow-ms" || true
+    curl -s --max-time 5 http://127.0.0.1:9787/metrics >"$ROOMY_VM_OUT/$A1-agent-metrics.txt"
+    check "$A1 agent metrics: resizes by policy" grep -q '^roomy_resizes_total{result="grown",source="policy"} [1-9]' "$ROOMY_VM_OUT/$A1-agent-metrics.txt"
+    # The outage below is the agent's policy loop and event spool, the same
+    # code over every backend: devicemapper runs it, overlay2 (o7) stops
+    # here (it cost o7 about 100 s of writes, 220 s in a slow CI run).
+    if [[ $A1 == o7 ]]; then
+        C policy rm auto
+        controller_stop
+        D rm -f a1 >/dev/null
+        return 0
+    fi
 
     echo "--- a2: the controller stopped after the policy was distributed"
     controller_stop
@@ -788,23 +793,21 @@ a1_autogrow() {
     # 4G: the agent rightly refused that growth, seen on Docker 26).
     D rm -f a1 >/dev/null
     run_box a2
-    check "$A2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
+    check "a2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
     # 1600M crosses two growths whatever the rate: past 80% of 1G, then
     # past 80% of the 1.5-1.9G the first growth makes.
-    writer a2 /fill 1600
-    wait_until 600 'writer_done a2 /fill'
-    check "$A2 writer wrote 1600M without ENOSPC, controller down" test "$(D exec a2 cat /fill.rc)" = 0 -a -z "$(D exec a2 cat /fill.err | grep -i 'no space')"
-    check "$A2 grown past 1.6G" test "$(df_bytes a2)" -gt $((1600 << 20))
-    check "$A2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
+    box_write a2 /fill 1600
+    box_write_wait a2 /fill 900
+    check "a2 writer wrote 1600M without ENOSPC, controller down" box_write_ok a2 /fill
+    check "a2 grown past 1.6G" test "$(df_bytes a2)" -gt $((1600 << 20))
+    check "a2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
     controller_start || { fail "$A1 controller restarts"; return 1; }
-    check "$A2 buffered events delivered when the controller is back" wait_until 15 'test "$(agent_metric roomy_events_buffered)" -eq 0'
+    check "a2 buffered events delivered when the controller is back" wait_until 60 'test "$(agent_metric roomy_events_buffered)" -eq 0'
     C events --limit 200 -o json
     grown=$(grep -c '"target":"a2".*"kind":"grown"' <<<"$OUT")
     C audit --limit 200
     audited=$(grep -c "policy:auto@vmhost .*resize .*vmhost/a2 .* ok" <<<"$OUT")
-    check "$A2 growth audited after the outage ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
-    curl -s --max-time 2 http://127.0.0.1:9787/metrics >"$ROOMY_VM_OUT/a1-agent-metrics.txt"
-    check "$A1 agent metrics: resizes by policy" grep -q '^roomy_resizes_total{result="grown",source="policy"} [1-9]' "$ROOMY_VM_OUT/a1-agent-metrics.txt"
+    check "a2 growth audited after the outage ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
     C policy rm auto
     controller_stop
     D rm -f a2 >/dev/null
@@ -1063,7 +1066,6 @@ group_autogrow_ov() {
     agent_start || { fail "group autogrow_ov: agent starts"; return 1; }
     BOX_OPTS=(--storage-opt size=1G)
     A1=o7
-    A2=o7b
     scenarios o7_autogrow
     agent_stop
     dockerd_stop autogrow-ov

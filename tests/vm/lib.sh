@@ -262,11 +262,42 @@ check() {
     if "$@"; then pass "$name"; else fail "$name" "$* (last output: ${OUT:-})"; fi
 }
 
-wait_until() { # SECONDS CONDITION-STRING
-    local i
-    for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
+# wait_until SECONDS CONDITION-STRING: true as soon as the condition is,
+# false once SECONDS have passed on the clock. (It counted 0.2 s sleeps, so
+# a condition that itself takes a second, a docker exec on a loaded machine,
+# stretched "300" to over 900 s: a CI run spent a group's budget there.)
+wait_until() {
+    local end=$((SECONDS + $1))
+    while :; do
+        eval "$2" && return 0
+        ((SECONDS >= end)) && return 1
+        sleep 0.2
+    done
+}
+
+# Writers inside containers. box_write C FILE MiB [DD-OPERAND...] writes MiB
+# of zeros to FILE in container C in the background. Its exit code and dd's
+# complaint go to C's /dev/shm (the tmpfs Docker gives every container), not
+# beside FILE: a writer meant to fill the disk must still be able to say how
+# it ended (in a CI run the shell could not create /fill2.rc on the full XFS
+# and the test waited for it until its group's budget ran out).
+box_write() {
+    local c=$1 f=$2 n=$3 s=/dev/shm/${2##*/}
+    shift 3
+    D exec -d "$c" sh -c "dd if=/dev/zero of=$f bs=1M count=$n $* 2>$s.err; echo \$? >$s.rc"
+}
+# box_write_wait C FILE SECONDS: until that writer has ended; when it has not,
+# what the container runs and how full it is go to the log.
+box_write_wait() {
+    local s=/dev/shm/${2##*/}
+    wait_until "$3" "D exec $1 test -s $s.rc" && return 0
+    lab_log "$1: the writer of $2 still runs after $3 s: $(D exec "$1" sh -c 'ps; df -h /' 2>&1 | tr '\n' ' ')"
     return 1
 }
+box_write_rc() { D exec "$1" cat "/dev/shm/${2##*/}.rc" 2>/dev/null; }
+box_write_err() { D exec "$1" cat "/dev/shm/${2##*/}.err" 2>/dev/null; }
+# box_write_ok C FILE: it ended with exit 0 and without ENOSPC.
+box_write_ok() { [[ $(box_write_rc "$1" "$2") == 0 ]] && ! box_write_err "$1" "$2" | grep -qi 'no space'; }
 
 # agent_metric NAME: the value of one sample on the agent's /metrics
 # (--metrics-listen 127.0.0.1:9787); nothing when the agent does not answer,
@@ -414,7 +445,7 @@ C() {
 controller_start() {
     "$BIN/roomy-controller" --config "$CTL_DIR/controller.toml" >>"$CTL_DIR/controller.log" 2>&1 &
     CONTROLLER=$!
-    if wait_until 30 'C hosts ls; [[ $RC -eq 0 ]]'; then return 0; fi
+    if wait_until 90 'C hosts ls; [[ $RC -eq 0 ]]'; then return 0; fi
     echo "controller did not answer in 30 s; log tail:" >&2
     tail -n 10 "$CTL_DIR/controller.log" >&2
     return 1

@@ -196,7 +196,7 @@ o8_backing_grows() {
     before=$(grep -o '"data_total_bytes": [0-9]*' <<<"$OUT" | cut -d' ' -f2)
     check "o8 pool is the loop-backed XFS" grep -q '"backing": "loop"' <<<"$OUT"
     sized_box o8 2G
-    D exec -d o8 sh -c 'dd if=/dev/zero of=/w bs=1M count=600 conv=fsync 2>/dev/null; echo $? >/w.rc'
+    box_write o8 /w 600 conv=fsync
     sleep 1
     R pool grow --data +2G
     check "o8 pool grow exit 0" test "$RC" -eq 0
@@ -205,8 +205,8 @@ o8_backing_grows() {
     after=$(grep -o '"data_total_bytes": [0-9]*' <<<"$OUT" | cut -d' ' -f2)
     check "o8 backing XFS grew by about 2G ($before -> $after)" test "$after" -ge $((before + 2 * GiB - 64 * 1048576))
     check "o8 df on the host agrees" test "$(df -B1 --output=size "$LAB/$NAME/root" | tail -1)" -ge $((before + 2 * GiB - 64 * 1048576))
-    for _ in $(seq 300); do D exec o8 test -f /w.rc && break; sleep 1; done
-    check "o8 writer finished without error" test "$(D exec o8 cat /w.rc)" = 0
+    box_write_wait o8 /w 600
+    check "o8 writer finished without error" box_write_ok o8 /w
     R pool grow --data +100T
     check "o8 beyond the file's filesystem: exit 3" test "$RC" -eq 3
     R pool grow --metadata +1G

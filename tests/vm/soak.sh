@@ -96,7 +96,7 @@ sample >>"$LAB/samples"
 check "soak: the agent ran throughout" kill -0 "$agent_pid"
 # Let the last growths land and the agent's buffer drain to the controller.
 sleep 10
-check "soak: every buffered event delivered" wait_until 60 'test "$(agent_metric roomy_events_buffered)" -eq 0'
+check "soak: every buffered event delivered" wait_until 120 'test "$(agent_metric roomy_events_buffered)" -eq 0'
 
 say "== soak: $N containers, ${T} s, policy 50% at 80% cap 256M, writers 0.06-1 MiB/s to 200M"
 running=$(D ps -q --filter name=soak | wc -l)
