@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use roomy_agent::docker::DockerClient;
 use roomy_agent::policy::Cadence;
 use roomy_agent::{
@@ -24,6 +24,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[derive(Parser, Debug)]
 #[command(name = "roomy-agent", version)]
 struct Args {
+    /// Print this man page (roff, section 8) on stdout and exit; the
+    /// Debian package installs it as roomy-agent(8).
+    #[arg(long)]
+    man: bool,
     /// Unix socket for local clients (root only).
     #[arg(
         long,
@@ -123,6 +127,9 @@ enum Backend {
 async fn main() -> anyhow::Result<()> {
     roomy_daemon::init_logging();
     let args = Args::parse();
+    if args.man {
+        return Ok(roomy_daemon::print_man_page(Args::command())?);
+    }
     let tls = match (&args.listen, &args.tls_cert, &args.tls_key, &args.tls_ca) {
         (None, ..) => None,
         (Some(_), Some(cert), Some(key), Some(ca)) => {

@@ -168,6 +168,14 @@ enum Command {
         /// bash, zsh, fish, elvish, powershell.
         shell: clap_complete::Shell,
     },
+    /// Man pages from these very definitions, so they never drift from
+    /// --help: roomyctl(1) on stdout, or with --dir one page per subcommand.
+    Man {
+        /// An existing directory for roomyctl.1 and roomyctl-SUBCOMMAND.1
+        /// (e.g. /usr/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -494,6 +502,37 @@ async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
     Ok(Conn::Controller(ControllerClient::new(channel)))
 }
 
+fn man_pages(dir: Option<&std::path::Path>) -> Result<(), Failure> {
+    let Some(dir) = dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .map_err(|e| Failure::Failed(format!("rendering roomyctl(1): {e}")))?;
+        out!("{}", String::from_utf8_lossy(&page));
+        return Ok(());
+    };
+    // generate_to would create files under a path that is not a directory's
+    // only to fail halfway; say so before writing anything.
+    if !dir.is_dir() {
+        return Err(Failure::Refused(format!(
+            "{} is not a directory: create it first (mkdir -p {})",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    clap_mangen::generate_to(Cli::command(), dir).map_err(|e| {
+        Failure::Refused(format!(
+            "writing man pages to {}: {e}; give a directory you can write to",
+            dir.display()
+        ))
+    })?;
+    outln!(
+        "wrote roomyctl.1 and a page per subcommand to {}",
+        dir.display()
+    );
+    Ok(())
+}
+
 fn fleet_only(what: &str) -> Failure {
     Failure::Refused(format!(
         "`{what}` needs the controller: give --controller (or ROOMY_CONTROLLER) with --cert, --key and --ca"
@@ -508,6 +547,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             out!("{}", String::from_utf8_lossy(&script));
             return Ok(());
         }
+        Command::Man { dir } => return man_pages(dir.as_deref()),
         Command::Certs {
             command: CertsCommand::Init { out, agents, users },
         } => return certs::init(out, agents, users).map_err(Failure::Refused),
@@ -943,7 +983,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
         (Command::Events { .. }, Conn::Agent(_)) => return Err(fleet_only("events")),
         (Command::Hosts { .. }, Conn::Agent(_)) => return Err(fleet_only("hosts")),
         (Command::Audit { .. }, Conn::Agent(_)) => return Err(fleet_only("audit")),
-        (Command::Certs { .. } | Command::Completions { .. }, _) => {
+        (Command::Certs { .. } | Command::Completions { .. } | Command::Man { .. }, _) => {
             unreachable!("handled before connecting")
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use roomy_controller::config::Config;
 use roomy_controller::distribute::Distributor;
 use roomy_controller::metrics::ControllerMetrics;
@@ -21,6 +21,10 @@ use roomy_tls::{ClientRule, ServerTls, TlsFiles};
 #[derive(Parser, Debug)]
 #[command(name = "roomy-controller", version)]
 struct Args {
+    /// Print this man page (roff, section 8) on stdout and exit; the
+    /// Debian package installs it as roomy-controller(8).
+    #[arg(long)]
+    man: bool,
     /// Config file (TOML); see deploy/controller.example.toml.
     #[arg(
         long,
@@ -34,6 +38,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     roomy_daemon::init_logging();
     let args = Args::parse();
+    if args.man {
+        return Ok(roomy_daemon::print_man_page(Args::command())?);
+    }
     let config = Config::load(&args.config)?;
     let roles = Roles::from_pairs(&config.roles)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
