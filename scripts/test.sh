@@ -6,6 +6,9 @@
 #      a bounded, seeded cargo-fuzz run of the parsers people feed (fuzz/)
 #   4. the fleet tier: roomy-controller and three agents (in-memory backend)
 #      as processes in network namespaces, over mutual TLS (tests/fleet)
+#   4b. the Debian packages (scripts/package.sh, lintian without errors)
+#      installed with dpkg into an overlay over the Debian 13 root below
+#      (tests/pkg/install.sh)
 #   5. the real-kernel tiers: boot Debian's kernel in QEMU (no KVM) and
 #      drive roomy-agent (and the controller) through every scenario of
 #      tests/vm/agent.sh and overlay2.sh: dm-thin, XFS, ext4 and dockerd
@@ -14,7 +17,7 @@
 #      dockerd 26 over a Debian 13 root (tests/vm/trixie-root.sh, built once
 #      with debootstrap and cached in /var/cache/roomy-vm).
 # Ends with "N passed, M failed" for the real-kernel tiers; exits non-zero
-# on any failure. ROOMY_SKIP_VM=1 runs steps 1-4 only (says so loudly).
+# on any failure. ROOMY_SKIP_VM=1 runs steps 1-4b only (says so loudly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +81,27 @@ scripts/fuzz.sh
 step "fleet tier (controller + agents in network namespaces, mutual TLS)"
 ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
 
+# The packages go into the Debian 13 root the Docker 26 tier boots (built
+# in the background above; with ROOMY_SKIP_VM=1, here and now).
+# Sets $root; not a $(...): wait only works in the shell that started it.
+debian13_root() {
+    if [[ -z ${root_pid:-} ]]; then
+        root=$(tests/vm/trixie-root.sh)
+    elif wait "$root_pid"; then
+        root=$(tail -n 1 "$root_log")
+        rm -f "$root_log"
+    else
+        cat "$root_log" >&2
+        echo "test.sh: building the Debian 13 root failed (log above)" >&2
+        return 1
+    fi
+}
+step "Debian packages: build, lintian, install into a fresh Debian 13 root"
+debian13_root || exit 1
+mapfile -t debs < <(scripts/package.sh target/debian)
+[[ ${#debs[@]} -eq 3 ]] || { echo "test.sh: scripts/package.sh made ${#debs[@]} packages, not 3" >&2; exit 1; }
+tests/pkg/install.sh "$root" "${debs[@]}"
+
 if [[ ${ROOMY_SKIP_VM:-} == 1 ]]; then
     echo "test.sh: ROOMY_SKIP_VM=1: the real-kernel tier did NOT run" >&2
     exit 0
@@ -96,14 +120,6 @@ ROOMY_VM_WORK=/tmp/roomy-vm ROOMY_VM_TIMEOUT=$((budget + 300)) ROOMY_BIN=$(realp
     tests/vm/boot.sh tests/vm/agent.sh || rc=1
 
 step "real-kernel tier, Docker 26 (Debian 13 root, kernel 6.12): overlay2, the containerd image store"
-if wait "$root_pid"; then
-    root=$(tail -n 1 "$root_log")
-    rm -f "$root_log"
-else
-    cat "$root_log" >&2
-    echo "test.sh: building the Debian 13 root failed (log above): the Docker 26 tier cannot run" >&2
-    exit 1
-fi
 budget=$(ROOMY_VM_TIER=docker26 tests/vm/agent.sh --budget)
 # Kernel messages on: one run here saw this guest die without a word (vng
 # 255); if it happens again, the log says why.

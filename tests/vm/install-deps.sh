@@ -19,6 +19,8 @@ packages=(
     openssl curl python3 xxd
     # building Roomy
     libdevmapper-dev libclang-dev pkg-config protobuf-compiler
+    # its Debian packages (scripts/package.sh): checked with lintian
+    lintian
     # for pip install virtme-ng
     python3-pip
     # to build virtiofsd (below)
@@ -75,6 +77,11 @@ if command -v rustup >/dev/null; then
         rustup toolchain install nightly --profile minimal
 else
     echo "install-deps.sh: no rustup, so no nightly toolchain for the fuzz step" >&2
+fi
+# scripts/package.sh: cargo-deb builds the .debs from Cargo.toml's metadata.
+if ! command -v cargo-deb >/dev/null && command -v cargo >/dev/null; then
+    echo "install-deps.sh: installing cargo-deb (about 1 minute, once)"
+    cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
 if ! command -v cargo-fuzz >/dev/null && command -v cargo >/dev/null; then
     echo "install-deps.sh: installing cargo-fuzz (about 2 minutes, once)"
