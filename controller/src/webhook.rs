@@ -16,32 +16,33 @@
 //! target never holds up the others or the caller of [`Webhooks::deliver`].
 //! Delivery is at least once: a POST whose answer was lost is sent again,
 //! so receivers that care can drop duplicates by `host` and `seq`.
+//!
+//! HTTP is reqwest's (rustls with Roomy's ring provider and the configured
+//! roots), so webhooks behave like other HTTP tools: proxies from
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`, `Retry-After` in
+//! seconds or as a date, 307/308 redirects followed, connections kept.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::error::Error as StdError;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::io;
-use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{self, HeaderValue};
-use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{redirect, StatusCode};
 use roomy_proto::v1::{Event, EventKind};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout_at, Instant};
+use tokio::time::sleep;
 use tracing::{debug, info, warn};
+use url::Url;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -55,6 +56,8 @@ const SNIPPET: usize = 300;
 /// Response bytes read at most; the rest is left unread.
 const DRAIN_LIMIT: usize = 1 << 20;
 const USER_AGENT: &str = concat!("roomy-controller/", env!("CARGO_PKG_VERSION"));
+/// 307/308 hops followed per attempt.
+const MAX_REDIRECTS: usize = 5;
 
 /// One `[[webhooks]]` table of the controller config.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -63,7 +66,8 @@ pub struct WebhookConfig {
     /// Label for logs and metrics; without it the URL's scheme and host are
     /// used (never its path, which often holds the token).
     pub name: Option<String>,
-    /// `http://` or `https://` host\[:port\]\[/path\]\[?query\].
+    /// `http://` or `https://` host\[:port\]\[/path\]\[?query\]. Proxies come
+    /// from the environment (`HTTPS_PROXY`, `NO_PROXY`, ...), as for curl.
     pub url: String,
     /// Event kinds to send: `grown`, `would_grow`, `skipped`, `failed`.
     /// Default `["grown", "failed", "skipped", "health"]`.
@@ -169,6 +173,15 @@ pub enum WebhookError {
         /// rustls' reason.
         source: rustls::Error,
     },
+    /// reqwest could not build the HTTP client (e.g. a proxy variable of
+    /// the environment that is not a URL).
+    #[error("{webhook}: HTTP client: {detail}: check HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY in the controller's environment")]
+    Client {
+        /// Which webhook.
+        webhook: String,
+        /// reqwest's reason.
+        detail: String,
+    },
     /// [`Webhooks::start`] was called outside a tokio runtime.
     #[error("webhooks must be started inside the controller's tokio runtime")]
     NoRuntime,
@@ -215,7 +228,7 @@ impl WebhookConfig {
     fn label(&self) -> String {
         match (&self.name, parse_url(&self.url)) {
             (Some(name), _) => name.clone(),
-            (None, Ok(url)) => url.origin(),
+            (None, Ok(url)) => origin(&url),
             (None, Err(_)) => self.url.clone(),
         }
     }
@@ -229,121 +242,49 @@ impl WebhookConfig {
     }
 }
 
-/// A parsed webhook URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Url {
-    https: bool,
-    /// Host without IPv6 brackets: what we dial and the TLS server name.
-    host: String,
-    port: u16,
-    /// The `Host` header: host as written, port when not the default.
-    authority: String,
-    /// Origin-form request target: path and query, at least `/`.
-    target: String,
+/// `scheme://host[:port]` of `url`: how logs and metrics name a webhook
+/// without a name (never the path, which often holds the token).
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
 }
 
-impl Url {
-    fn origin(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}", self.authority)
-    }
-}
-
-/// Parses `http(s)://host[:port][/path][?query]`; the error is a phrase
-/// that follows the URL in a message.
-fn parse_url(url: &str) -> Result<Url, String> {
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+/// Parses a webhook URL with the `url` crate (WHATWG rules, as browsers
+/// and reqwest do) and refuses what cannot be meant for a webhook; the
+/// error is a phrase that follows the URL in a message.
+fn parse_url(text: &str) -> Result<Url, String> {
+    // The parser would silently strip or encode these; in a config file
+    // they are a typo.
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains spaces or control characters".into());
     }
-    let lower = url.to_ascii_lowercase();
-    let (https, rest) = if lower.starts_with("https://") {
-        (true, &url[8..])
-    } else if lower.starts_with("http://") {
-        (false, &url[7..])
-    } else {
-        return Err("must start with http:// or https://".into());
-    };
-    if rest.contains('#') {
-        return Err("has a #fragment, which is never sent".into());
-    }
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, target) = rest.split_at(split);
-    if authority.contains('@') {
-        return Err("has user@ in it: put credentials in authorization = \"...\" instead".into());
-    }
-    let (host, port_text, bracketed) = if let Some(v6) = authority.strip_prefix('[') {
-        let (inside, after) = v6
-            .split_once(']')
-            .ok_or("has an IPv6 address without its closing ]")?;
-        inside
-            .parse::<Ipv6Addr>()
-            .map_err(|_| format!("has {inside:?}, which is not an IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            _ => Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or("has text after the IPv6 address's ]")?,
-            ),
-        };
-        (inside, port, true)
-    } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port), false),
-            None => (authority, None, false),
+    let url = Url::parse(text).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => "must start with http:// or https://".into(),
+        url::ParseError::EmptyHost => "has no host".into(),
+        url::ParseError::InvalidPort => "has a port that is not a number from 1 to 65535".into(),
+        url::ParseError::InvalidIpv6Address => {
+            "has a [...] host that is not an IPv6 address".into()
         }
-    };
-    if host.is_empty() {
+        url::ParseError::InvalidDomainCharacter | url::ParseError::IdnaError => {
+            "has a host that is not a valid name (letters, digits, '-', '.')".into()
+        }
+        other => format!("cannot be parsed ({other})"),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    if url.host().is_none() {
         return Err("has no host".into());
     }
-    if !bracketed
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    {
-        return Err(format!(
-            "has host {host:?}: a host is letters, digits, '-', '.' and '_'"
-        ));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("has user@ in it: put credentials in authorization = \"...\" instead".into());
     }
-    let default_port = if https { 443 } else { 80 };
-    let port = match port_text {
-        None => default_port,
-        Some(text) => text
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| format!("has port {text:?}: a port is a number from 1 to 65535"))?,
-    };
-    if https && ServerName::try_from(host).is_err() {
-        return Err(format!(
-            "has host {host:?}, which is not a valid TLS server name"
-        ));
+    if url.fragment().is_some() {
+        return Err("has a #fragment, which is never sent".into());
     }
-    let target = match target {
-        "" => "/".to_owned(),
-        t if t.starts_with('?') => format!("/{t}"),
-        t => t.to_owned(),
-    };
-    target
-        .parse::<PathAndQuery>()
-        .map_err(|e| format!("has a path that cannot be sent ({e})"))?;
-    let host_header = if bracketed {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    let authority = if port == default_port {
-        host_header
-    } else {
-        format!("{host_header}:{port}")
-    };
-    Ok(Url {
-        https,
-        host: host.to_owned(),
-        port,
-        authority,
-        target,
-    })
+    if url.port() == Some(0) {
+        return Err("has port 0: a port is a number from 1 to 65535".into());
+    }
+    Ok(url)
 }
 
 /// The config word for an event kind.
@@ -505,7 +446,7 @@ impl Webhooks {
     fn start_tuned(configs: Vec<WebhookConfig>, tuning: Tuning) -> Result<Webhooks, WebhookError> {
         // Check everything before spawning anything.
         let mut endpoints = Vec::with_capacity(configs.len());
-        let mut tls_by_ca: HashMap<PathBuf, Arc<ClientConfig>> = HashMap::new();
+        let mut tls_by_ca: HashMap<PathBuf, ClientConfig> = HashMap::new();
         let mut labels = Vec::new();
         for config in &configs {
             config.validate()?;
@@ -519,32 +460,40 @@ impl Webhooks {
                 url: config.url.clone(),
                 problem,
             })?;
-            let tls = if url.https {
-                let ca = config
-                    .ca
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CA));
-                let client = match tls_by_ca.get(&ca) {
-                    Some(client) => client.clone(),
-                    None => {
-                        let client = tls_client(&ca, &config.describe())?;
-                        tls_by_ca.insert(ca, client.clone());
-                        client
+            let ca = config
+                .ca
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CA));
+            let tls = match tls_by_ca.get(&ca) {
+                Some(tls) => tls.clone(),
+                None => match tls_client(&ca, &config.describe()) {
+                    Ok(tls) => {
+                        tls_by_ca.insert(ca, tls.clone());
+                        tls
                     }
-                };
-                // Validated by parse_url for https.
-                let name =
-                    ServerName::try_from(url.host.clone()).map_err(|e| WebhookError::Url {
-                        webhook: config.describe(),
-                        url: config.url.clone(),
-                        problem: e.to_string(),
-                    })?;
-                Some((tokio_rustls::TlsConnector::from(client), name))
-            } else {
-                None
+                    // An http:// target needs roots only for a 307/308 to
+                    // https; without the default bundle it gets none, and
+                    // such a redirect fails its handshake with a message.
+                    Err(_) if url.scheme() == "http" && config.ca.is_none() => {
+                        tls_with_roots(RootCertStore::empty(), &config.describe())?
+                    }
+                    Err(e) => return Err(e),
+                },
             };
+            let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .user_agent(USER_AGENT)
+                .timeout(timeout)
+                .redirect(redirect_policy())
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| WebhookError::Client {
+                    webhook: config.describe(),
+                    detail: chain(&e.without_url()),
+                })?;
             let authorization = config.authorization.as_deref().map(|auth| {
-                // Validated above; sensitive keeps it out of hyper's debug output.
+                // Validated above; sensitive keeps it out of debug output.
                 let mut value = HeaderValue::from_str(auth).unwrap_or(HeaderValue::from_static(""));
                 value.set_sensitive(true);
                 value
@@ -552,9 +501,9 @@ impl Webhooks {
             endpoints.push(Endpoint {
                 label,
                 url,
-                tls,
+                client,
                 authorization,
-                timeout: Duration::from_millis(config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+                timeout,
                 max_attempts: config.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
                 tuning,
                 counts: Arc::new(Counts::default()),
@@ -637,7 +586,7 @@ impl Webhooks {
 
 /// A rustls client trusting the PEM roots in `ca`; TLS 1.2 and 1.3, since
 /// chat and paging services do not all speak 1.3.
-fn tls_client(ca: &Path, webhook: &str) -> Result<Arc<ClientConfig>, WebhookError> {
+fn tls_client(ca: &Path, webhook: &str) -> Result<ClientConfig, WebhookError> {
     let bad = |detail: String| WebhookError::Ca {
         webhook: webhook.to_owned(),
         path: ca.to_owned(),
@@ -653,6 +602,11 @@ fn tls_client(ca: &Path, webhook: &str) -> Result<Arc<ClientConfig>, WebhookErro
     if added == 0 {
         return Err(bad("no usable CERTIFICATE found".into()));
     }
+    tls_with_roots(roots, webhook)
+}
+
+fn tls_with_roots(roots: RootCertStore, webhook: &str) -> Result<ClientConfig, WebhookError> {
+    // ring, as everywhere in Roomy: no second crypto library in the binary.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -663,14 +617,90 @@ fn tls_client(ca: &Path, webhook: &str) -> Result<Arc<ClientConfig>, WebhookErro
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
+}
+
+/// Which redirects a webhook follows: 307 and 308, which keep the POST and
+/// its body, up to [`MAX_REDIRECTS`] hops (reqwest drops `Authorization`
+/// when a hop leaves the origin). A 301, 302 or 303 would turn the POST
+/// into a GET without the event, which would then count as delivered: it
+/// is returned as the answer and given up on with a message instead.
+fn redirect_policy() -> redirect::Policy {
+    redirect::Policy::custom(|attempt| {
+        let keeps_post = matches!(
+            attempt.status(),
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+        );
+        if !keeps_post {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The delay a `Retry-After` value asks for, in either of its forms
+/// (RFC 9110 10.2.3): delay-seconds, or an HTTP-date (a date already past
+/// asks for none). `None` when it is neither.
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An error and its causes on one line, e.g. `error sending request:
+/// client error (Connect): tcp connect error: Connection refused (os error
+/// 111)`. reqwest's own message names the URL, whose path may hold a
+/// token: callers pass `without_url()`.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        // Some layers repeat their cause in their own message.
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether rustls refused the handshake (a certificate or protocol
+/// problem, which will not fix itself in seconds).
+fn is_tls_refusal(e: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // io::Error::source skips its payload (tokio-rustls puts rustls'
+        // error there, and hyper-util wraps that io::Error in another).
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(payload) => Some(payload as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// One target's delivery side, owned by its task.
 struct Endpoint {
     label: String,
     url: Url,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Its own client: its CA, proxies from the environment
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, read at
+    /// start), a timeout per attempt, the redirect policy above, and a
+    /// connection kept for the next event.
+    client: reqwest::Client,
     authorization: Option<HeaderValue>,
     timeout: Duration,
     max_attempts: u32,
@@ -689,19 +719,19 @@ enum Verdict {
     GiveUp(String),
 }
 
-/// The parts of a response we act on.
-struct Reply {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    snippet: String,
-}
-
-/// Aborts the connection task when an attempt ends, whichever way.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Tuning {
+    /// Delay before retry number `retry` (1-based): base doubling to the cap,
+    /// plus up to a tenth more so targets failing together spread out.
+    fn backoff(&self, retry: u32) -> Duration {
+        let doubled = self
+            .backoff_base
+            .saturating_mul(1u32 << (retry - 1).min(20));
+        let delay = doubled.min(self.backoff_cap);
+        // RandomState is freshly keyed per call: randomness without a crate.
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(retry);
+        let tenth = delay.as_nanos() as u64 / 10;
+        delay + Duration::from_nanos(hasher.finish() % (tenth + 1))
     }
 }
 
@@ -739,7 +769,7 @@ impl Endpoint {
                 Verdict::Retry { why, after } => {
                     self.counts.retried.fetch_add(1, Ordering::Relaxed);
                     let asked = after.unwrap_or_default().min(RETRY_AFTER_CAP);
-                    let delay = self.backoff(attempt).max(asked);
+                    let delay = self.tuning.backoff(attempt).max(asked);
                     info!(
                         webhook = %self.label, event = %job.what, attempt,
                         max_attempts = self.max_attempts, delay_ms = delay.as_millis() as u64,
@@ -752,177 +782,122 @@ impl Endpoint {
         }
     }
 
-    /// Delay before retry number `retry` (1-based): base doubling to the cap,
-    /// plus up to a tenth more so targets failing together spread out.
-    fn backoff(&self, retry: u32) -> Duration {
-        let doubled = self
-            .tuning
-            .backoff_base
-            .saturating_mul(1u32 << (retry - 1).min(20));
-        let delay = doubled.min(self.tuning.backoff_cap);
-        // RandomState is freshly keyed per call: randomness without a crate.
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(retry);
-        let tenth = delay.as_nanos() as u64 / 10;
-        delay + Duration::from_nanos(hasher.finish() % (tenth + 1))
-    }
-
+    /// One POST, bounded by the timeout from connecting to the answer's
+    /// end (reqwest's per-request timeout).
     async fn attempt(&self, body: Bytes) -> Verdict {
-        let deadline = Instant::now() + self.timeout;
-        let reply = match self.exchange(body, deadline).await {
-            Ok(reply) => reply,
-            Err(verdict) => return verdict,
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return self.failure(e),
         };
-        let status = reply.status;
-        let detail = match reply.snippet.is_empty() {
+        let status = response.status();
+        let headers = response.headers();
+        let after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, SystemTime::now()));
+        // Where a refused redirect pointed, by origin only (the path may
+        // hold a token).
+        let location = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| response.url().join(v).ok())
+            .map(|to| origin(&to));
+        let snippet = snippet(response).await;
+        let detail = match snippet.is_empty() {
             true => format!("HTTP {status}"),
-            false => format!("HTTP {status}: {}", reply.snippet),
+            false => format!("HTTP {status}: {snippet}"),
         };
         if status.is_success() {
             Verdict::Ok
         } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            Verdict::Retry {
-                why: detail,
-                after: reply.retry_after,
-            }
+            Verdict::Retry { why: detail, after }
         } else if status.is_redirection() {
+            let to = location.map(|l| format!(" to {l}")).unwrap_or_default();
             Verdict::GiveUp(format!(
-                "{detail} (redirects are not followed: write the final URL)"
+                "{detail} (a redirect{to} that would turn the POST into a GET is not followed: write the final URL)"
             ))
         } else {
             Verdict::GiveUp(detail)
         }
     }
 
-    /// Connects, sends the POST and reads the answer, all by `deadline`.
-    async fn exchange(&self, body: Bytes, deadline: Instant) -> Result<Reply, Verdict> {
-        let timed_out = |stage: &str| Verdict::Retry {
-            why: format!("timed out after {} ms {stage}", self.timeout.as_millis()),
-            after: None,
-        };
-        let (host, port) = (self.url.host.as_str(), self.url.port);
-        let tcp = timeout_at(deadline, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| timed_out("connecting"))?
-            .map_err(|e| Verdict::Retry {
-                why: format!("cannot connect to {}: {e}", self.url.authority),
+    /// An attempt that got no answer: retried unless retrying cannot help.
+    fn failure(&self, e: reqwest::Error) -> Verdict {
+        let to = origin(&self.url);
+        let e = e.without_url();
+        let why = chain(&e);
+        if e.is_timeout() {
+            Verdict::Retry {
+                why: format!("timed out after {} ms: {why}", self.timeout.as_millis()),
                 after: None,
-            })?;
-        tcp.set_nodelay(true).ok();
-        match &self.tls {
-            None => self.post(TokioIo::new(tcp), body, deadline).await,
-            Some((connector, name)) => {
-                let tls = timeout_at(deadline, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| timed_out("in the TLS handshake"))?
-                    .map_err(|e| tls_verdict(&self.url.authority, e))?;
-                self.post(TokioIo::new(tls), body, deadline).await
+            }
+        } else if e.is_redirect() || e.is_builder() {
+            Verdict::GiveUp(format!("POST to {to}: {why}"))
+        } else if is_tls_refusal(&e) {
+            Verdict::GiveUp(format!("TLS handshake with {to} failed: {why}"))
+        } else if e.is_connect() {
+            Verdict::Retry {
+                why: format!("cannot connect to {to}: {why}"),
+                after: None,
+            }
+        } else {
+            Verdict::Retry {
+                why: format!("HTTP exchange with {to} failed: {why}"),
+                after: None,
             }
         }
-    }
-
-    async fn post<T>(&self, io: T, body: Bytes, deadline: Instant) -> Result<Reply, Verdict>
-    where
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let timed_out = || Verdict::Retry {
-            why: format!(
-                "timed out after {} ms waiting for the answer",
-                self.timeout.as_millis()
-            ),
-            after: None,
-        };
-        let broken = |e: hyper::Error| Verdict::Retry {
-            why: format!("HTTP exchange with {} failed: {e}", self.url.authority),
-            after: None,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
-            .await
-            .map_err(broken)?;
-        // The connection runs beside us and dies with this attempt.
-        let _conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.url.target.as_str())
-            .header(header::HOST, self.url.authority.as_str())
-            .header(header::USER_AGENT, USER_AGENT)
-            .header(header::CONTENT_TYPE, "application/json")
-            // A fresh connection per attempt: tell the server not to keep it.
-            .header(header::CONNECTION, "close");
-        if let Some(auth) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, auth.clone());
-        }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| Verdict::GiveUp(format!("cannot build the request: {e}")))?;
-        let response = timeout_at(deadline, sender.send_request(request))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(broken)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // The status decides; the body is read (bounded) only to finish the
-        // exchange politely and to quote the start of it in logs.
-        let mut body = response.into_body();
-        let mut kept = Vec::new();
-        let mut read = 0;
-        while read < DRAIN_LIMIT {
-            let Ok(Some(Ok(frame))) = timeout_at(deadline, body.frame()).await else {
-                break;
-            };
-            if let Ok(data) = frame.into_data() {
-                read += data.len();
-                let room = SNIPPET.saturating_sub(kept.len());
-                kept.extend_from_slice(&data[..data.len().min(room)]);
-            }
-        }
-        let snippet = String::from_utf8_lossy(&kept)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        Ok(Reply {
-            status,
-            retry_after,
-            snippet,
-        })
     }
 }
 
-/// A TLS handshake failure: certificate and protocol problems will not fix
-/// themselves in seconds, so give up; anything else (reset, EOF) is retried.
-fn tls_verdict(authority: &str, e: io::Error) -> Verdict {
-    let why = format!("TLS handshake with {authority} failed: {e}");
-    let is_rustls = e
-        .get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-    if is_rustls {
-        Verdict::GiveUp(why)
-    } else {
-        Verdict::Retry { why, after: None }
+/// The start of an answer's body, on one line, for the log; read (bounded)
+/// also to finish the exchange so the connection can be kept.
+async fn snippet(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    let mut read = 0;
+    while read < DRAIN_LIMIT {
+        let Ok(Some(data)) = response.chunk().await else {
+            break;
+        };
+        read += data.len();
+        let room = SNIPPET.saturating_sub(kept.len());
+        kept.extend_from_slice(&data[..data.len().min(room)]);
     }
+    String::from_utf8_lossy(&kept)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper::{HeaderMap, Response};
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
+    use std::time::Instant;
     use tokio::net::TcpListener;
 
     /// What a test server saw of one request.
     #[derive(Debug, Clone)]
     struct Seen {
+        method: String,
+        /// As sent: origin-form (`/hook`), or absolute-form
+        /// (`http://host/hook`) and authority-form (`host:443`) at a proxy.
         target: String,
+        at: Instant,
         headers: HeaderMap,
         body: Bytes,
     }
@@ -932,6 +907,15 @@ mod tests {
     /// A loopback HTTP(S) server answering the n-th request with
     /// `statuses[n]` (the last one repeating). Returns its base URL.
     async fn server(statuses: Vec<u16>, tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Log) {
+        server_with(statuses, vec![], tls).await
+    }
+
+    /// [`server`] adding `headers` to every answer.
+    async fn server_with(
+        statuses: Vec<u16>,
+        headers: Vec<(&'static str, String)>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (String, Log) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let log: Log = Arc::default();
@@ -941,17 +925,22 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let (seen, statuses, tls) = (seen.clone(), statuses.clone(), tls.clone());
+                let extra = headers.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<Incoming>| {
-                        let (seen, statuses) = (seen.clone(), statuses.clone());
+                        let (seen, statuses, extra) =
+                            (seen.clone(), statuses.clone(), extra.clone());
                         async move {
+                            let method = req.method().to_string();
                             let target = req.uri().to_string();
                             let headers = req.headers().clone();
                             let body = req.into_body().collect().await?.to_bytes();
                             let n = {
                                 let mut seen = seen.lock().unwrap();
                                 seen.push(Seen {
+                                    method,
                                     target,
+                                    at: Instant::now(),
                                     headers,
                                     body,
                                 });
@@ -960,6 +949,11 @@ mod tests {
                             let status = statuses[(n - 1).min(statuses.len() - 1)];
                             let mut response = Response::new(Full::new(Bytes::from("nope\n")));
                             *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                            for (name, value) in &extra {
+                                response
+                                    .headers_mut()
+                                    .insert(*name, HeaderValue::from_str(value).unwrap());
+                            }
                             Ok::<_, hyper::Error>(response)
                         }
                     });
@@ -1190,6 +1184,173 @@ mod tests {
         );
     }
 
+    #[test]
+    fn retry_after_in_both_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(retry_after(&earlier, now), Some(Duration::ZERO));
+        // RFC 9110's example date, in the IMF-fixdate form servers send.
+        assert!(retry_after("Fri, 31 Dec 1999 23:59:59 GMT", now).is_some());
+        for junk in ["", "soon", "-5", "1.5"] {
+            assert_eq!(retry_after(junk, now), None, "{junk:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured_as_seconds_and_as_a_date() {
+        // Backoff is 1-5 ms here: a gap of a second is the server's asking.
+        let (seconds_base, seconds_log) =
+            server_with(vec![503, 200], vec![("retry-after", "1".into())], None).await;
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+        let (date_base, date_log) =
+            server_with(vec![429, 200], vec![("retry-after", date)], None).await;
+        let mut by_seconds = config(&seconds_base);
+        by_seconds.name = Some("seconds".into());
+        let mut by_date = config(&date_base);
+        by_date.name = Some("date".into());
+        let webhooks = Webhooks::start_tuned(vec![by_seconds, by_date], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        let oks = |w: &Webhooks| {
+            w.counts()
+                .iter()
+                .filter(|c| c.1 == "ok")
+                .map(|c| c.2)
+                .sum::<u64>()
+        };
+        wait_until("both delivered", || oks(&webhooks) == 2).await;
+        for (what, log) in [("seconds", seconds_log), ("date", date_log)] {
+            let seen = log.lock().unwrap().clone();
+            assert_eq!(seen.len(), 2, "{what}");
+            let gap = seen[1].at - seen[0].at;
+            // The date has a resolution of one second: 1-2 s ahead.
+            assert!(
+                gap >= Duration::from_millis(900),
+                "{what}: retried after {gap:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn temporary_redirects_are_followed_others_refused() {
+        let (final_base, final_log) = server(vec![200], None).await;
+        let (moved_base, _) = server_with(
+            vec![307],
+            vec![("location", format!("{final_base}/after-307"))],
+            None,
+        )
+        .await;
+        let (see_other_base, see_other_log) = server_with(
+            vec![301],
+            vec![("location", format!("{final_base}/after-301?token=T0K3N"))],
+            None,
+        )
+        .await;
+        let mut temporary = config(&format!("{moved_base}/hook"));
+        temporary.name = Some("temporary".into());
+        temporary.authorization = Some("Bearer s3cret".into());
+        let mut permanent_get = config(&format!("{see_other_base}/hook"));
+        permanent_get.name = Some("moved".into());
+        let webhooks = Webhooks::start_tuned(vec![temporary, permanent_get], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        wait_until("both done", || {
+            let c = webhooks.counts();
+            c[0].2 == 1 && c[5].2 == 1
+        })
+        .await;
+        let counts = webhooks.counts();
+        assert_eq!((counts[0].1, counts[0].2), ("ok", 1));
+        // The 301 is not retried, not followed as a GET, and not "ok".
+        assert_eq!((counts[3].1, counts[3].2), ("ok", 0));
+        assert_eq!((counts[4].1, counts[4].2), ("retried", 0));
+        assert_eq!(see_other_log.lock().unwrap().len(), 1);
+        let seen = final_log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("POST", "/after-307")
+        );
+        let json: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+        assert_eq!(json["kind"], "grown");
+        // Another origin (port) than the configured one: no credentials.
+        assert!(
+            seen[0].headers.get("authorization").is_none(),
+            "{:?}",
+            seen[0].headers
+        );
+    }
+
+    #[test]
+    fn proxies_come_from_the_environment() {
+        // The variables are the process's: set them in a child process that
+        // runs only `proxy_child_process`, not here beside other tests.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "webhook::tests::proxy_child_process",
+                "--nocapture",
+            ])
+            .env("ROOMY_WEBHOOK_PROXY_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    /// The body of [`proxies_come_from_the_environment`]; does nothing
+    /// unless started by it.
+    #[tokio::test]
+    async fn proxy_child_process() {
+        if std::env::var_os("ROOMY_WEBHOOK_PROXY_CHILD").is_none() {
+            return;
+        }
+        let (http_proxy, http_proxy_log) = server(vec![200], None).await;
+        // Refuses every CONNECT: enough to see the tunnel asked for.
+        let (https_proxy, https_proxy_log) = server(vec![403], None).await;
+        let (direct, direct_log) = server(vec![200], None).await;
+        std::env::set_var("HTTP_PROXY", &http_proxy);
+        std::env::set_var("HTTPS_PROXY", &https_proxy);
+        std::env::set_var("NO_PROXY", "127.0.0.1");
+        // .invalid never resolves (RFC 6761): only a proxy can deliver it.
+        let mut via_proxy = config("http://roomy-hook.invalid/hook");
+        via_proxy.name = Some("via-proxy".into());
+        let mut tunnel = config("https://roomy-hook.invalid/hook");
+        tunnel.name = Some("tunnel".into());
+        tunnel.max_attempts = Some(1);
+        let mut no_proxy = config(&format!("{direct}/direct"));
+        no_proxy.name = Some("no-proxy".into());
+        let webhooks = Webhooks::start_tuned(vec![via_proxy, tunnel, no_proxy], fast()).unwrap();
+        webhooks.deliver(&event(EventKind::Grown));
+        wait_until("all done", || {
+            let c = webhooks.counts();
+            c[0].2 == 1 && c[5].2 == 1 && c[6].2 == 1
+        })
+        .await;
+        let seen = http_proxy_log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("POST", "http://roomy-hook.invalid/hook")
+        );
+        let seen = https_proxy_log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("CONNECT", "roomy-hook.invalid:443")
+        );
+        let seen = direct_log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].target, "/direct");
+    }
+
     #[tokio::test]
     async fn full_queue_drops_and_counts() {
         let (base, accepted) = silent_server().await;
@@ -1336,17 +1497,18 @@ mod tests {
         for (url, problem) in [
             ("https://", "has no host"),
             ("http://:80/x", "has no host"),
-            ("http://chat.example:99999/", "port \"99999\""),
-            ("http://chat.example:0/", "port \"0\""),
-            ("http://chat.example:+80/", "port \"+80\""),
+            ("http://chat.example:99999/", "1 to 65535"),
+            ("http://chat.example:0/", "port 0"),
+            ("http://chat.example:+80/", "1 to 65535"),
             ("http://user:pw@chat.example/", "authorization = "),
             ("http://chat example/", "spaces"),
             ("http://chat.example/#x", "#fragment"),
             ("http://ch@t!/", "user@"),
-            ("http://chat%2e/", "letters, digits"),
-            ("http://[::1/", "closing ]"),
+            ("http://chat<x>/", "not a valid name"),
+            ("http://[::1/", "not an IPv6 address"),
             ("http://[zz]/", "not an IPv6 address"),
             ("chat.example/hook", "must start with"),
+            ("mailto:ops@chat.example", "must start with"),
         ] {
             let err = check(config(url));
             assert!(err.contains(problem), "{url}: {err}");
@@ -1354,30 +1516,34 @@ mod tests {
     }
 
     #[test]
-    fn urls_parse_into_dial_and_header_parts() {
+    fn urls_parse_and_labels_leave_the_path_out() {
         let url = parse_url("HTTPS://Chat.Example/services/T0K3N?x=1").unwrap();
-        assert!(url.https);
-        assert_eq!((url.host.as_str(), url.port), ("Chat.Example", 443));
-        assert_eq!(url.authority, "Chat.Example");
-        assert_eq!(url.target, "/services/T0K3N?x=1");
-        assert_eq!(url.origin(), "https://Chat.Example");
+        assert_eq!(url.scheme(), "https");
+        assert_eq!(
+            (url.host_str(), url.port_or_known_default()),
+            (Some("chat.example"), Some(443))
+        );
+        assert_eq!(url.path(), "/services/T0K3N");
+        assert_eq!(url.query(), Some("x=1"));
+        assert_eq!(origin(&url), "https://chat.example");
 
         let url = parse_url("http://10.0.0.9:8080").unwrap();
-        assert_eq!((url.host.as_str(), url.port), ("10.0.0.9", 8080));
         assert_eq!(
-            (url.authority.as_str(), url.target.as_str()),
-            ("10.0.0.9:8080", "/")
+            (origin(&url), url.path()),
+            ("http://10.0.0.9:8080".into(), "/")
         );
 
         let url = parse_url("http://[::1]:9000?token=a").unwrap();
-        assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
-        assert_eq!(
-            (url.authority.as_str(), url.target.as_str()),
-            ("[::1]:9000", "/?token=a")
-        );
+        assert_eq!(origin(&url), "http://[::1]:9000");
+        assert_eq!(url.query(), Some("token=a"));
 
         let url = parse_url("http://pager.local:80/p").unwrap();
-        assert_eq!(url.authority, "pager.local");
+        assert_eq!(origin(&url), "http://pager.local");
+
+        let mut cfg = config("https://chat.example/hooks/T0K3N");
+        assert_eq!(cfg.label(), "https://chat.example");
+        cfg.name = Some("ops".into());
+        assert_eq!(cfg.label(), "ops");
     }
 
     #[test]
@@ -1430,16 +1596,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_with_small_jitter() {
-        let endpoint = Endpoint {
-            label: "t".into(),
-            url: parse_url("http://a").unwrap(),
-            tls: None,
-            authorization: None,
-            timeout: Duration::from_secs(1),
-            max_attempts: 6,
-            tuning: Tuning::default(),
-            counts: Arc::default(),
-        };
+        let tuning = Tuning::default();
         for (retry, ms) in [
             (1, 250),
             (2, 500),
@@ -1449,7 +1606,7 @@ mod tests {
             (6, 8000),
             (30, 8000),
         ] {
-            let delay = endpoint.backoff(retry);
+            let delay = tuning.backoff(retry);
             let base = Duration::from_millis(ms);
             assert!(
                 delay >= base && delay <= base + base / 10,
