@@ -267,13 +267,11 @@ async fn serve<B: StorageBackend + Clone>(
     health_reporter
         .set_serving::<AgentServer<AgentService<B>>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(roomy_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service);
+    let router = roomy_daemon::grpc::with_reflection(
+        tonic::transport::Server::builder().add_service(health),
+        roomy_proto::v1::agent_server::SERVICE_NAME,
+    )?
+    .add_service(service);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = metrics {

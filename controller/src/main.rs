@@ -122,24 +122,22 @@ async fn main() -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(roomy_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
     tracing::info!(listen = %config.listen, hosts = registry.names().len(), "roomy-controller ready");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(ControllerServer::new(ControllerService::new(
-            registry,
-            store,
-            distributor,
-            metrics,
-            roles,
-            Duration::from_millis(config.agent_call_timeout_ms.max(1)),
-        )))
-        .serve_with_incoming_shutdown(server_tls.incoming(listener), shutdown())
-        .await?;
+    roomy_daemon::grpc::with_reflection(
+        tonic::transport::Server::builder().add_service(health),
+        roomy_proto::v1::controller_server::SERVICE_NAME,
+    )?
+    .add_service(ControllerServer::new(ControllerService::new(
+        registry,
+        store,
+        distributor,
+        metrics,
+        roles,
+        Duration::from_millis(config.agent_call_timeout_ms.max(1)),
+    )))
+    .serve_with_incoming_shutdown(server_tls.incoming(listener), shutdown())
+    .await?;
     Ok(())
 }
 

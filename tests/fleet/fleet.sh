@@ -425,6 +425,14 @@ check "agent health: SERVING" test "$(xxd -p "$WORK/resp.bin")" = 00000000020801
 grpc 127.0.0.1:7443 roomy-controller "$WORK/pki/users/vic.pem" "$WORK/pki/users/vic.key" \
     /grpc.reflection.v1.ServerReflection/ServerReflectionInfo 00000000023a00
 check "controller reflection lists roomy.v1.Controller" grep -aq "roomy.v1.Controller" "$WORK/resp.bin"
+# v1alpha too: grpcio-reflection, older grpcurl and IDE plugins speak only it.
+grpc 127.0.0.1:7443 roomy-controller "$WORK/pki/users/vic.pem" "$WORK/pki/users/vic.key" \
+    /grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo 00000000023a00
+check "controller reflection v1alpha lists roomy.v1.Controller" grep -aq "roomy.v1.Controller" "$WORK/resp.bin"
+grpc 10.199.1.2:7444 host1 "$WORK/pki/controller.pem" "$WORK/pki/controller.key" \
+    /grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo 00000000023a00
+check "agent reflection v1alpha lists roomy.v1.Agent and grpc.health.v1.Health, not the Controller" \
+    bash -c "grep -aq 'roomy.v1.Agent' '$WORK/resp.bin' && grep -aq 'grpc.health.v1.Health' '$WORK/resp.bin' && ! grep -aq 'roomy.v1.Controller' '$WORK/resp.bin'"
 
 echo "=== roomyctl says what failed, within its --timeout"
 # An agent's port given as --controller: it has no Controller service.

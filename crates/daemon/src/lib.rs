@@ -1,8 +1,10 @@
 //! What roomy-agent and roomy-controller share at their edges: how they
 //! learn to stop ([`signal`]), how they log ([`init_logging`]) and how they
-//! print their man page ([`print_man_page`]).
+//! print their man page ([`print_man_page`]), and what their gRPC
+//! servers serve beside their own service ([`grpc`]).
 #![warn(missing_docs)]
 
+pub mod grpc;
 pub mod signal;
 
 /// Logs to stderr (journald picks it up under systemd), filtered by
