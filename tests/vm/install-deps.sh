@@ -23,6 +23,8 @@ packages=(
     lintian
     # for pip install virtme-ng
     python3-pip
+    # tests/grpcio: a venv with grpcio from PyPI
+    python3-venv
     # to build virtiofsd (below)
     libseccomp-dev libcap-ng-dev
 )
