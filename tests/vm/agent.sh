@@ -13,7 +13,7 @@ cd "$(dirname "$0")" || exit 1
 
 # GROUP BUDGET_S SCENARIOS. A budget is about twice the group's time in
 # CI's run on the slower kind of machine here (xfs 910 s, ext4 336, nodefer
-# 78, pool 591, lvm 95; autogrow 507 before its writes shrank, overlay 386
+# 78, pool 591, lvm 95, container 218 alone; autogrow 507 before its writes shrank, overlay 386
 # before it lost four scenarios to Docker 26; the auto-grow groups' writes
 # took 2.8x as long in one CI run as alone, 220 s for o7's 2G), so a
 # machine twice as slow still fits: a group that runs out is stuck, not
@@ -25,6 +25,7 @@ nodefer      250 s9_no_deferred_removal
 pool        1100 p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
 autogrow    1300 a1_autogrow
 lvm          250 p3_direct_lvm
+container    900 k1_online k2_stopped k3_restarts k4_pool k5_controller k6_compose
 overlay      700 o3_stopped o5_concurrent o6_killed_agent o8_backing_grows
 autogrow_ov 1300 o7_autogrow
 "
@@ -1082,6 +1083,160 @@ group_lvm() {
     scenarios p3_direct_lvm
     agent_stop
     dockerd_stop lvm
+}
+
+# ------------------------------------------- the agent as a container
+# roomy-agent from the image scripts/image.sh makes, run as a container of
+# the very dockerd it serves, as the README's `docker run` line says:
+# privileged (dm ioctls, mounts), the host's /dev (device nodes dockerd and
+# the agent create), Docker's data root with rslave propagation (dockerd
+# mounts a container's device after the agent started; a plain bind would
+# never show it), the Docker socket and the state directory. Here all of
+# them live under $LAB/$NAME, so one rslave bind of it, at the same path,
+# carries them, and the agent's flags are agent_start's.
+AGENT_CONTAINER=roomy-agent
+# agent_container_start [DOCKER-RUN-ARG... -- AGENT-ARG...]
+agent_container_start() {
+    local dir=$LAB/$NAME run=() args=()
+    while [[ $# -gt 0 && $1 != -- ]]; do run+=("$1"); shift; done
+    [[ ${1:-} == -- ]] && shift
+    args=("$@")
+    mkdir -p "$dir/state"
+    rm -f "$dir/agent.sock"
+    D run -d --name "$AGENT_CONTAINER" --restart always --privileged "${run[@]:---network=none}" \
+        -v /dev:/dev -v "$dir:$dir:rslave" -e RUST_LOG=info \
+        roomy/agent:latest --socket "$dir/agent.sock" --state-dir "$dir/state" \
+        --docker-host "unix://$dir/docker.sock" --guard-interval 2 "${args[@]}" >/dev/null || return 1
+    agent_container_ready
+}
+# 120 s: a container start under TCG took ~5 s here.
+agent_container_ready() {
+    wait_until 120 "[[ -S $LAB/$NAME/agent.sock ]] && R pool ls && [[ \$RC -eq 0 ]]"
+}
+
+k1_online() {
+    run_box k1
+    local sum
+    sum=$(write_data k1)
+    R resize k1 4G
+    check "k1 resize through the containerized agent: exit 0" test "$RC" -eq 0
+    check "k1 message says grown online" grep -q "grew k1 from 2 GiB to 4 GiB online" <<<"$OUT"
+    check "k1 df shows 4G" df_near "$(df_bytes k1)" $((4 * GiB))
+    check "k1 data intact" test "$(data_sum k1)" = "$sum"
+    check "k1 table 4G" test "$(table_bytes k1)" -eq $((4 * GiB))
+}
+
+# The private mount of a stopped container's device is made in the agent
+# container's mount namespace.
+k2_stopped() { stopped_case k2 xfs; }
+
+k3_restarts() {
+    local sum dir=$LAB/$NAME
+    sum=$(data_sum k1)
+    check "k3 docker restart of the grown container" D restart -t 1 k1
+    check "k3 df 4G after docker restart" df_near "$(df_bytes k1)" $((4 * GiB))
+    rm -f "$dir/agent.sock"
+    check "k3 docker restart of the agent's container" D restart -t 5 "$AGENT_CONTAINER"
+    check "k3 agent answers again" agent_container_ready
+    R inspect k1 -o json
+    check "k3 inspect after the agent's restart: 4G" test "$(json_field table_size_bytes)" -eq $((4 * GiB))
+    # dockerd stops every container, the agent's too; --restart always
+    # brings the agent back with dockerd.
+    rm -f "$dir/agent.sock"
+    dockerd_restart "$NAME" >/dev/null
+    check "k3 agent back after a dockerd restart" agent_container_ready
+    check "k3 start after dockerd restart" D start k1
+    check "k3 df 4G after dockerd restart" df_near "$(df_bytes k1)" $((4 * GiB))
+    check "k3 data after dockerd restart" test "$(data_sum k1)" = "$sum"
+    check "k3 settled: ok" wait_until 60 'R inspect k1 -o json; [[ $(json_field health) == ok ]]'
+}
+
+k4_pool() {
+    R pool ls -o json
+    check "k4 pool ls exit 0" test "$RC" -eq 0
+    check "k4 pool data size" test "$(json_field data_total_bytes)" -gt 0
+    check "k4 pool loop-backed" test "$(json_field backing)" = loop
+}
+
+# The controller as a container beside the agent's, both on the host's
+# network (what deploy/compose/compose.yaml runs): the agent on mutual TLS,
+# roomyctl through the controller.
+k5_controller() {
+    local dir=$LAB/$NAME
+    CTL_DIR=$dir/ctl
+    mkdir -p "$CTL_DIR"
+    "$BIN/roomyctl" certs init --out "$CTL_DIR/pki" --host vmhost --user olga:operator >/dev/null ||
+        { fail "k5 certs init"; return; }
+    D rm -f "$AGENT_CONTAINER" >/dev/null
+    check "k5 agent's container on mutual TLS" agent_container_start --network=host -- --listen 127.0.0.1:7444 \
+        --tls-cert "$CTL_DIR/pki/agents/vmhost.pem" --tls-key "$CTL_DIR/pki/agents/vmhost.key" --tls-ca "$CTL_DIR/pki/ca.pem"
+    sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$CTL_DIR/pki/controller.toml" >"$CTL_DIR/controller.toml"
+    printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$CTL_DIR/controller.toml"
+    check "k5 scripts/image.sh controller" ../../scripts/image.sh controller "$BIN"
+    check "k5 controller's container starts" D run -d --name roomy-controller --restart always --network host \
+        -v "$CTL_DIR:$CTL_DIR" -e RUST_LOG=info roomy/controller:latest --config "$CTL_DIR/controller.toml"
+    check "k5 controller answers" wait_until 120 'C hosts ls; [[ $RC -eq 0 ]]'
+    check "k5 hosts ls: vmhost up" grep -q 'vmhost.*up' <<<"$OUT"
+    C resize vmhost/k1 6G
+    check "k5 resize vmhost/k1 6G through both containers: exit 0" test "$RC" -eq 0
+    check "k5 k1 df 6G" df_near "$(df_bytes k1)" $((6 * GiB))
+    C audit
+    check "k5 audit names olga's resize" grep -q 'olga .*resize .*vmhost/k1' <<<"$OUT"
+    C resize vmhost/k1 5G
+    check "k5 a shrink through the controller is refused (exit 3)" test "$RC" -eq 3
+    check "k5 the refusal changed nothing" df_near "$(df_bytes k1)" $((6 * GiB))
+    D logs roomy-controller >"$ROOMY_VM_OUT/controller-container.log" 2>&1
+    D rm -f roomy-controller >/dev/null
+}
+
+# deploy/compose/compose.yaml as written, with this lab's paths.
+k6_compose() {
+    local dir=$LAB/$NAME
+    CTL_DIR=$dir/compose
+    mkdir -p "$CTL_DIR" "$dir/compose-run"
+    # olga adds the host herself: admin.
+    "$BIN/roomyctl" certs init --out "$CTL_DIR/pki" --host vmhost --user olga:admin >/dev/null ||
+        { fail "k6 certs init"; return; }
+    D rm -f "$AGENT_CONTAINER" >/dev/null
+    compose() {
+        DOCKER_ROOT=$dir/root DOCKER_SOCK=$dir/docker.sock ROOMY_STATE=$dir/state ROOMY_RUN=$dir/compose-run \
+            ROOMY_PKI=$CTL_DIR/pki ROOMY_HOST=vmhost docker-compose -f ../../deploy/compose/compose.yaml -p roomy "$@"
+    }
+    check "k6 docker-compose up -d" compose up -d
+    check "k6 agent's socket from compose" wait_until 120 "[[ -S $dir/compose-run/agent.sock ]]"
+    check "k6 controller answers" wait_until 120 'C hosts add vmhost 127.0.0.1:7444; [[ $RC -eq 0 ]]'
+    check "k6 hosts ls: vmhost up" wait_until 60 'C hosts ls; grep -q "vmhost.*up" <<<"$OUT"'
+    C resize vmhost/k1 7G
+    check "k6 resize vmhost/k1 7G: exit 0" test "$RC" -eq 0
+    check "k6 k1 df 7G" df_near "$(df_bytes k1)" $((7 * GiB))
+    OUT=$("$BIN/roomyctl" --agent "unix://$dir/compose-run/agent.sock" inspect k1 -o json 2>&1)
+    check "k6 the agent's unix socket answers roomyctl" test "$(json_field table_size_bytes)" -eq $((7 * GiB))
+    compose logs --no-color >"$ROOMY_VM_OUT/compose.log" 2>&1
+    check "k6 docker-compose down" compose down
+}
+
+group_container() {
+    NAME=container
+    local dir=$LAB/$NAME
+    # Docker refuses rslave over a private mount. / is shared on a systemd
+    # host; in this VM it is not, so the lab's directory becomes a shared
+    # mount of its own before dockerd mounts anything under it.
+    mkdir -p "$dir"
+    mountpoint -q "$dir" || mount --bind "$dir" "$dir"
+    mount --make-rshared "$dir"
+    dockerd_start container xfs || { fail "group container: dockerd starts"; return 1; }
+    image_import
+    check "container: scripts/image.sh agent" ../../scripts/image.sh agent "$BIN"
+    agent_container_start || {
+        fail "group container: the agent's container answers" "$(D logs --tail 20 "$AGENT_CONTAINER" 2>&1)"
+        return 1
+    }
+    scenarios k1_online k2_stopped k3_restarts k4_pool k5_controller k6_compose
+    check "container: no suspended device or staged table" no_stray_dm_state
+    D logs "$AGENT_CONTAINER" >"$dir/agent.log" 2>&1
+    D rm -f "$AGENT_CONTAINER" >/dev/null
+    dockerd_stop container
+    umount -l "$dir" 2>/dev/null
 }
 
 lab_init || exit 1

@@ -13,6 +13,8 @@ packages=(
     # devicemapper waits for udev to acknowledge device creation
     busybox-static xfsprogs e2fsprogs thin-provisioning-tools lvm2 udev
     iproute2 docker.io
+    # deploy/compose/compose.yaml, run by the agent tier (k6)
+    docker-compose
     # the Debian 13 root for the Docker >= 25 tests (tests/vm/trixie-root.sh)
     debootstrap
     # the fleet tier: TLS probes and JSON checks
