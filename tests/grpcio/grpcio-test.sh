@@ -2,7 +2,8 @@
 # A sim roomy-agent against gRPC C-core clients (grpcio): over its unix socket
 # with the :authority grpcio picks itself (the percent-encoded socket path)
 # for unix:///abs, unix:/abs and, as a control, grpc.default_authority=localhost;
-# and, when roomyctl is there, over TCP with mutual TLS.
+# and, when roomyctl is there, over TCP with mutual TLS; then Node's
+# @grpc/grpc-js (grpc-js-test.js) on the unix socket, where node is.
 # Prints PASS/FAIL lines and "N passed, N failed"; exits 1 on any failure.
 #
 # Env: ROOMY_BIN (dir with roomy-agent, roomyctl; default target/vm-bin or target/release of
@@ -82,6 +83,27 @@ if [ -x "$BIN/roomyctl" ]; then
             --tls-cert "$WORK/pki/controller.pem" --tls-key "$WORK/pki/controller.key" \
             --label "tcp+mTLS 127.0.0.1:$PORT"
     fi
+fi
+
+# Node's @grpc/grpc-js, the other stack gRPC ships that is not C-core or
+# Go: where node and npm are installed (they are on CI's machines), pinned,
+# into a cached directory of its own.
+GRPC_JS=/var/cache/roomy-vm/grpc-js-1.14.7
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    if [ ! -d "$GRPC_JS/node_modules/@grpc/grpc-js" ]; then
+        echo "grpcio-test: installing @grpc/grpc-js 1.14.7 and @grpc/proto-loader 0.8.1 into $GRPC_JS (npm)"
+        npm install --silent --no-audit --no-fund --prefix "$GRPC_JS" @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1 >/dev/null ||
+            { echo "FAIL [grpc-js] npm install"; FAIL=$((FAIL + 1)); }
+    fi
+    for target in "unix://$SOCK" "unix:$SOCK"; do
+        out=$(NODE_PATH=$GRPC_JS/node_modules timeout 120 node "$here/grpc-js-test.js" "$target" "$here/../../proto" "grpc-js $target" 2>&1)
+        printf '%s\n' "$out"
+        PASS=$((PASS + $(grep -c '^PASS' <<<"$out")))
+        FAIL=$((FAIL + $(grep -c '^FAIL' <<<"$out")))
+        grep -q '^PASS' <<<"$out" || { echo "FAIL [grpc-js $target] no check passed"; FAIL=$((FAIL + 1)); }
+    done
+else
+    echo "grpcio-test: node or npm missing: the @grpc/grpc-js checks did NOT run"
 fi
 
 if grep -q 'malformed headers' "$WORK"/agent*.log; then
