@@ -33,7 +33,14 @@ p.add_argument("--tls-cert")
 p.add_argument("--tls-key")
 p.add_argument("--server-name", help="grpc.ssl_target_name_override")
 p.add_argument("--timeout", type=float, default=5.0)
+p.add_argument(
+    "--controller-host",
+    help="talk to a roomy-controller instead, about this host's containers (HOST/CONTAINER)",
+)
 a = p.parse_args()
+# The service under test and how its calls name a container.
+SERVICE = "roomy.v1.Controller" if a.controller_host else "roomy.v1.Agent"
+ref = (lambda c: f"{a.controller_host}/{c}") if a.controller_host else (lambda c: c)
 
 opts = []
 if a.authority:
@@ -79,8 +86,8 @@ def list_services(method):
     if len(out) != 1 or not out[0].HasField("list_services_response"):
         return f"unexpected answer {out!r}"[:300]
     names = [s.name for s in out[0].list_services_response.service]
-    if "roomy.v1.Agent" not in names:
-        return f"roomy.v1.Agent not in {names}"
+    if SERVICE not in names:
+        return f"{SERVICE} not in {names}"
 
 
 def reflection_call(method):
@@ -95,12 +102,12 @@ def reflection_call(method):
 def pool_v1alpha():
     # grpcio-reflection's own client (v1alpha only), as grpc_cli and evans use it.
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
-    pool.FindServiceByName("roomy.v1.Agent")
+    pool.FindServiceByName(SERVICE)
     return pool
 
 
 def pool_v1():
-    req = refl.ServerReflectionRequest(file_containing_symbol="roomy.v1.Agent")
+    req = refl.ServerReflectionRequest(file_containing_symbol=SERVICE)
     (r,) = list(reflection_call("v1")(iter([req]), timeout=a.timeout))
     if not r.HasField("file_descriptor_response"):
         raise RuntimeError(f"no file_descriptor_response: {str(r)[:200]}")
@@ -117,12 +124,12 @@ def pool_v1():
         if len(left) == len(pending):
             raise RuntimeError(f"cannot load {[f.name for f in left]}")
         pending = left
-    pool.FindServiceByName("roomy.v1.Agent")
+    pool.FindServiceByName(SERVICE)
     return pool
 
 
 def stub_stack(pool):
-    svc = pool.FindServiceByName("roomy.v1.Agent")
+    svc = pool.FindServiceByName(SERVICE)
     msg = lambda n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n))
 
     def unary(method):
@@ -149,29 +156,39 @@ def descriptors(version, make):
     return run
 
 
-def inspect():
+def storage():
+    """The container's storage, as the agent or the controller reports it."""
+    if a.controller_host:
+        req, call = state["unary"]("InspectContainer")
+        return [call(req(target=ref(a.container)), timeout=a.timeout).container]
     req, call = state["unary"]("Inspect")
-    r = call(req(container=a.container), timeout=a.timeout)
-    names = [c.name for c in r.containers]
+    return list(call(req(container=a.container), timeout=a.timeout).containers)
+
+
+def inspect():
+    found = storage()
+    names = [c.name for c in found]
     if names != [a.container]:
         return f"containers {names}"
-    if r.containers[0].table_size_bytes <= 0:
-        return f"table_size_bytes {r.containers[0].table_size_bytes}"
-    state["size"] = r.containers[0].table_size_bytes
+    if found[0].table_size_bytes <= 0:
+        return f"table_size_bytes {found[0].table_size_bytes}"
+    state["size"] = found[0].table_size_bytes
 
 
 def unchanged():
-    req, call = state["unary"]("Inspect")
-    r = call(req(container=a.container), timeout=a.timeout)
-    if r.containers[0].table_size_bytes != state.get("size"):
-        return f"table_size_bytes {state.get('size')} -> {r.containers[0].table_size_bytes}"
+    size = storage()[0].table_size_bytes
+    if size != state.get("size"):
+        return f"table_size_bytes {state.get('size')} -> {size}"
 
 
 def refused(container, size, code, text):
     def run():
         req, call = state["unary"]("Resize")
         try:
-            r = call(req(container=container, size=size), timeout=a.timeout)
+            if a.controller_host:
+                r = call(req(target=ref(container), size=size), timeout=a.timeout)
+            else:
+                r = call(req(container=container, size=size), timeout=a.timeout)
         except grpc.RpcError as e:
             if e.code() != code:
                 return f"got {e.code()}: {e.details()}, want {code}"
@@ -184,12 +201,12 @@ def refused(container, size, code, text):
 
 
 check("health Check: SERVING", health)
-check("reflection v1alpha lists roomy.v1.Agent", lambda: list_services("v1alpha"))
-check("reflection v1 lists roomy.v1.Agent", lambda: list_services("v1"))
-check("descriptors of roomy.v1.Agent via reflection v1", descriptors("v1", pool_v1))
-check("descriptors of roomy.v1.Agent via grpcio-reflection's client (v1alpha)", descriptors("v1alpha", pool_v1alpha))
+check(f"reflection v1alpha lists {SERVICE}", lambda: list_services("v1alpha"))
+check(f"reflection v1 lists {SERVICE}", lambda: list_services("v1"))
+check(f"descriptors of {SERVICE} via reflection v1", descriptors("v1", pool_v1))
+check(f"descriptors of {SERVICE} via grpcio-reflection's client (v1alpha)", descriptors("v1alpha", pool_v1alpha))
 if "unary" in state:
-    check(f"Inspect {a.container}", inspect)
+    check(f"Inspect {ref(a.container)}", inspect)
     check(
         f"Resize {a.container} 1G (a shrink) refused: INVALID_ARGUMENT",
         refused(a.container, "1G", grpc.StatusCode.INVALID_ARGUMENT, "Roomy only grows"),

@@ -2,7 +2,8 @@
 # A sim roomy-agent against gRPC C-core clients (grpcio): over its unix socket
 # with the :authority grpcio picks itself (the percent-encoded socket path)
 # for unix:///abs, unix:/abs and, as a control, grpc.default_authority=localhost;
-# and, when roomyctl is there, over TCP with mutual TLS; then Node's
+# and, when roomyctl is there, over TCP with mutual TLS, and a
+# roomy-controller in front of that agent over mutual TLS; then Node's
 # @grpc/grpc-js (grpc-js-test.js) on the unix socket, where node is.
 # Prints PASS/FAIL lines and "N passed, N failed"; exits 1 on any failure.
 #
@@ -82,6 +83,16 @@ if [ -x "$BIN/roomyctl" ]; then
         run --target "127.0.0.1:$PORT" --server-name host1 --tls-ca "$WORK/pki/ca.pem" \
             --tls-cert "$WORK/pki/controller.pem" --tls-key "$WORK/pki/controller.key" \
             --label "tcp+mTLS 127.0.0.1:$PORT"
+        # The controller over mutual TLS, routing to that agent as host1.
+        CPORT=$((PORT + 1))
+        sed -e "s/^listen = .*/listen = \"127.0.0.1:$CPORT\"/" "$WORK/pki/controller.toml" >"$WORK/controller.toml"
+        printf '\n[[hosts]]\nname = "host1"\naddress = "127.0.0.1:%s"\n' "$PORT" >>"$WORK/controller.toml"
+        RUST_LOG=info,h2=debug "$BIN/roomy-controller" --config "$WORK/controller.toml" >"$WORK/controller.log" 2>&1 &
+        PIDS+=($!)
+        wait_for "roomy-controller on 127.0.0.1:$CPORT" bash -c "exec 3<>/dev/tcp/127.0.0.1/$CPORT" 2>/dev/null
+        run --target "127.0.0.1:$CPORT" --server-name roomy-controller --controller-host host1 \
+            --tls-ca "$WORK/pki/ca.pem" --tls-cert "$WORK/pki/users/vic.pem" --tls-key "$WORK/pki/users/vic.key" \
+            --label "controller tcp+mTLS 127.0.0.1:$CPORT"
     fi
 fi
 
@@ -106,9 +117,9 @@ else
     echo "grpcio-test: node or npm missing: the @grpc/grpc-js checks did NOT run"
 fi
 
-if grep -q 'malformed headers' "$WORK"/agent*.log; then
+if grep -q 'malformed headers' "$WORK"/*.log; then
     echo "grpcio-test: h2 refused headers (RUST_LOG=h2=debug):"
-    grep -m3 'malformed headers' "$WORK"/agent*.log | sed 's/^/    /'
+    grep -m3 'malformed headers' "$WORK"/*.log | sed 's/^/    /'
 fi
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
