@@ -104,18 +104,24 @@ no_stray_dm_state() {
 # --------------------------------------------------------------- scenarios
 
 # 1. running xfs 2G -> 4G: df shows it, data intact, more than 2G fits.
+# 1 and k1. a running container grows online from 2G to 4G: df inside it,
+# the data written before, the dm table and Docker's metadata.
+online_case() {
+    local c=$1 sum
+    run_box "$c"
+    sum=$(write_data "$c")
+    check "$c starts at 2G" df_near "$(df_bytes "$c")" $((2 * GiB))
+    R resize "$c" 4G
+    check "$c resize exit 0" test "$RC" -eq 0
+    check "$c message says grown online" grep -q "grew $c from 2 GiB to 4 GiB online" <<<"$OUT"
+    check "$c df shows 4G" df_near "$(df_bytes "$c")" $((4 * GiB))
+    check "$c data intact" test "$(data_sum "$c")" = "$sum"
+    check "$c table 4G" test "$(table_bytes "$c")" -eq $((4 * GiB))
+    check "$c metadata 4G" test "$(meta_bytes "$c")" -eq $((4 * GiB))
+}
+
 s1_running_xfs() {
-    run_box s1
-    local sum
-    sum=$(write_data s1)
-    check "s1 starts at 2G" df_near "$(df_bytes s1)" $((2 * GiB))
-    R resize s1 4G
-    check "s1 resize exit 0" test "$RC" -eq 0
-    check "s1 message says grown online" grep -q "grew s1 from 2 GiB to 4 GiB online" <<<"$OUT"
-    check "s1 df shows 4G" df_near "$(df_bytes s1)" $((4 * GiB))
-    check "s1 data intact" test "$(data_sum s1)" = "$sum"
-    check "s1 table 4G" test "$(table_bytes s1)" -eq $((4 * GiB))
-    check "s1 metadata 4G" test "$(meta_bytes s1)" -eq $((4 * GiB))
+    online_case s1
     # More than the old 2G holds: only the grown filesystem takes it.
     check "s1 writes 2.2G more" D exec s1 dd if=/dev/zero of=/big bs=1M count=2200 conv=fsync
     D exec s1 rm -f /big
@@ -1114,17 +1120,8 @@ agent_container_ready() {
     wait_until 120 "[[ -S $LAB/$NAME/agent.sock ]] && R pool ls && [[ \$RC -eq 0 ]]"
 }
 
-k1_online() {
-    run_box k1
-    local sum
-    sum=$(write_data k1)
-    R resize k1 4G
-    check "k1 resize through the containerized agent: exit 0" test "$RC" -eq 0
-    check "k1 message says grown online" grep -q "grew k1 from 2 GiB to 4 GiB online" <<<"$OUT"
-    check "k1 df shows 4G" df_near "$(df_bytes k1)" $((4 * GiB))
-    check "k1 data intact" test "$(data_sum k1)" = "$sum"
-    check "k1 table 4G" test "$(table_bytes k1)" -eq $((4 * GiB))
-}
+# Through the agent's container.
+k1_online() { online_case k1; }
 
 # The private mount of a stopped container's device is made in the agent
 # container's mount namespace.
