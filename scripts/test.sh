@@ -6,8 +6,9 @@
 #      a bounded, seeded cargo-fuzz run of the parsers people feed (fuzz/)
 #   4. the fleet tier: roomy-controller and three agents (in-memory backend)
 #      as processes in network namespaces, over mutual TLS (tests/fleet)
-#   4a. Python grpcio (gRPC C-core) against an agent, on its unix socket
-#      and over mutual TLS (tests/grpcio)
+#   4a. gRPC clients outside tonic: Python grpcio (C-core) against an agent
+#      on its unix socket and over mutual TLS and against a controller over
+#      mutual TLS; Node's @grpc/grpc-js on the unix socket (tests/grpcio)
 #   4b. the Debian packages (scripts/package.sh, lintian without errors)
 #      installed with dpkg into an overlay over the Debian 13 root below
 #      (tests/pkg/install.sh)
@@ -83,7 +84,7 @@ scripts/fuzz.sh
 step "fleet tier (controller + agents in network namespaces, mutual TLS)"
 ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
 
-step "gRPC C-core clients (Python grpcio) on the agent's unix socket and over mutual TLS"
+step "gRPC clients outside tonic (Python grpcio, Node grpc-js) on the agent's unix socket and over mutual TLS"
 ROOMY_BIN=$(realpath "$bin") tests/grpcio/grpcio-test.sh
 
 # The packages go into the Debian 13 root the Docker 26 tier boots (built

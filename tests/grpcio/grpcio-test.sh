@@ -57,15 +57,17 @@ PIDS+=($!)
 wait_for "roomy-agent on $SOCK" test -S "$SOCK"
 
 PASS=0 FAIL=0
-run() { # PY-ARGS...
-    local out
-    out=$(timeout 120 "$VENV/bin/python" "$PY_SCRIPT" "$@" 2>&1)
+tally() { # LABEL COMMAND...: run a client's checks (120 s at most), count its PASS/FAIL lines
+    local label=$1 out
+    shift
+    out=$(timeout 120 "$@" 2>&1)
     [ $? -eq 124 ] && out+=$'\nFAIL [timeout] the checks took over 120 s'
     printf '%s\n' "$out" | grep -v '^grpcio: .* passed'
     PASS=$((PASS + $(grep -c '^PASS' <<<"$out")))
     FAIL=$((FAIL + $(grep -c '^FAIL' <<<"$out")))
-    grep -q '^\(PASS\|FAIL\)' <<<"$out" || { echo "FAIL [$*] the script ran no check"; FAIL=$((FAIL + 1)); }
+    grep -q '^\(PASS\|FAIL\)' <<<"$out" || { echo "FAIL [$label] the script ran no check"; FAIL=$((FAIL + 1)); }
 }
+run() { tally "$*" "$VENV/bin/python" "$PY_SCRIPT" "$@"; } # PY-ARGS...
 run --target "unix://$SOCK" --label "unix://$SOCK"
 run --target "unix:$SOCK" --label "unix:$SOCK"
 run --target "unix://$SOCK" --authority localhost --label "unix://$SOCK authority=localhost"
@@ -107,11 +109,8 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
             { echo "FAIL [grpc-js] npm install"; FAIL=$((FAIL + 1)); }
     fi
     for target in "unix://$SOCK" "unix:$SOCK"; do
-        out=$(NODE_PATH=$GRPC_JS/node_modules timeout 120 node "$here/grpc-js-test.js" "$target" "$here/../../proto" "grpc-js $target" 2>&1)
-        printf '%s\n' "$out"
-        PASS=$((PASS + $(grep -c '^PASS' <<<"$out")))
-        FAIL=$((FAIL + $(grep -c '^FAIL' <<<"$out")))
-        grep -q '^PASS' <<<"$out" || { echo "FAIL [grpc-js $target] no check passed"; FAIL=$((FAIL + 1)); }
+        tally "grpc-js $target" env NODE_PATH="$GRPC_JS/node_modules" \
+            node "$here/grpc-js-test.js" "$target" "$here/../../proto" "grpc-js $target"
     done
 else
     echo "grpcio-test: node or npm missing: the @grpc/grpc-js checks did NOT run"
