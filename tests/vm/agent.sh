@@ -758,8 +758,9 @@ a1_autogrow() {
     check "$A1 policy set exit 0" test "$RC" -eq 0
     check "$A1 agent holds the policy" wait_until 30 'test "$(agent_metric roomy_policies)" -eq 1'
     t0=$(lab_now)
-    # 2G crosses every growth up to the 2.5G cap (two or three: the agent
-    # steps further when the rate says the disk fills within 20 s).
+    # 2G crosses every growth up to the 2.5G cap: one to three of them, as
+    # the agent steps further when the rate says the disk fills within 20 s
+    # (at 128 MiB/s, seen in CI, its first step went straight to the cap).
     box_write a1 /fill 2048
     box_write_wait a1 /fill 900
     lab_time a1-write-2G "$t0"
@@ -777,8 +778,9 @@ a1_autogrow() {
     grown=$(grep -c '"target":"a1".*"kind":"grown"' <<<"$OUT")
     C audit --limit 200
     audited=$(grep -c "policy:auto@vmhost .*resize .*vmhost/a1 .* ok" <<<"$OUT")
-    check "$A1 every growth is in the audit log ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
+    check "$A1 every growth is in the audit log ($grown events, $audited audited)" test "$grown" -ge 1 -a "$grown" -eq "$audited"
     check "$A1 audit shows the first growth from 1G" grep -q "policy:auto@vmhost .*vmhost/a1 .*1 GiB -> " <<<"$OUT"
+    check "$A1 audit shows the last growth to the cap" grep -q "policy:auto@vmhost .*vmhost/a1 .* -> 2.5 GiB .*ok" <<<"$OUT"
     C events --limit 200 -o json
     grep '"target":"a1".*"kind":"grown"' <<<"$OUT" | grep -o '"duration_ms":[0-9]*' | cut -d: -f2 >"$ROOMY_VM_OUT/a1-grow-ms" || true
     curl -s --max-time 5 http://127.0.0.1:9787/metrics >"$ROOMY_VM_OUT/$A1-agent-metrics.txt"
@@ -801,20 +803,20 @@ a1_autogrow() {
     D rm -f a1 >/dev/null
     run_box a2
     check "a2 starts at 1G" test "$(df_bytes a2)" -le "$GiB" -a "$(df_bytes a2)" -gt $((900 << 20))
-    # 1600M crosses two growths whatever the rate: past 80% of 1G, then
-    # past 80% of the 1.5-1.9G the first growth makes.
+    # 1600M crosses one growth or two, as the rate decides: past 80% of
+    # 1G, then past 80% of a first step short of the cap.
     box_write a2 /fill 1600
     box_write_wait a2 /fill 900
     check "a2 writer wrote 1600M without ENOSPC, controller down" box_write_ok a2 /fill
     check "a2 grown past 1.6G" test "$(df_bytes a2)" -gt $((1600 << 20))
-    check "a2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 2
+    check "a2 events wait on the agent's disk" test "$(agent_metric roomy_events_buffered)" -ge 1
     controller_start || { fail "$A1 controller restarts"; return 1; }
     check "a2 buffered events delivered when the controller is back" wait_until 60 'test "$(agent_metric roomy_events_buffered)" -eq 0'
     C events --limit 200 -o json
     grown=$(grep -c '"target":"a2".*"kind":"grown"' <<<"$OUT")
     C audit --limit 200
     audited=$(grep -c "policy:auto@vmhost .*resize .*vmhost/a2 .* ok" <<<"$OUT")
-    check "a2 growth audited after the outage ($grown events, $audited audited)" test "$grown" -ge 2 -a "$grown" -eq "$audited"
+    check "a2 growth audited after the outage ($grown events, $audited audited)" test "$grown" -ge 1 -a "$grown" -eq "$audited"
     C policy rm auto
     controller_stop
     D rm -f a2 >/dev/null
