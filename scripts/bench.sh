@@ -15,9 +15,10 @@ cd "$(dirname "$0")/.."
 tests/vm/install-deps.sh >/dev/null
 command -v cargo >/dev/null || { echo "bench.sh: cargo not found: install a Rust toolchain (1.88 or newer)" >&2; exit 1; }
 echo "bench.sh: building roomy (release)..." >&2
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/roomy-build}/target}
 cargo build --release --workspace --quiet
 bin=target/bench-bin
 mkdir -p "$bin"
-cp target/release/roomy-agent target/release/roomyctl "$bin/"
+cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl} "$bin/"
 ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench} tests/vm/boot.sh tests/vm/bench.sh
 ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench}-ov tests/vm/boot.sh tests/vm/bench-overlay2.sh

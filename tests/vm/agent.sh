@@ -697,16 +697,6 @@ p5_metadata_full() {
 
 # P3. direct-lvm: dockerd on an LVM thin pool (on a loop device); the pool
 # grows through LVM's own tools while a container writes (F10).
-lvm_pool_setup() {
-    export LVM_SUPPRESS_FD_WARNINGS=1
-    truncate -s 6G "$LAB/lvm.img"
-    LVM_LOOP=$(losetup -f --show "$LAB/lvm.img")
-    pvcreate -ff -y "$LVM_LOOP" >/dev/null &&
-        vgcreate docker "$LVM_LOOP" >/dev/null &&
-        lvcreate -y --wipesignatures y -n thinpool docker -L 2G >/dev/null &&
-        lvcreate -y --wipesignatures y -n thinpoolmeta docker -L 64M >/dev/null &&
-        lvconvert -y --zero n -c 512K --thinpool docker/thinpool --poolmetadata docker/thinpoolmeta >/dev/null
-}
 p3_direct_lvm() {
     check "p3 pool is LVM" test "$(pool_field backing)" = lvm
     check "p3 pool names its VG/LV" test "$(pool_field data_file)" = docker/thinpool

@@ -192,6 +192,30 @@ dockerd_launch() {
     return 1
 }
 
+# lvm_pool_setup [DATA]: Docker's direct-lvm recipe on a 6G loop device:
+# VG docker, thin pool docker/thinpool of DATA (2G) with 64M of metadata.
+LVM_LOOP=""
+lvm_pool_setup() {
+    export LVM_SUPPRESS_FD_WARNINGS=1
+    truncate -s 6G "$LAB/lvm.img"
+    LVM_LOOP=$(losetup -f --show "$LAB/lvm.img")
+    pvcreate -ff -y "$LVM_LOOP" >/dev/null &&
+        vgcreate docker "$LVM_LOOP" >/dev/null &&
+        lvcreate -y --wipesignatures y -n thinpool docker -L "${1:-2G}" >/dev/null &&
+        lvcreate -y --wipesignatures y -n thinpoolmeta docker -L 64M >/dev/null &&
+        lvconvert -y --zero n -c 512K --thinpool docker/thinpool --poolmetadata docker/thinpoolmeta >/dev/null
+}
+
+# The VG and its loop device gone, for the next lvm_pool_setup.
+lvm_pool_teardown() {
+    vgchange -an docker >/dev/null 2>&1
+    vgremove -ff -y docker >/dev/null 2>&1
+    pvremove -ff -y "$LVM_LOOP" >/dev/null 2>&1
+    losetup -d "$LVM_LOOP" 2>/dev/null
+    rm -f "$LAB/lvm.img"
+    LVM_LOOP=""
+}
+
 # dockerd_start NAME FS [EXTRA_DOCKERD_ARGS...]: a devicemapper dockerd
 # (loop-lvm unless the extra args say otherwise) with dm.fs=FS.
 dockerd_start() {

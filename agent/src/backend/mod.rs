@@ -160,4 +160,13 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Usage of a running container's filesystem now (statvfs: cheap, the
     /// sampler calls it every 250 ms). `None` when it is not mounted.
     fn usage(&self, container: &ContainerStorage) -> Option<Usage>;
+
+    /// The pool's use now, re-read from the kernel alone on top of `last`
+    /// (from [`StorageBackend::inspect_pool`]), which keeps what costs a
+    /// Docker round trip or a process: the sampler calls it every 250 ms
+    /// while a pool policy is in force. `None` where there is no such read.
+    fn pool_usage(&self, last: &PoolStatus) -> Option<PoolStatus> {
+        let _ = last;
+        None
+    }
 }

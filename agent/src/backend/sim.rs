@@ -311,6 +311,10 @@ impl StorageBackend for SimBackend {
         Ok(Self::pool(&state))
     }
 
+    fn pool_usage(&self, _last: &PoolStatus) -> Option<PoolStatus> {
+        Some(Self::pool(&self.lock()))
+    }
+
     async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
         use crate::backend::devicemapper::pool::plan;
         let mut state = self.lock();

@@ -19,6 +19,7 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use roomy_proto::v1::{ContainerStorage, DevicemapperStorage, PoolStatus};
 
@@ -460,17 +461,21 @@ impl StorageBackend for ThinBackend {
     }
 
     async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
+        let t0 = Instant::now();
         let info = self.inner.docker.info().await?;
         let this = self.clone();
         // One pool change at a time.
         let _serialized = self.inner.locks.lock("pool").await;
         shared::on_blocking_thread(move || {
             let dm = &this.inner.dm;
-            let name = info.pool.clone().ok_or_else(|| {
-                AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into())
-            })?;
-            let pool = pool::Pool::read(dm, &name)?;
-            let before = this.pool_status(&info)?;
+            let ms = |t: Instant| t.elapsed().as_millis() as u64;
+            let info_ms = ms(t0);
+            let t1 = Instant::now();
+            let pool = pool::Pool::read(dm, &this.pool_name(&info)?)?;
+            // Read once: the status before and the space check share it.
+            let free = pool.backing_free();
+            let before = pool.status(this.virtual_bytes(&info), free);
+            let check_ms = ms(t1);
             let data = pool::plan("data", growth.data, pool.usage.data_total, pool.block_bytes)?;
             let meta = pool::plan(
                 "metadata",
@@ -479,24 +484,37 @@ impl StorageBackend for ThinBackend {
                 4096,
             )?;
             if data.is_some() || meta.is_some() {
-                dm.grow_loop_pool(&pool, data, meta)?;
-                tracing::info!(pool = %name, ?data, ?meta, "pool grown");
+                let t2 = Instant::now();
+                dm.grow_loop_pool(&pool, data, meta, free)?;
+                tracing::info!(pool = %pool.name, ?data, ?meta, info_ms, check_ms, grow_ms = ms(t2), "pool grown");
             }
             Ok((before, this.pool_status(&info)?))
         })
         .await
+    }
+
+    fn pool_usage(&self, last: &PoolStatus) -> Option<PoolStatus> {
+        let pool = pool::Pool::read(&self.inner.dm, &last.name).ok()?;
+        Some(pool.status(last.virtual_bytes, last.backing_free_bytes))
     }
 }
 
 impl ThinBackend {
     /// The pool, with the sum of its thin devices' sizes from Docker's
     /// metadata files (deleted ones excluded). Blocking.
-    fn pool_status(&self, info: &DaemonInfo) -> Result<PoolStatus, AgentError> {
-        let name = info
-            .pool
+    fn pool_name(&self, info: &DaemonInfo) -> Result<String, AgentError> {
+        info.pool
             .clone()
-            .ok_or_else(|| AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into()))?;
-        let pool = pool::Pool::read(&self.inner.dm, &name)?;
+            .ok_or_else(|| AgentError::Unsupported("dockerd reports no thin pool (Pool Name in docker info): is it on the devicemapper driver?".into()))
+    }
+
+    fn pool_status(&self, info: &DaemonInfo) -> Result<PoolStatus, AgentError> {
+        let pool = pool::Pool::read(&self.inner.dm, &self.pool_name(info)?)?;
+        Ok(pool.status(self.virtual_bytes(info), pool.backing_free()))
+    }
+
+    /// Sum of the sizes of the pool's thin devices, from Docker's metadata.
+    fn virtual_bytes(&self, info: &DaemonInfo) -> u64 {
         let dir = info.root_dir.join("devicemapper/metadata");
         let mut virtual_bytes = 0u64;
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -520,6 +538,6 @@ impl ThinBackend {
                     .unwrap_or(0);
             }
         }
-        Ok(pool.status(virtual_bytes))
+        virtual_bytes
     }
 }

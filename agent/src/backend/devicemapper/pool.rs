@@ -72,8 +72,22 @@ impl Pool {
         })
     }
 
-    /// The wire form. `virtual_bytes`: sum of the thin devices' sizes.
-    pub fn status(&self, virtual_bytes: u64) -> PoolStatus {
+    /// Free space where the pool can grow: the VG's (one `vgs`, the costly
+    /// part of a status) or the filesystem's under the data loop file.
+    pub fn backing_free(&self) -> u64 {
+        match self.lvm.then(|| lvm_names(&self.name)).flatten() {
+            Some((vg, _)) => vg_free(&vg).unwrap_or(0),
+            None => self
+                .data_loop
+                .as_ref()
+                .and_then(|l| free_under(&l.file).ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The wire form. `virtual_bytes`: sum of the thin devices' sizes;
+    /// `free`: [`Pool::backing_free`], as read by the caller.
+    pub fn status(&self, virtual_bytes: u64, free: u64) -> PoolStatus {
         let u = &self.usage;
         let backing = if self.lvm {
             "lvm"
@@ -91,14 +105,6 @@ impl Pool {
             lvm_names(&self.name)
         } else {
             None
-        };
-        let free = match &lvm {
-            Some((vg, _)) => vg_free(vg).unwrap_or(0),
-            None => self
-                .data_loop
-                .as_ref()
-                .and_then(|l| free_under(&l.file).ok())
-                .unwrap_or(0),
         };
         let percent = |used: u64, total: u64| {
             if total == 0 {
@@ -173,12 +179,15 @@ pub fn plan(
 impl DeviceMapper {
     /// Grow a loop-lvm pool: data to `data` bytes and/or metadata to `meta`
     /// bytes. Checks first (backing space, loop files), then acts; every
-    /// step skips what is already done.
+    /// step skips what is already done. `vg_free`: for a direct-lvm pool,
+    /// the VG's free space as the caller just read it (loop pools check
+    /// each file's filesystem here: data and metadata may not share one).
     pub fn grow_loop_pool(
         &self,
         pool: &Pool,
         data: Option<u64>,
         meta: Option<u64>,
+        vg_free: u64,
     ) -> Result<(), AgentError> {
         if crate::backend::shared::needs_repair(pool.usage.mode) {
             return Err(AgentError::PoolNeedsRepair {
@@ -187,7 +196,7 @@ impl DeviceMapper {
             });
         }
         if pool.lvm {
-            return self.grow_lvm_pool(pool, data, meta);
+            return self.grow_lvm_pool(pool, data, meta, vg_free);
         }
         let (Some(data_loop), Some(meta_loop)) = (&pool.data_loop, &pool.meta_loop) else {
             return Err(AgentError::PoolUnhealthy {
@@ -265,6 +274,7 @@ impl DeviceMapper {
         pool: &Pool,
         data: Option<u64>,
         meta: Option<u64>,
+        free: u64,
     ) -> Result<(), AgentError> {
         let (vg, lv) = lvm_names(&pool.name).ok_or_else(|| AgentError::UnexpectedTable {
             device: pool.name.clone(),
@@ -273,7 +283,6 @@ impl DeviceMapper {
         let meta_now = pool.usage.meta_total * META_BLOCK;
         let growth = data.map_or(0, |d| d.saturating_sub(pool.usage.data_total))
             + meta.map_or(0, |m| m.saturating_sub(meta_now));
-        let free = vg_free(&vg)?;
         if free < growth {
             return Err(AgentError::BackingFull {
                 file: format!("volume group {vg}"),
