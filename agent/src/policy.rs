@@ -452,7 +452,11 @@ impl<B: StorageBackend + Clone> Engine<B> {
                     data: d.data_to.map(|b| SizeRequest::Absolute(ByteSize(b))),
                     metadata: d.meta_to.map(|b| SizeRequest::Absolute(ByteSize(b))),
                 };
-                let result = self.inner.backend.grow_pool(growth).await;
+                let result = self
+                    .inner
+                    .backend
+                    .grow_pool(growth, Some(pool.clone()))
+                    .await;
                 let word =
                     crate::metrics::result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
                         a.data_total_bytes > b.data_total_bytes

@@ -199,7 +199,7 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
         let growth = PoolGrowth::parse(&data_size, &metadata_size)?;
         let (backend, metrics) = (self.backend.clone(), self.metrics.clone());
         let (before, after) = to_completion(async move {
-            let result = backend.grow_pool(growth).await;
+            let result = backend.grow_pool(growth, None).await;
             let word = result_word(&result, |(b, a): &(PoolStatus, PoolStatus)| {
                 a.data_total_bytes > b.data_total_bytes
                     || a.metadata_total_bytes > b.metadata_total_bytes

@@ -146,10 +146,14 @@ pub trait StorageBackend: Send + Sync + 'static {
     fn inspect_pool(&self) -> impl Future<Output = Result<PoolStatus, AgentError>> + Send;
 
     /// Grow the pool's data and/or metadata. Returns the pool before and
-    /// after.
+    /// after. `seen`: the pool as the caller read it a moment ago (the
+    /// policy engine's sample); a backend may take its name and backing
+    /// figures from it instead of asking Docker and LVM again before
+    /// acting, the kernel's numbers are always read afresh.
     fn grow_pool(
         &self,
         growth: PoolGrowth,
+        seen: Option<PoolStatus>,
     ) -> impl Future<Output = Result<(PoolStatus, PoolStatus), AgentError>> + Send;
 
     /// The running containers this backend manages, for the policy

@@ -315,7 +315,11 @@ impl StorageBackend for SimBackend {
         Some(Self::pool(&self.lock()))
     }
 
-    async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
+    async fn grow_pool(
+        &self,
+        growth: PoolGrowth,
+        _seen: Option<PoolStatus>,
+    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
         use crate::backend::devicemapper::pool::plan;
         let mut state = self.lock();
         let before = Self::pool(&state);

@@ -180,8 +180,9 @@ impl DeviceMapper {
     /// Grow a loop-lvm pool: data to `data` bytes and/or metadata to `meta`
     /// bytes. Checks first (backing space, loop files), then acts; every
     /// step skips what is already done. `vg_free`: for a direct-lvm pool,
-    /// the VG's free space as the caller just read it (loop pools check
-    /// each file's filesystem here: data and metadata may not share one).
+    /// the VG's free space as the caller read it, now or in a recent sample
+    /// (loop pools check each file's filesystem here: data and metadata may
+    /// not share one).
     pub fn grow_loop_pool(
         &self,
         pool: &Pool,
@@ -283,19 +284,36 @@ impl DeviceMapper {
         let meta_now = pool.usage.meta_total * META_BLOCK;
         let growth = data.map_or(0, |d| d.saturating_sub(pool.usage.data_total))
             + meta.map_or(0, |m| m.saturating_sub(meta_now));
+        // A sample that says "short" is checked against the VG now.
         if free < growth {
-            return Err(AgentError::BackingFull {
-                file: format!("volume group {vg}"),
-                free,
-                growth,
-            });
+            let now = vg_free(&vg)?;
+            if now < growth {
+                return Err(AgentError::BackingFull {
+                    file: format!("volume group {vg}"),
+                    free: now,
+                    growth,
+                });
+            }
         }
         let target = format!("{vg}/{lv}");
+        // `free` may be a sample a few seconds old: when lvextend refuses
+        // (atomically: LVM changes nothing then), the VG read afresh says
+        // whether that was the space.
+        let extend = |args: &[&str]| {
+            lvm(args).map_err(|e| match vg_free(&vg) {
+                Ok(now) if now < growth => AgentError::BackingFull {
+                    file: format!("volume group {vg}"),
+                    free: now,
+                    growth,
+                },
+                _ => e,
+            })
+        };
         if let Some(d) = data {
-            lvm(&["lvextend", "-L", &format!("{d}b"), &target])?;
+            extend(&["lvextend", "-L", &format!("{d}b"), &target])?;
         }
         if let Some(m) = meta {
-            lvm(&["lvextend", "--poolmetadatasize", &format!("{m}b"), &target])?;
+            extend(&["lvextend", "--poolmetadatasize", &format!("{m}b"), &target])?;
         }
         let after = Pool::read(self, &pool.name)?;
         if data.is_some_and(|d| after.usage.data_total < d)

@@ -399,7 +399,11 @@ impl StorageBackend for Overlay2Backend {
         shared::on_blocking_thread(move || this.pool_status(&info, limits)).await
     }
 
-    async fn grow_pool(&self, growth: PoolGrowth) -> Result<(PoolStatus, PoolStatus), AgentError> {
+    async fn grow_pool(
+        &self,
+        growth: PoolGrowth,
+        _seen: Option<PoolStatus>,
+    ) -> Result<(PoolStatus, PoolStatus), AgentError> {
         self.grow_backing(growth).await
     }
 }
