@@ -457,7 +457,7 @@ async fn connect_agent(agent: &str, timeout: Duration) -> Result<AgentClient<Cha
             "--agent {agent:?} is not unix:///path: talk to remote agents through the controller (--controller)"
         )));
     };
-    Ok(AgentClient::new(channel))
+    Ok(AgentClient::new(channel).max_decoding_message_size(roomy_proto::MAX_RESPONSE_BYTES))
 }
 
 async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
@@ -499,7 +499,9 @@ async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
         Some(timeout),
     )
     .map_err(|e| unreachable(&format!("the controller at {controller}"), &e))?;
-    Ok(Conn::Controller(ControllerClient::new(channel)))
+    Ok(Conn::Controller(
+        ControllerClient::new(channel).max_decoding_message_size(roomy_proto::MAX_RESPONSE_BYTES),
+    ))
 }
 
 fn man_pages(dir: Option<&std::path::Path>) -> Result<(), Failure> {

@@ -88,7 +88,8 @@ impl Registry {
         let client = AgentClient::new(
             self.connector
                 .channel(&record.server_name, &record.address)?,
-        );
+        )
+        .max_decoding_message_size(roomy_proto::MAX_RESPONSE_BYTES);
         Ok(Entry {
             record,
             client,

@@ -18,6 +18,12 @@ pub mod v1 {
 }
 
 pub use size::{format_bytes, ByteSize, SizeError, SizeRequest};
+
+/// The largest response a Roomy client decodes. tonic's default, 4 MiB,
+/// is about 16,000 containers in one list: a fleet `ls` of 10,000 hosts
+/// with 10 containers each is 26 MB, and was refused with "decoded message
+/// length too large". 256 MiB holds about a million rows.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 pub use target::{valid_host_name, Target, TargetError};
 
 impl v1::Health {
