@@ -5,9 +5,13 @@
 # a direct-lvm thin pool grown by lvm2's dmeventd against a Roomy pool
 # policy (same threshold and step, same writer), the time from a threshold
 # crossing to a container's filesystem grown (median, p99), and the highest
-# fill rate a policy sustains without ENOSPC from 1G and 512M disks.
-# Env: ROOMY_BENCH_N, ROOMY_BENCH_FILL_N, ROOMY_BENCH_ONLY=pool|container. Results: stdout and
-# /tmp/roomy-bench-policy/out/bench-policy.txt.
+# fill rate a policy sustains without ENOSPC from 1G and 512M disks; then,
+# in a second VM, the agent's cost on a host with 200 containers under
+# policies (tests/vm/bench-host.sh).
+# Env: ROOMY_BENCH_N, ROOMY_BENCH_FILL_N, ROOMY_BENCH_CONTAINERS,
+# ROOMY_BENCH_ONLY=pool|container|host. Results: stdout and
+# /tmp/roomy-bench-policy/out/bench-policy.txt, /tmp/roomy-bench-policy-host/
+# out/bench-host.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/vm/install-deps.sh >/dev/null
@@ -18,4 +22,12 @@ cargo build --release --workspace --quiet
 bin=target/bench-bin
 mkdir -p "$bin"
 cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
-ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy} tests/vm/boot.sh tests/vm/bench-policy.sh
+only=${ROOMY_BENCH_ONLY:-}
+if [[ $only != host ]]; then
+    ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy} tests/vm/boot.sh tests/vm/bench-policy.sh
+fi
+# The busy host in a VM of its own: its 200 containers would weigh on the
+# figures above.
+if [[ -z $only || $only == host ]]; then
+    ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy}-host tests/vm/boot.sh tests/vm/bench-host.sh
+fi

@@ -1,21 +1,27 @@
 #!/bin/bash
-# Fleet benchmark (controller issue): `roomyctl ls` across 1, 10, 100 and
-# 1000 agents (in-memory backend, loopback, mutual TLS everywhere), printing
-# p50/p99 latency of the whole roomyctl command and the controller's CPU time
-# per ls and resident memory. One roomy-agent process serves all simulated
-# hosts (--sim-hosts N, consecutive ports); the controller is its own process.
+# Fleet benchmark (controller issue): `roomyctl ls` across 1, 10, 100, 1000
+# and 10,000 agents (in-memory backend, loopback, mutual TLS everywhere),
+# printing p50/p99 latency of the whole roomyctl command and the
+# controller's CPU time per ls and resident memory, measured once every
+# agent's Sync stream is open (the controller keeps one per agent; the
+# "sync" column counts them from its metrics). One roomy-agent process
+# serves all simulated hosts (--sim-hosts N, consecutive ports); the
+# controller is its own process.
 #
-# Env: ROOMY_BIN, ROOMY_BENCH_SIZES (default "1 10 100 1000"),
+# Env: ROOMY_BIN, ROOMY_BENCH_SIZES (default "1 10 100 1000 10000"),
 # ROOMY_BENCH_RUNS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
-SIZES=${ROOMY_BENCH_SIZES:-1 10 100 1000}
+SIZES=${ROOMY_BENCH_SIZES:-1 10 100 1000 10000}
 RUNS=${ROOMY_BENCH_RUNS:-30}
 WORK=$(mktemp -d /tmp/roomy-fleet-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
+# 10,000 agents: a listener and a connection each in the agents' process,
+# a connection each in the controller's.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user bench:viewer >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
 ctl() {
@@ -25,7 +31,9 @@ ctl() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 mem_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
-printf '%-7s %-7s %-9s %-9s %-16s %-9s %-9s\n' agents rows p50_ms p99_ms ctl_cpu_ms/ls rss_MiB peak_MiB
+synced() { curl -s --max-time 10 http://127.0.0.1:9798/metrics | awk '/^roomy_host_sync_connected/ {n += $2} END {print n + 0}'; }
+
+printf '%-7s %-7s %-6s %-9s %-9s %-16s %-9s %-9s\n' agents rows sync p50_ms p99_ms ctl_cpu_ms/ls rss_MiB peak_MiB
 for n in $SIZES; do
     "$BIN/roomy-agent" --backend sim --sim-hosts "$n" --sim-containers 10 --no-socket \
         --listen 127.0.0.1:21000 --tls-cert "$WORK/pki/agents/sim-agent.pem" \
@@ -33,12 +41,18 @@ for n in $SIZES; do
     agents=$!
     sed -e 's/^listen = .*/listen = "127.0.0.1:7543"/' -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 10000/' \
         -e "s|^store = .*|store = \"$WORK/bench-$n.db\"|" "$WORK/pki/controller.toml" >"$WORK/controller.toml"
+    printf 'metrics_listen = "127.0.0.1:9798"\n' | cat - "$WORK/controller.toml" >"$WORK/c.toml"
+    mv "$WORK/c.toml" "$WORK/controller.toml"
     for ((i = 0; i < n; i++)); do
         printf '[[hosts]]\nname = "host%d"\naddress = "127.0.0.1:%d"\nserver_name = "sim-agent"\n' "$i" $((21000 + i))
     done >>"$WORK/controller.toml"
     "$BIN/roomy-controller" --config "$WORK/controller.toml" 2>"$WORK/controller.log" &
     controller=$!
-    for _ in $(seq 100); do ctl hosts ls >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 600); do ctl hosts ls >/dev/null 2>&1 && break; sleep 0.1; done
+    # Every Sync stream open (10,000 TLS handshakes take a while here).
+    t_sync=$(date +%s)
+    while [[ $(synced) -lt $n && $(($(date +%s) - t_sync)) -lt 600 ]]; do sleep 1; done
+    sync=$(synced)
     # Warm up: every agent connection established once.
     for _ in 1 2 3; do ctl ls -o json >/dev/null; done
     rows=$(ctl ls -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert not d["errors"], d["errors"]; print(len(d["containers"]))')
@@ -57,7 +71,7 @@ for n in $SIZES; do
     cpu_ms=$(awk -v d=$((t_cpu1 - t_cpu0)) -v hz="$hz" -v r="$RUNS" 'BEGIN {printf "%.1f", d * 1000 / hz / r}')
     rss=$(awk -v k="$(mem_kib "$controller" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}')
     peak=$(awk -v k="$(mem_kib "$controller" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')
-    printf '%-7s %-7s %-9s %-9s %-16s %-9s %-9s\n' "$n" "$rows" "$p50" "$p99" "$cpu_ms" "$rss" "$peak"
+    printf '%-7s %-7s %-6s %-9s %-9s %-16s %-9s %-9s\n' "$n" "$rows" "$sync" "$p50" "$p99" "$cpu_ms" "$rss" "$peak"
     kill "$controller" "$agents"
     wait "$controller" "$agents" 2>/dev/null || true
 done

@@ -1,0 +1,91 @@
+#!/bin/bash
+# The agent's cost on a busy host (runs inside the VM; started by
+# scripts/bench-policy.sh with ROOMY_BENCH_ONLY=host, or alone through
+# tests/vm/boot.sh): COUNT running containers (200) and 20 stopped ones on
+# devicemapper, every running one under a policy at the default 250 ms
+# sampling. Over a window idle, then while FILLERS (20) of them write:
+# the agent's CPU (% of one core, utime+stime from /proc), RSS, open fds;
+# dockerd's CPU over the same window beside it; `roomyctl ls` of every
+# container on the agent's socket beside `docker ps -a` (the anchor: what
+# an operator runs without Roomy), medians of 5; and the dm devices active
+# before and after the ls runs (stopped containers cost no activation after
+# the first read).
+# Env: ROOMY_BIN, ROOMY_BENCH_CONTAINERS (200), ROOMY_BENCH_FILLERS (20),
+# ROOMY_BENCH_WINDOW (seconds, 60).
+# Results: stdout and $ROOMY_VM_OUT/bench-host.txt.
+set -uo pipefail
+cd "$(dirname "$0")" || exit 1
+# shellcheck source=lib.sh
+. ./lib.sh
+
+BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
+NAME=host
+COUNT=${ROOMY_BENCH_CONTAINERS:-200}
+FILLERS=${ROOMY_BENCH_FILLERS:-20}
+WINDOW=${ROOMY_BENCH_WINDOW:-60}
+REPORT=$ROOMY_VM_OUT/bench-host.txt
+say() { echo "$*" | tee -a "$REPORT"; }
+now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
+hz=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+# ms of CMD..., median of 5
+timed() {
+    local i t0 t1
+    for i in 1 2 3 4 5; do
+        t0=$(now_us)
+        "$@" >/dev/null 2>&1
+        t1=$(now_us)
+        echo $(((t1 - t0) / 1000))
+    done | median
+}
+roomy_ls() { "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" ls -o json; }
+docker_ps() { D ps -a; }
+active() { dmsetup ls --target thin | wc -l; }
+
+lab_init || exit 1
+ROOMY_BASESIZE=1G dockerd_start "$NAME" xfs || exit 1
+image_import
+controller_lab "$NAME" || exit 1
+agent=$(<"$LAB/$NAME/agent.pid")
+dockerd=$(<"$LAB/$NAME/dockerd.pid.launch")
+
+t0=$(now_us)
+for i in $(seq "$COUNT"); do
+    D run -d --name "c$i" roomy/busybox sleep 1d >/dev/null || { say "docker run c$i failed"; exit 1; }
+done
+for i in $(seq 20); do
+    D run --name "s$i" roomy/busybox true >/dev/null || { say "docker run s$i failed"; exit 1; }
+done
+say "== $COUNT running and 20 stopped containers on devicemapper (started in $((($(now_us) - t0) / 1000000)) s)"
+C policy set all --containers 'c*' --at 80% --grow 50% --max 4G
+[[ $RC -eq 0 ]] || { say "policy set failed: $OUT"; exit 1; }
+# The policy reaches the agent and the engine's refresh lists every
+# container before the window opens.
+sleep 10
+rows=$(roomy_ls | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["containers"]))')
+say "  roomyctl ls lists $rows containers"
+
+window() { # LABEL
+    local a0 d0 a1 d1 before after
+    a0=$(ticks "$agent") d0=$(ticks "$dockerd")
+    sleep "$WINDOW"
+    a1=$(ticks "$agent") d1=$(ticks "$dockerd")
+    before=$(active)
+    local ls_ms ps_ms
+    ls_ms=$(timed roomy_ls)
+    ps_ms=$(timed docker_ps)
+    after=$(active)
+    say "  $1: agent CPU $(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l)"
+    say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
+}
+window idle
+for i in $(seq "$FILLERS"); do
+    D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
+done
+window "$FILLERS filling"
+C events --limit 500 -o json
+say "  growths by the policy meanwhile: $(grep -c '"kind":"grown"' <<<"$OUT")"
+cp "$LAB/$NAME/agent.log" "$ROOMY_VM_OUT/agent-bench-host.log"
+echo "bench-host: done" >&2
