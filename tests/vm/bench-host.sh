@@ -24,21 +24,15 @@ COUNT=${ROOMY_BENCH_CONTAINERS:-200}
 FILLERS=${ROOMY_BENCH_FILLERS:-20}
 WINDOW=${ROOMY_BENCH_WINDOW:-60}
 REPORT=$ROOMY_VM_OUT/bench-host.txt
-say() { echo "$*" | tee -a "$REPORT"; }
-now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-# ms of CMD..., median of 5
-timed() {
-    local i t0 t1
-    for i in 1 2 3 4 5; do
-        t0=$(now_us)
-        "$@" >/dev/null 2>&1
-        t1=$(now_us)
-        echo $(((t1 - t0) / 1000))
-    done | median
+# ms of CMD..., median of 5 (lib.sh's timed)
+median_ms() {
+    local i
+    : >"$LAB/runs"
+    for i in 1 2 3 4 5; do timed "$LAB/runs" "$@" >/dev/null 2>&1 || true; done
+    echo $(($(percentile 50 <"$LAB/runs") / 1000))
 }
 roomy_ls() { "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" ls -o json; }
 docker_ps() { D ps -a; }
@@ -74,8 +68,8 @@ window() { # LABEL
     a1=$(ticks "$agent") d1=$(ticks "$dockerd")
     before=$(active)
     local ls_ms ps_ms
-    ls_ms=$(timed roomy_ls)
-    ps_ms=$(timed docker_ps)
+    ls_ms=$(median_ms roomy_ls)
+    ps_ms=$(median_ms docker_ps)
     after=$(active)
     say "  $1: agent CPU $(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l)"
     say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"

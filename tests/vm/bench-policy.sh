@@ -32,8 +32,6 @@ F=${ROOMY_BENCH_FILL_N:-2}
 ONLY=${ROOMY_BENCH_ONLY:-}
 GiB=$((1 << 30))
 REPORT=$ROOMY_VM_OUT/bench-policy.txt
-now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
-say() { echo "$*" | tee -a "$REPORT"; }
 
 lab_init || exit 1
 # As in the a1 scenario: dirty memory capped at ~1 s of this emulated disk.
@@ -41,7 +39,6 @@ sysctl -q -w vm.dirty_bytes=$((48 << 20)) vm.dirty_background_bytes=$((16 << 20)
 
 mount_of() { findmnt -n -o TARGET "/dev/mapper/$(D inspect -f '{{.GraphDriver.Data.DeviceName}}' "$1")" | head -1; }
 fs_blocks() { stat -f -c %b "$1"; }
-percentile() { sort -n | awk -v p="$1" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} i=int((NR-1)*p/100+0.5)+1; print a[i]}'; }
 summary() { echo "median $(percentile 50 <"$1") ms, p99 $(percentile 99 <"$1") ms, max $(sort -n "$1" | tail -1) ms (n=$(wc -l <"$1"))"; }
 
 # ------------------------------------------------------ 0. the thin pool

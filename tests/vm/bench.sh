@@ -23,9 +23,6 @@ MiB=$((1 << 20))
 RES=$LAB/bench-results
 CTL=("$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock")
 
-# Wall clock in microseconds, without a fork (see `timed` in lib.sh).
-now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
-
 # --------------------------------------------------------------- the methods
 
 roomy_resize() { "${CTL[@]}" resize "$1" "+${STEP_MIB}M" >/dev/null; }

@@ -607,6 +607,16 @@ timed() {
     return "$rc"
 }
 
+# Wall clock in microseconds, without a fork (as `timed`).
+now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
+
+# say TEXT...: print it and append it to $REPORT.
+say() { echo "$*" | tee -a "$REPORT"; }
+
+# percentile P <FILE: the P-th percentile of one number per line ("-" for
+# none).
+percentile() { sort -n | awk -v p="$1" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} i=int((NR-1)*p/100+0.5)+1; print a[i]}'; }
+
 # stats FILE: "n median p95 min max" in ms (p95: nearest rank).
 stats() {
     sort -n "$1" | awk '{ v[NR] = $1 } END {

@@ -23,7 +23,6 @@ N=${ROOMY_SOAK_N:-50}
 T=${ROOMY_SOAK_SECONDS:-600}
 REPORT=$ROOMY_VM_OUT/soak.txt
 : >"$REPORT"
-say() { echo "$*" | tee -a "$REPORT"; }
 
 lab_init || exit 1
 # Dirty memory capped at about a second of this emulated disk, as in a1.

@@ -284,28 +284,26 @@ impl DeviceMapper {
         let meta_now = pool.usage.meta_total * META_BLOCK;
         let growth = data.map_or(0, |d| d.saturating_sub(pool.usage.data_total))
             + meta.map_or(0, |m| m.saturating_sub(meta_now));
-        // A sample that says "short" is checked against the VG now.
-        if free < growth {
+        // `free` may be a sample a few seconds old: the VG as it is now
+        // decides a refusal, before acting when the sample says short, and
+        // when lvextend refuses (atomically: LVM changes nothing then).
+        let short_now = || -> Result<Option<AgentError>, AgentError> {
             let now = vg_free(&vg)?;
-            if now < growth {
-                return Err(AgentError::BackingFull {
-                    file: format!("volume group {vg}"),
-                    free: now,
-                    growth,
-                });
+            Ok((now < growth).then(|| AgentError::BackingFull {
+                file: format!("volume group {vg}"),
+                free: now,
+                growth,
+            }))
+        };
+        if free < growth {
+            if let Some(full) = short_now()? {
+                return Err(full);
             }
         }
         let target = format!("{vg}/{lv}");
-        // `free` may be a sample a few seconds old: when lvextend refuses
-        // (atomically: LVM changes nothing then), the VG read afresh says
-        // whether that was the space.
         let extend = |args: &[&str]| {
-            lvm(args).map_err(|e| match vg_free(&vg) {
-                Ok(now) if now < growth => AgentError::BackingFull {
-                    file: format!("volume group {vg}"),
-                    free: now,
-                    growth,
-                },
+            lvm(args).map_err(|e| match short_now() {
+                Ok(Some(full)) => full,
                 _ => e,
             })
         };
