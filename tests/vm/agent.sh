@@ -19,7 +19,7 @@ cd "$(dirname "$0")" || exit 1
 # machine twice as slow still fits: a group that runs out is stuck, not
 # slow.
 GROUPS_TABLE="
-xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs
+xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs s15_live_restore
 ext4         650 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes s14_power_cut_ext4
 nodefer      250 s9_no_deferred_removal
 pool        1100 p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
@@ -88,6 +88,14 @@ df_near() {
     [[ $got -le $want && $got -ge $((want * 95 / 100)) ]]
 }
 
+# ls_field NAME FIELD: FIELD of container NAME's row in $OUT (`ls -o json`);
+# empty when it is not listed.
+ls_field() {
+    python3 -c 'import json, sys
+rows = [c for c in json.load(sys.stdin)["containers"] if c["name"] == sys.argv[1]]
+print(rows[0].get(sys.argv[2], "") if rows else "")' "$1" "$2" <<<"$OUT" 2>/dev/null
+}
+
 write_data() { D exec "$1" sh -c 'dd if=/dev/urandom of=/data.bin bs=1M count=32 2>/dev/null && sync && md5sum /data.bin' | cut -d' ' -f1; }
 data_sum() { D exec "$1" md5sum /data.bin | cut -d' ' -f1; }
 
@@ -154,6 +162,37 @@ s2_survives_restarts() {
     check "s2 dockerd adopted 4G" test "$(D inspect -f '{{.GraphDriver.Data.DeviceSize}}' s1)" -eq $((4 * GiB))
     R inspect s1 -o json
     check "s2 settled: ok" test "$(json_field health)" = ok
+}
+
+# 15. the settling Roomy advises for a grown running container: dockerd
+# restarted with live-restore keeps it running and adopts the grown size,
+# and the agent's ls says so though no event names the container (the
+# agent's copy of Docker's views goes when dockerd's event stream ends).
+s15_live_restore() {
+    local args sum pid
+    args=$(<"$LAB/$NAME/args")
+    dockerd_stop "$NAME" keep-containerd
+    if ! eval "dockerd_launch \"\$NAME\" $args --live-restore"; then
+        fail "s15 dockerd starts with --live-restore"
+        return
+    fi
+    run_box s15
+    sum=$(write_data s15)
+    R resize s15 4G
+    check "s15 resize exit 0" test "$RC" -eq 0
+    pid=$(D inspect -f '{{.State.Pid}}' s15)
+    R ls -o json
+    check "s15 ls: pending before dockerd restarts" test "$(ls_field s15 health)" = pending
+    dockerd_restart "$NAME" >/dev/null
+    check "s15 still running, same process" test "$(D inspect -f '{{.State.Pid}}' s15)" = "$pid"
+    check "s15 dockerd adopted 4G" test "$(D inspect -f '{{.GraphDriver.Data.DeviceSize}}' s15)" -eq $((4 * GiB))
+    R ls -o json
+    check "s15 ls: ok right after dockerd restarted ($(ls_field s15 health_message))" test "$(ls_field s15 health)" = ok
+    check "s15 df 4G" df_near "$(df_bytes s15)" $((4 * GiB))
+    check "s15 data intact" test "$(data_sum s15)" = "$sum"
+    D rm -f s15 >/dev/null
+    dockerd_stop "$NAME" keep-containerd
+    eval "dockerd_launch \"\$NAME\" $args" || fail "s15 dockerd back without --live-restore"
 }
 
 # 3 and 4b. a stopped container grows without being started.
@@ -988,7 +1027,7 @@ group_xfs() {
     agent_start || { fail "group xfs: agent starts"; return 1; }
     scenarios s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent \
         s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client \
-        s14_power_cut_xfs
+        s14_power_cut_xfs s15_live_restore
     check "xfs: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop xfs

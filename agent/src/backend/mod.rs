@@ -6,6 +6,7 @@
 
 pub mod devicemapper;
 pub mod overlay2;
+pub mod rows;
 pub mod shared;
 pub mod sim;
 

@@ -157,7 +157,7 @@ impl ThinBackend {
     pub async fn sweep(&self) -> Result<(), AgentError> {
         let info = self.inner.docker.info().await?;
         let mut ids = self.inner.guard.held_ids();
-        for view in self.inner.docker.list().await? {
+        for view in self.inner.docker.known().await? {
             if view.driver != "devicemapper" {
                 continue;
             }

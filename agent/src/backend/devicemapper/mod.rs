@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use roomy_proto::v1::{ContainerStorage, DevicemapperStorage, PoolStatus};
 
+use crate::backend::rows::RowCache;
 use crate::backend::shared::{self, unmanaged, LockTable};
 use crate::backend::{
     health, ContainerRef, PoolGrowth, RepairOutcome, ResizeOutcome, SizeRequest, Sizes,
@@ -60,17 +61,27 @@ pub(crate) struct Inner {
     pub(crate) guard: Guard,
     pub(crate) config: ThinConfig,
     pub(crate) locks: LockTable,
+    pub(crate) rows: RowCache,
     pub(crate) seen: seen::Seen,
 }
 
-/// Where a stopped container's filesystem size may come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a container is read: alone, or as one row of a list.
+#[derive(Debug, Clone)]
 pub(crate) enum FsRead {
-    /// The device itself, through a private activation if it is not active
-    /// (inspect of one container, resize, repair, the guard).
+    /// Alone (inspect of one container, resize, repair, the guard): a
+    /// stopped container's filesystem size from the device itself, through
+    /// a private activation if it is not active; mounts read afresh.
     Device,
-    /// What the agent last read, if it read it (`ls`): no activation.
-    Recorded,
+    /// A row of a list (`ls`, the refresh): a stopped container's size as
+    /// the agent last read it (no activation), mounts from one snapshot.
+    Recorded(Arc<fs::Mounts>),
+}
+
+impl FsRead {
+    /// For a list: the mounts read once.
+    pub(crate) fn list() -> Self {
+        FsRead::Recorded(Arc::new(fs::Mounts::read()))
+    }
 }
 
 /// Everything known about one devicemapper container's disk.
@@ -103,6 +114,7 @@ impl ThinBackend {
                 guard: Guard::default(),
                 config,
                 locks: Default::default(),
+                rows: Default::default(),
                 seen,
             }),
         })
@@ -194,7 +206,7 @@ impl ThinBackend {
         let mut state = dev;
         for attempt in 0.. {
             let Some(st) = state else { break };
-            match self.observe_active(&mut out, st) {
+            match self.observe_active(&mut out, st, &read) {
                 Ok(()) => {
                     out.dev = Some(st);
                     active = true;
@@ -230,7 +242,7 @@ impl ThinBackend {
         out.sizes.table = None;
         out.sizes.fs = None;
         let recorded = match read {
-            FsRead::Recorded => seen.get(&out.mount_id, out.device_id),
+            FsRead::Recorded(_) => seen.get(&out.mount_id, out.device_id),
             FsRead::Device => None,
         };
         if let Some((kind, bytes)) = recorded {
@@ -245,12 +257,20 @@ impl ThinBackend {
     }
 
     /// Read table and filesystem of an active device into `out`.
-    fn observe_active(&self, out: &mut Observed, state: DevState) -> Result<(), AgentError> {
+    fn observe_active(
+        &self,
+        out: &mut Observed,
+        state: DevState,
+        read: &FsRead,
+    ) -> Result<(), AgentError> {
         let table = self.inner.dm.thin_table(&out.device)?;
         out.sizes.table = Some(table.bytes());
         out.table = Some(table);
         let node = fs::dev_node(state.dev);
-        out.mountpoint = fs::mountpoint_of(state.dev);
+        out.mountpoint = match read {
+            FsRead::Recorded(mounts) => mounts.mountpoint_of(state.dev),
+            FsRead::Device => fs::mountpoint_of(state.dev),
+        };
         match &out.mountpoint {
             Some(mp) => {
                 if let Some(sb) = fs::read_superblock(&node, false)? {
@@ -399,16 +419,26 @@ impl StorageBackend for ThinBackend {
     async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         let mut out = Vec::new();
-        for view in self.inner.docker.running().await? {
+        let read = FsRead::list();
+        let rows = &self.inner.rows;
+        let pass = rows.pass(Instant::now());
+        let views = self.inner.docker.running().await?;
+        for view in &views {
             if view.driver != "devicemapper" || !view.running {
+                continue;
+            }
+            if let Some(row) = rows.get(&pass, view) {
+                out.push(row);
                 continue;
             }
             // A container that stops or vanishes mid-read is simply left
             // out until the next refresh.
-            if let Ok(row) = self.inspect_one(view, &info, FsRead::Recorded).await {
+            if let Ok(row) = self.inspect_one(view.clone(), &info, read.clone()).await {
+                rows.put(&pass, view, &row);
                 out.push(row);
             }
         }
+        rows.retain(views.iter().map(|v| v.id.as_str()));
         Ok(out)
     }
 
@@ -428,12 +458,12 @@ impl StorageBackend for ThinBackend {
         // takes stopped containers' sizes as last read (`seen`).
         let read = match container {
             Some(_) => FsRead::Device,
-            None => FsRead::Recorded,
+            None => FsRead::list(),
         };
         let mut live = std::collections::HashSet::new();
         let rows = shared::inspect_rows(&self.inner.docker, container, |view| {
             live.extend(view.mount_id(&info.root_dir));
-            self.inspect_one(view, &info, read)
+            self.inspect_one(view, &info, read.clone())
         })
         .await?;
         if container.is_none() {

@@ -8,6 +8,7 @@ use roomy_proto::format_bytes;
 use roomy_proto::v1::Health;
 
 use crate::backend::devicemapper::{Observed, ThinBackend};
+use crate::backend::rows::ChangeGuard;
 use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, RepairOutcome, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
@@ -76,6 +77,7 @@ impl ThinBackend {
     ) -> Result<ResizeOutcome, AgentError> {
         let (view, _) = self.find(query).await?;
         let _serialized = self.inner.locks.lock(&view.id).await;
+        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
 
         // Re-read everything under the lock: a resize that ran before this
         // one changed it.
@@ -286,6 +288,7 @@ impl ThinBackend {
     pub(crate) async fn repair_container(&self, query: &str) -> Result<RepairOutcome, AgentError> {
         let (view, _) = self.find(query).await?;
         let _serialized = self.inner.locks.lock(&view.id).await;
+        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
         let (view, info) = self.find(&view.id).await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let before = self.describe(&obs, &info);

@@ -91,12 +91,14 @@ impl Overlay2Backend {
     /// The limits of every overlay2 container, for the overcommit.
     pub(crate) async fn limits(&self, info: &DaemonInfo) -> Result<u64, AgentError> {
         let mut sum = 0u64;
-        for view in self.inner.docker.list().await? {
+        let views = self.inner.docker.known().await?;
+        let backing = self.list_backing(info).await;
+        for view in views {
             if view.driver != DRIVER || view.upper_dir.is_none() {
                 continue;
             }
             // A container removed meanwhile counts for nothing.
-            if let Ok(obs) = self.observe_blocking(&view, info).await {
+            if let Ok(obs) = self.observe_blocking(&view, info, backing.as_ref()).await {
                 sum = sum.saturating_add(obs.limit());
             }
         }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use roomy_proto::v1::{ContainerStorage, Health, Overlay2Storage, PoolStatus};
 use roomy_proto::{format_bytes, ByteSize};
 
+use crate::backend::rows::RowCache;
 use crate::backend::shared::{self, unmanaged, LockTable};
 use crate::backend::{
     ContainerRef, PoolGrowth, RepairOutcome, ResizeOutcome, SizeRequest, StorageBackend, Usage,
@@ -54,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) journal: Journal,
     pub(crate) config: Overlay2Config,
     pub(crate) locks: LockTable,
+    pub(crate) rows: RowCache,
     /// Quota doors by overlay2 directory: opened once, kept for the
     /// sampler's calls every 250 ms.
     doors: Mutex<HashMap<PathBuf, Arc<QuotaFs>>>,
@@ -101,6 +103,7 @@ impl Overlay2Backend {
                 journal,
                 config,
                 locks: LockTable::default(),
+                rows: RowCache::default(),
                 doors: Mutex::default(),
             }),
         })
@@ -186,6 +189,12 @@ impl Overlay2Backend {
         info: &DaemonInfo,
     ) -> Result<Observed, AgentError> {
         let backing = self.backing(info)?;
+        self.observe_on(view, backing)
+    }
+
+    /// [`observe`](Self::observe) on the backing filesystem as read for a
+    /// whole list. Blocking.
+    fn observe_on(&self, view: &ContainerView, backing: BackingFs) -> Result<Observed, AgentError> {
         let upper = view.upper_dir.as_deref().ok_or_else(|| {
             AgentError::Internal(format!("dockerd names no UpperDir for {}", view.name))
         })?;
@@ -211,13 +220,32 @@ impl Overlay2Backend {
         })
     }
 
+    /// The backing filesystem, read once for the rows of a list (a read per
+    /// row was a mountinfo read, a stat and two quotactls per container).
+    /// `None` when it cannot be read: each row then says why.
+    pub(crate) async fn list_backing(&self, info: &DaemonInfo) -> Option<Arc<BackingFs>> {
+        let (this, info) = (self.clone(), info.clone());
+        shared::on_blocking_thread(move || this.backing(&info))
+            .await
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// [`observe`](Self::observe) off the runtime's threads; on `backing`
+    /// when a list read it.
     pub(crate) async fn observe_blocking(
         &self,
         view: &ContainerView,
         info: &DaemonInfo,
+        backing: Option<&Arc<BackingFs>>,
     ) -> Result<Observed, AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
-        shared::on_blocking_thread(move || this.observe(&view, &info)).await
+        let backing = backing.map(|b| BackingFs::clone(b));
+        shared::on_blocking_thread(move || match backing {
+            Some(b) => this.observe_on(&view, b),
+            None => this.observe(&view, &info),
+        })
+        .await
     }
 
     /// The wire form of an observation.
@@ -302,11 +330,12 @@ impl Overlay2Backend {
         &self,
         view: ContainerView,
         info: &DaemonInfo,
+        backing: Option<&Arc<BackingFs>>,
     ) -> Result<ContainerStorage, AgentError> {
         if view.driver != DRIVER || view.upper_dir.is_none() {
             return Ok(unmanaged(&view, DRIVER));
         }
-        let obs = self.observe_blocking(&view, info).await?;
+        let obs = self.observe_blocking(&view, info, backing).await?;
         Ok(Self::describe(&obs))
     }
 
@@ -321,16 +350,32 @@ impl StorageBackend for Overlay2Backend {
         let info = self.inner.docker.info().await?;
         Self::check_daemon(&info)?;
         let mut out = Vec::new();
-        for view in self.inner.docker.running().await? {
+        let rows = &self.inner.rows;
+        let pass = rows.pass(std::time::Instant::now());
+        let views = self.inner.docker.running().await?;
+        let mut backing = None;
+        for view in &views {
             if view.driver != DRIVER || !view.running {
                 continue;
             }
+            if let Some(row) = rows.get(&pass, view) {
+                out.push(row);
+                continue;
+            }
+            if backing.is_none() {
+                backing = self.list_backing(&info).await;
+            }
             // A container that stops or vanishes mid-read is left out
             // until the next refresh.
-            if let Ok(row) = self.inspect_one(view, &info).await {
+            if let Ok(row) = self
+                .inspect_one(view.clone(), &info, backing.as_ref())
+                .await
+            {
+                rows.put(&pass, view, &row);
                 out.push(row);
             }
         }
+        rows.retain(views.iter().map(|v| v.id.as_str()));
         Ok(out)
     }
 
@@ -362,8 +407,12 @@ impl StorageBackend for Overlay2Backend {
     ) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         Self::check_daemon(&info)?;
+        let backing = match container {
+            Some(_) => None,
+            None => self.list_backing(&info).await,
+        };
         shared::inspect_rows(&self.inner.docker, container, |view| {
-            self.inspect_one(view, &info)
+            self.inspect_one(view, &info, backing.as_ref())
         })
         .await
     }
@@ -380,7 +429,7 @@ impl StorageBackend for Overlay2Backend {
     /// start can find it at another size.
     async fn repair(&self, container: &ContainerRef) -> Result<RepairOutcome, AgentError> {
         let (view, info) = self.find(container.as_str()).await?;
-        let obs = self.observe_blocking(&view, &info).await?;
+        let obs = self.observe_blocking(&view, &info, None).await?;
         Ok(RepairOutcome {
             repaired: false,
             message: format!(

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use roomy_proto::format_bytes;
 
 use super::{Observed, Overlay2Backend};
+use crate::backend::rows::ChangeGuard;
 use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
@@ -36,6 +37,7 @@ impl Overlay2Backend {
     ) -> Result<ResizeOutcome, AgentError> {
         let (view, _) = self.find(query).await?;
         let _serialized = self.inner.locks.lock(&view.id).await;
+        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
         // Re-read under the lock: a resize that ran before this one changed it.
         let (view, info) = self.find(&view.id).await?;
         let this = self.clone();
@@ -163,7 +165,7 @@ impl Overlay2Backend {
     async fn finish(&self, intent: &Intent) -> Result<(), AgentError> {
         let _serialized = self.inner.locks.lock(&intent.container_id).await;
         let (view, info) = self.find(&intent.container_id).await?;
-        let obs = self.observe_blocking(&view, &info).await?;
+        let obs = self.observe_blocking(&view, &info, None).await?;
         let this = self.clone();
         let target = intent.to_bytes;
         shared::on_blocking_thread(move || this.set_limit(&obs, target)).await?;

@@ -1,10 +1,15 @@
 //! What dockerd knows, through its API (bollard): its storage driver,
 //! containers, their devicemapper devices and the size dockerd holds for
 //! each in memory, or their overlay2 layer directories and the size they
-//! were created with.
+//! were created with. Lists are answered from [`cache`], which Docker's
+//! events keep current; a container asked for by name is always inspected.
+
+pub mod cache;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bollard::models::{ContainerInspectResponse, EventMessage};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
@@ -149,6 +154,7 @@ impl ContainerView {
 #[derive(Clone)]
 pub struct DockerClient {
     docker: Docker,
+    cache: Arc<cache::ViewCache>,
 }
 
 impl DockerClient {
@@ -160,17 +166,26 @@ impl DockerClient {
             None => Docker::connect_with_local_defaults()?,
         };
         let docker = docker.negotiate_version().await?;
-        Ok(DockerClient { docker })
+        let cache = Arc::new(cache::ViewCache::default());
+        tokio::spawn(cache::watch(docker.clone(), Arc::downgrade(&cache)));
+        Ok(DockerClient { docker, cache })
     }
 
-    /// Daemon facts.
+    /// Daemon facts: asked once per dockerd (they change only when it
+    /// restarts, which the cache sees).
     pub async fn info(&self) -> Result<DaemonInfo, AgentError> {
+        let (epoch, known) = self.cache.info();
+        if let Some(info) = known {
+            return Ok(info);
+        }
         let info = self.docker.info().await?;
-        Ok(DaemonInfo::from_status(
+        let info = DaemonInfo::from_status(
             PathBuf::from(info.docker_root_dir.unwrap_or_default()),
             info.driver.unwrap_or_default(),
             &info.driver_status.unwrap_or_default(),
-        ))
+        );
+        self.cache.store_info(epoch, &info);
+        Ok(info)
     }
 
     /// One container by name or id (a unique id prefix works, as in the
@@ -207,35 +222,112 @@ impl DockerClient {
         }
     }
 
-    /// Every container, running or not.
+    /// Every container, running or not, as `docker ps -a` shows it now
+    /// (one list call; only containers that changed are inspected): for
+    /// people's lists.
     pub async fn list(&self) -> Result<Vec<ContainerView>, AgentError> {
-        self.list_where(true).await
+        self.list_where(true, true).await
     }
 
-    /// Running (and paused) containers only.
+    /// Every container as Docker's events left it (no call when nothing
+    /// happened): for the loops that list every few seconds.
+    pub async fn known(&self) -> Result<Vec<ContainerView>, AgentError> {
+        self.list_where(true, false).await
+    }
+
+    /// Running (and paused) containers, as [`DockerClient::known`].
     pub async fn running(&self) -> Result<Vec<ContainerView>, AgentError> {
-        self.list_where(false).await
+        self.list_where(false, false).await
     }
 
-    async fn list_where(&self, all: bool) -> Result<Vec<ContainerView>, AgentError> {
+    async fn list_where(&self, all: bool, verify: bool) -> Result<Vec<ContainerView>, AgentError> {
+        let views = {
+            let _one = self.cache.reading.lock().await;
+            match self.cache.plan(Instant::now()) {
+                cache::Plan::Everything { epoch } => {
+                    let started = Instant::now();
+                    let views = self.read_all().await?;
+                    self.cache.store_all(epoch, started, &views);
+                    views
+                }
+                cache::Plan::Only { epoch, mut ids } => {
+                    if verify {
+                        match self.ps().await {
+                            Ok(listed) => ids.extend(self.cache.verify(&listed)),
+                            Err(e) => {
+                                self.cache.redirty(ids);
+                                return Err(e);
+                            }
+                        }
+                        ids.sort();
+                        ids.dedup();
+                    }
+                    let mut read = Vec::with_capacity(ids.len());
+                    for (i, id) in ids.iter().enumerate() {
+                        match self.inspect_id(id).await {
+                            Ok(view) => read.push((id.clone(), view)),
+                            Err(e) => {
+                                self.cache.redirty(ids[i..].iter().cloned());
+                                return Err(e);
+                            }
+                        }
+                    }
+                    match self.cache.store_some(epoch, read) {
+                        Some(views) => views,
+                        // dockerd restarted meanwhile.
+                        None => self.read_all().await?,
+                    }
+                }
+            }
+        };
+        Ok(views.into_iter().filter(|v| all || v.running).collect())
+    }
+
+    /// `docker ps -a`: ids, names and states.
+    async fn ps(&self) -> Result<Vec<cache::Listed>, AgentError> {
         let options = ListContainersOptions {
-            all,
+            all: true,
             ..Default::default()
         };
         let summaries = self.docker.list_containers(Some(options)).await?;
-        let mut out = Vec::with_capacity(summaries.len());
-        for s in summaries {
-            let Some(id) = s.id else { continue };
-            match self.docker.inspect_container(&id, None).await {
-                Ok(c) => out.push(ContainerView::from_inspect(c)),
-                // Removed between list and inspect.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => return Err(e.into()),
-            }
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                // Links add "/other/alias" names; a container's own has one slash.
+                let names = s.names.unwrap_or_default();
+                let name = names
+                    .iter()
+                    .map(|n| n.trim_start_matches('/'))
+                    .find(|n| !n.contains('/'))
+                    .unwrap_or_default()
+                    .to_string();
+                Some(cache::Listed {
+                    id: s.id?,
+                    name,
+                    state: s.state.map(|st| st.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Every container, inspected now.
+    async fn read_all(&self) -> Result<Vec<ContainerView>, AgentError> {
+        let mut out = Vec::new();
+        for listed in self.ps().await? {
+            out.extend(self.inspect_id(&listed.id).await?);
         }
         Ok(out)
+    }
+
+    /// One container by full id; `None`: removed.
+    async fn inspect_id(&self, id: &str) -> Result<Option<ContainerView>, AgentError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => Ok(Some(ContainerView::from_inspect(c))),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Container lifecycle events (start, die, destroy, ...).

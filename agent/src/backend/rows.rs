@@ -1,0 +1,222 @@
+//! The refresh loop's rows, kept between refreshes while nothing about
+//! their container changed.
+//!
+//! Why: the refresh lists the running containers every 2 s under policies,
+//! and reading one container's disk is a dozen syscalls (dm ioctls, the
+//! metadata file, the superblock, XFS geometry or quotactls). On 200
+//! containers that was a second of every refresh under emulation. What
+//! those reads find changes only when Docker's view of the container
+//! changes (start, stop, rename, a dockerd restart: all new views from the
+//! event-fed cache) or when the agent itself grows or repairs it; usage,
+//! the one figure that moves all the time, the sampler reads on its own.
+//!
+//! A row is reused while (1) its container's view is the same, (2) no
+//! resize or repair of it ended since it was read, (3) it is younger than
+//! its time to live, 20 to 40 s spread by id so that rows read together
+//! do not all expire together: what someone changes by hand (xfs_growfs,
+//! dmsetup) shows within that. `ls` and single-container reads never use
+//! these rows.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use roomy_proto::v1::ContainerStorage;
+
+use crate::docker::ContainerView;
+
+/// The shortest time to live; each row adds up to as much again.
+pub const ROW_TTL: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+struct Kept {
+    view: ContainerView,
+    read_at: Instant,
+    row: ContainerStorage,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rows: HashMap<String, Kept>,
+    /// Bumped whenever a mutation ends: rows read before it are not kept.
+    generation: u64,
+}
+
+/// Rows of running containers, as read by the refresh.
+#[derive(Debug, Default)]
+pub struct RowCache {
+    state: Mutex<State>,
+}
+
+/// A reading pass: which rows it may reuse, and whether it may keep what it
+/// reads.
+#[derive(Debug)]
+pub struct Pass {
+    generation: u64,
+    started: Instant,
+}
+
+fn ttl(id: &str) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    ROW_TTL + Duration::from_millis(h.finish() % ROW_TTL.as_millis() as u64)
+}
+
+impl RowCache {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start a pass at `now`.
+    pub fn pass(&self, now: Instant) -> Pass {
+        Pass {
+            generation: self.state().generation,
+            started: now,
+        }
+    }
+
+    /// The row kept for `view`, if it is still its row.
+    pub fn get(&self, pass: &Pass, view: &ContainerView) -> Option<ContainerStorage> {
+        let s = self.state();
+        let kept = s.rows.get(&view.id)?;
+        let fresh = kept.view == *view
+            && pass.started.saturating_duration_since(kept.read_at) < ttl(&view.id);
+        fresh.then(|| kept.row.clone())
+    }
+
+    /// Keep `row`, read for `view` in `pass`, unless a mutation ended since
+    /// the pass began.
+    pub fn put(&self, pass: &Pass, view: &ContainerView, row: &ContainerStorage) {
+        let mut s = self.state();
+        if s.generation != pass.generation {
+            return;
+        }
+        s.rows.insert(
+            view.id.clone(),
+            Kept {
+                view: view.clone(),
+                read_at: pass.started,
+                row: row.clone(),
+            },
+        );
+    }
+
+    /// Drop rows of containers not in `ids` (gone or stopped).
+    pub fn retain<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
+        self.state().rows.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// A resize or repair of `id` ended: its row is read again next time,
+    /// and no pass under way keeps what it read.
+    pub fn changed(&self, id: &str) {
+        let mut s = self.state();
+        s.rows.remove(id);
+        s.generation += 1;
+    }
+
+    /// Rows kept now.
+    pub fn len(&self) -> usize {
+        self.state().rows.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Calls [`RowCache::changed`] when dropped: held by a mutation beside its
+/// container's lock, so the row goes however the mutation ends.
+pub struct ChangeGuard<'a> {
+    rows: &'a RowCache,
+    id: String,
+}
+
+impl<'a> ChangeGuard<'a> {
+    /// For a mutation of container `id`.
+    pub fn new(rows: &'a RowCache, id: &str) -> Self {
+        ChangeGuard {
+            rows,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        self.rows.changed(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, state: &str) -> ContainerView {
+        ContainerView {
+            id: id.into(),
+            name: id.into(),
+            state: state.into(),
+            running: state == "running",
+            driver: "devicemapper".into(),
+            device_name: Some(format!("docker-{id}")),
+            device_id: Some(1),
+            docker_size: Some(1 << 30),
+            upper_dir: None,
+            merged_dir: None,
+            storage_size: None,
+            labels: HashMap::new(),
+        }
+    }
+
+    fn row(id: &str, size: u64) -> ContainerStorage {
+        ContainerStorage {
+            id: id.into(),
+            fs_size_bytes: size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_row_is_reused_until_its_view_changes_or_it_ages() {
+        let rows = RowCache::default();
+        let t0 = Instant::now();
+        let a = view("a", "running");
+        let p = rows.pass(t0);
+        assert_eq!(rows.get(&p, &a), None);
+        rows.put(&p, &a, &row("a", 1));
+        assert_eq!(rows.get(&rows.pass(t0), &a).unwrap().fs_size_bytes, 1);
+        // Another view (a dockerd restart adopted a new DeviceSize).
+        let restarted = ContainerView {
+            docker_size: Some(2 << 30),
+            ..a.clone()
+        };
+        assert_eq!(rows.get(&rows.pass(t0), &restarted), None);
+        // Old enough: read again, whatever its id's spread.
+        assert!(rows.get(&rows.pass(t0 + ROW_TTL / 2), &a).is_some());
+        assert_eq!(rows.get(&rows.pass(t0 + 2 * ROW_TTL), &a), None);
+        rows.retain([]);
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn a_mutation_drops_the_row_and_what_passes_under_way_read() {
+        let rows = RowCache::default();
+        let t0 = Instant::now();
+        let (a, b) = (view("a", "running"), view("b", "running"));
+        let before = rows.pass(t0);
+        rows.put(&before, &a, &row("a", 1));
+        // A pass reads b while a resize of a is under way; the resize ends.
+        let during = rows.pass(t0);
+        drop(ChangeGuard::new(&rows, "a"));
+        rows.put(&during, &b, &row("b", 1));
+        rows.put(&during, &a, &row("a", 1));
+        let after = rows.pass(t0);
+        assert_eq!(rows.get(&after, &a), None, "a's old size was kept");
+        assert_eq!(rows.get(&after, &b), None);
+        rows.put(&after, &a, &row("a", 2));
+        assert_eq!(rows.get(&rows.pass(t0), &a).unwrap().fs_size_bytes, 2);
+    }
+}
