@@ -18,7 +18,7 @@ use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus
 use roomy_proto::{format_bytes, ByteSize};
 
 use crate::backend::shared::needs_repair;
-use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend};
+use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend, Usage};
 use crate::events::EventLog;
 use crate::metrics::{AgentMetrics, ContainerGauges, Source};
 use crate::sync::PolicyStore;
@@ -52,6 +52,15 @@ impl Default for Cadence {
             refresh: Duration::from_secs(2),
         }
     }
+}
+
+/// Put a statvfs reading on a container's row.
+fn put_usage(c: &mut ContainerStorage, u: Usage) {
+    c.fs_total_bytes = u.total;
+    c.fs_used_bytes = u.used;
+    c.fs_avail_bytes = u.avail;
+    c.inodes_total = u.inodes_total;
+    c.inodes_used = u.inodes_used;
 }
 
 /// One target's history.
@@ -294,8 +303,17 @@ impl<B: StorageBackend + Clone> Engine<B> {
 
     /// Re-read the running containers and the pool; run pool policies.
     async fn refresh(&self) {
+        let t0 = Instant::now();
         let listed = self.inner.backend.running().await;
+        let t1 = Instant::now();
         let pool = self.inner.backend.inspect_pool().await.ok();
+        // Where a refresh's time goes (bench-host reads these).
+        tracing::debug!(
+            containers = listed.as_ref().map_or(0, Vec::len),
+            list_ms = (t1 - t0).as_millis() as u64,
+            pool_ms = t1.elapsed().as_millis() as u64,
+            "refreshed"
+        );
         let health;
         {
             let mut state = self.state();
@@ -303,7 +321,13 @@ impl<B: StorageBackend + Clone> Engine<B> {
             if let Ok(list) = listed {
                 let now = Instant::now();
                 let mut old = std::mem::take(&mut state.containers);
-                for c in list {
+                for mut c in list {
+                    // A row the backend kept from an earlier refresh has
+                    // that refresh's use: the metrics want today's, and
+                    // without policies no sampler refreshes it.
+                    if let Some(u) = self.inner.backend.usage(&c) {
+                        put_usage(&mut c, u);
+                    }
                     let track = old.remove(&c.id).map(|w| w.track).unwrap_or_default();
                     let seen = now;
                     state
@@ -547,11 +571,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             let Some(u) = self.inner.backend.usage(&w.c) else {
                 continue;
             };
-            w.c.fs_total_bytes = u.total;
-            w.c.fs_used_bytes = u.used;
-            w.c.fs_avail_bytes = u.avail;
-            w.c.inodes_total = u.inodes_total;
-            w.c.inodes_used = u.inodes_used;
+            put_usage(&mut w.c, u);
             let t = &mut w.track;
             t.sample(now, u.used);
             w.c.fill_rate_bytes_per_second = t.rate;
@@ -757,6 +777,7 @@ mod tests {
     use super::*;
     use crate::backend::shared::Sizes;
     use crate::backend::sim::{SimBackend, SimContainer};
+    use crate::error::AgentError;
     use roomy_proto::v1::{Increase, Policy, PolicySet, Selector, Trigger};
 
     const G: u64 = 1 << 30;
@@ -831,6 +852,108 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The sim backend, with `running()` answering the rows it read first
+    /// ever after, as the real backends keep a row while its container's
+    /// view stays the same (`backend/rows.rs`).
+    #[derive(Clone)]
+    struct KeptRows {
+        sim: SimBackend,
+        kept: Arc<tokio::sync::Mutex<Option<Vec<ContainerStorage>>>>,
+    }
+
+    impl StorageBackend for KeptRows {
+        async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+            let mut kept = self.kept.lock().await;
+            if kept.is_none() {
+                *kept = Some(self.sim.running().await?);
+            }
+            Ok(kept.clone().unwrap_or_default())
+        }
+        fn usage(&self, c: &ContainerStorage) -> Option<Usage> {
+            self.sim.usage(c)
+        }
+        async fn inspect(
+            &self,
+            c: Option<&ContainerRef>,
+        ) -> Result<Vec<ContainerStorage>, AgentError> {
+            self.sim.inspect(c).await
+        }
+        async fn resize(
+            &self,
+            c: &ContainerRef,
+            size: SizeRequest,
+        ) -> Result<crate::backend::ResizeOutcome, AgentError> {
+            self.sim.resize(c, size).await
+        }
+        async fn repair(
+            &self,
+            c: &ContainerRef,
+        ) -> Result<crate::backend::RepairOutcome, AgentError> {
+            self.sim.repair(c).await
+        }
+        async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
+            self.sim.inspect_pool().await
+        }
+        async fn grow_pool(
+            &self,
+            growth: PoolGrowth,
+            seen: Option<PoolStatus>,
+        ) -> Result<(PoolStatus, PoolStatus), AgentError> {
+            self.sim.grow_pool(growth, seen).await
+        }
+    }
+
+    /// Without policies no sampler runs, and the metrics' use comes from the
+    /// refresh: a row kept from an earlier refresh must not bring its old
+    /// use along.
+    #[tokio::test]
+    async fn a_kept_row_shows_the_use_of_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SimContainer {
+            id: "b".repeat(64),
+            name: "writer".into(),
+            running: true,
+            driver: "devicemapper".into(),
+            sizes: Sizes {
+                table: Some(100 * G),
+                docker: 100 * G,
+                persisted: 100 * G,
+                fs: Some(100 * G),
+            },
+            used: 0,
+        };
+        let sim = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
+        let backend = KeptRows {
+            sim,
+            kept: Default::default(),
+        };
+        let engine = Engine::new(
+            backend,
+            Arc::new(PolicyStore::open(dir.path()).unwrap()),
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence::default(),
+        );
+        let used = |e: &Engine<KeptRows>| {
+            e.state()
+                .containers
+                .values()
+                .map(|w| w.c.fs_used_bytes)
+                .next()
+                .unwrap()
+        };
+        engine.refresh().await;
+        let first = used(&engine);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        engine.refresh().await;
+        let second = used(&engine);
+        // 1 GiB/s for 200 ms: well over 100 MiB more.
+        assert!(
+            second > first + (100 << 20),
+            "use went from {first} to {second} bytes"
+        );
     }
 
     fn pool(mode: &str, when_full: &str) -> PoolStatus {
