@@ -9,7 +9,8 @@
 # in a second VM, the agent's cost on a host with 200 containers under
 # policies (tests/vm/bench-host.sh).
 # Env: ROOMY_BENCH_N, ROOMY_BENCH_FILL_N, ROOMY_BENCH_CONTAINERS,
-# ROOMY_BENCH_ONLY=pool|container|host. Results: stdout and
+# ROOMY_BENCH_ONLY=pool|container|host, ROOMY_BENCH_BASELINE=<git rev>
+# (the busy host's idle window again with that revision's agent). Results: stdout and
 # /tmp/roomy-bench-policy/out/bench-policy.txt, /tmp/roomy-bench-policy-host/
 # out/bench-host.txt.
 set -euo pipefail
@@ -18,6 +19,19 @@ tests/vm/install-deps.sh >/dev/null
 command -v cargo >/dev/null || { echo "bench-policy.sh: cargo not found: install a Rust toolchain (1.88 or newer)" >&2; exit 1; }
 echo "bench-policy.sh: building roomy (release)..." >&2
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/roomy-build}/target}
+base_bin=""
+if [[ -n ${ROOMY_BENCH_BASELINE:-} ]]; then
+    echo "bench-policy.sh: building the baseline agent ($ROOMY_BENCH_BASELINE)..." >&2
+    base_src=$(mktemp -d /tmp/roomy-baseline.XXXXXX)
+    git archive "$ROOMY_BENCH_BASELINE" | tar -x -C "$base_src"
+    # A target directory of its own: in the shared one the two builds
+    # would take turns as target/release/roomy-agent.
+    (cd "$base_src" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR-baseline cargo build --release -p roomy-agent --quiet)
+    mkdir -p target/bench-base
+    base_bin=$(realpath target/bench-base)
+    cp "$CARGO_TARGET_DIR-baseline/release/roomy-agent" "$base_bin/"
+    rm -rf "$base_src"
+fi
 cargo build --release --workspace --quiet
 bin=target/bench-bin
 mkdir -p "$bin"
@@ -29,5 +43,5 @@ fi
 # The busy host in a VM of its own: its 200 containers would weigh on the
 # figures above.
 if [[ -z $only || $only == host ]]; then
-    ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy}-host tests/vm/boot.sh tests/vm/bench-host.sh
+    ROOMY_BASE_BIN=$base_bin ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy}-host tests/vm/boot.sh tests/vm/bench-host.sh
 fi

@@ -10,8 +10,12 @@
 # an operator runs without Roomy), medians of 5; and the dm devices active
 # before and after the ls runs (stopped containers cost no activation after
 # the first read).
-# Env: ROOMY_BIN, ROOMY_BENCH_CONTAINERS (200), ROOMY_BENCH_FILLERS (20),
-# ROOMY_BENCH_WINDOW (seconds, 60).
+# With ROOMY_BASE_BIN (a directory holding an older roomy-agent, built by
+# scripts/bench-policy.sh from ROOMY_BENCH_BASELINE=<git rev>), the idle
+# window runs again with that agent on the same containers, and the ratio
+# is printed: a before/after in one run.
+# Env: ROOMY_BIN, ROOMY_BASE_BIN, ROOMY_BENCH_CONTAINERS (200),
+# ROOMY_BENCH_FILLERS (20), ROOMY_BENCH_WINDOW (seconds, 60).
 # Results: stdout and $ROOMY_VM_OUT/bench-host.txt.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
@@ -41,7 +45,8 @@ active() { dmsetup ls --target thin | wc -l; }
 lab_init || exit 1
 ROOMY_BASESIZE=1G dockerd_start "$NAME" xfs || exit 1
 image_import
-controller_lab "$NAME" || exit 1
+# The refresh logs where its time goes at debug.
+RUST_LOG=info,roomy_agent::policy=debug controller_lab "$NAME" || exit 1
 agent=$(<"$LAB/$NAME/agent.pid")
 dockerd=$(<"$LAB/$NAME/dockerd.pid.launch")
 
@@ -61,20 +66,42 @@ sleep 10
 rows=$(roomy_ls | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["containers"]))')
 say "  roomyctl ls lists $rows containers"
 
+# Set by window: the agent's CPU (% of one core) and ls's median (ms).
+CPU="" LS=""
 window() { # LABEL
     local a0 d0 a1 d1 before after
+    local log=$LAB/$NAME/agent.log from
+    from=$(wc -l <"$log")
     a0=$(ticks "$agent") d0=$(ticks "$dockerd")
     sleep "$WINDOW"
     a1=$(ticks "$agent") d1=$(ticks "$dockerd")
+    tail -n +"$((from + 1))" "$log" | grep ' refreshed ' >"$LAB/refreshes" || true
     before=$(active)
     local ls_ms ps_ms
     ls_ms=$(median_ms roomy_ls)
     ps_ms=$(median_ms docker_ps)
     after=$(active)
-    say "  $1: agent CPU $(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l)"
+    CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
+    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l)"
+    say "  $1: $(wc -l <"$LAB/refreshes") refreshes, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
     say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
 window idle
+if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
+    cpu=$CPU ls=$LS
+    # The same containers and policy under the older agent, then this one
+    # back for the filling window.
+    agent_stop
+    BIN=$ROOMY_BASE_BIN agent_start || exit 1
+    agent=$(<"$LAB/$NAME/agent.pid")
+    sleep 10
+    window "idle, baseline agent ($ROOMY_BASE_BIN)"
+    say "  idle, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms ($(awk -v a="$LS" -v b="$ls" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x faster)"
+    agent_stop
+    agent_start || exit 1
+    agent=$(<"$LAB/$NAME/agent.pid")
+    sleep 10
+fi
 for i in $(seq "$FILLERS"); do
     D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
 done
