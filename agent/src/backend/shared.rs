@@ -9,7 +9,7 @@ use roomy_proto::v1::{ContainerStorage, Health};
 use roomy_proto::{format_bytes, ByteSize, SizeRequest};
 
 use crate::backend::ContainerRef;
-use crate::docker::{ContainerView, DockerClient};
+use crate::docker::{ContainerView, DaemonInfo, DockerClient};
 use crate::error::AgentError;
 
 /// Bytes in a sector: dm lengths and XFS quota limits ("basic blocks")
@@ -227,6 +227,42 @@ where
     Ok(out)
 }
 
+/// Whether `query` is a whole container id (64 hex digits), as the policy
+/// engine and the controller's routing pass it.
+pub fn is_full_id(query: &str) -> bool {
+    query.len() == 64 && query.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A container's lock (keyed by its id), with its view and the daemon's
+/// facts read under it: a change that ran before this one may have
+/// changed what `find` reads. `find` is the backend's own lookup. A whole
+/// id is the key as it is (one Docker inspect instead of two, for every
+/// policy growth); a name is looked up first to learn the key, and so is
+/// a name that only looked like an id.
+pub async fn lock_container<F, Fut>(
+    locks: &LockTable,
+    query: &str,
+    find: F,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, ContainerView, DaemonInfo), AgentError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(ContainerView, DaemonInfo), AgentError>>,
+{
+    let mut key = if is_full_id(query) {
+        query.to_string()
+    } else {
+        find(query.to_string()).await?.0.id
+    };
+    loop {
+        let lock = locks.lock(&key).await;
+        let (view, info) = find(key.clone()).await?;
+        if view.id == key {
+            return Ok((lock, view, info));
+        }
+        key = view.id;
+    }
+}
+
 /// One lock per container (or pool): changes to one are serialized, to
 /// different ones run side by side. Entries nobody holds or waits for are
 /// dropped as new ones are taken, so the table does not grow with every
@@ -265,6 +301,78 @@ mod tests {
     use super::*;
 
     const G: u64 = 1 << 30;
+
+    /// Docker as `find` sees it: containers by name and id, and a count
+    /// of the inspects asked of it.
+    struct Daemon {
+        containers: Vec<(String, String)>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Daemon {
+        async fn find(&self, q: String) -> Result<(ContainerView, DaemonInfo), AgentError> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (id, name) = self
+                .containers
+                .iter()
+                .find(|(id, name)| *id == q || *name == q)
+                .ok_or_else(|| AgentError::NotFound(q.clone()))?;
+            let view = ContainerView {
+                id: id.clone(),
+                name: name.clone(),
+                state: "running".into(),
+                running: true,
+                driver: "overlay2".into(),
+                device_name: None,
+                device_id: None,
+                docker_size: None,
+                upper_dir: None,
+                merged_dir: None,
+                storage_size: None,
+                labels: Default::default(),
+            };
+            Ok((
+                view,
+                DaemonInfo::from_status("/x".into(), "overlay2".into(), &[]),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_is_locked_by_its_id_and_read_under_the_lock() {
+        let id = "ab".repeat(32);
+        // A name that looks like an id but is not this one's.
+        let lookalike = "cd".repeat(32);
+        let web = "ef".repeat(32);
+        let docker = Daemon {
+            containers: vec![(id.clone(), lookalike.clone()), (web.clone(), "web".into())],
+            asked: Default::default(),
+        };
+        let locks = LockTable::default();
+        let asked = || docker.asked.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let find = |q: String| docker.find(q);
+
+        // By id (the policy engine): one inspect.
+        let (held, view, _) = lock_container(&locks, &id, find).await.unwrap();
+        assert_eq!((view.id.as_str(), asked()), (id.as_str(), 1));
+        // Held: another change of it waits.
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            lock_container(&locks, &lookalike, find),
+        );
+        assert!(waiting.await.is_err(), "a second lock was taken while held");
+        asked();
+        drop(held);
+        // By a name that looks like an id: taken for one, read, corrected.
+        let (_, view, _) = lock_container(&locks, &lookalike, find).await.unwrap();
+        assert_eq!((view.id.as_str(), asked()), (id.as_str(), 2));
+        // By name: looked up, then read again under the lock.
+        let (_, view, _) = lock_container(&locks, "web", find).await.unwrap();
+        assert_eq!((view.id.as_str(), asked()), (web.as_str(), 2));
+        // Not there: the lookup's error, nothing held.
+        let missing = lock_container(&locks, "nope", find).await;
+        assert!(matches!(missing, Err(AgentError::NotFound(_))));
+    }
 
     /// As a request arrives: text parsed first, then planned.
     fn plan(container: &str, text: &str, current: u64) -> Result<u64, AgentError> {

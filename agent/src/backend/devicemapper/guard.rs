@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::backend::devicemapper::ThinBackend;
+use crate::backend::devicemapper::{Observed, ThinBackend};
 use crate::backend::shared;
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
@@ -84,16 +84,18 @@ impl ThinBackend {
         &self,
         view: &ContainerView,
         info: &DaemonInfo,
-    ) -> Result<(), AgentError> {
+    ) -> Result<Observed, AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
         shared::on_blocking_thread(move || this.reconcile_blocking(&view, &info)).await
     }
 
+    /// Returns the container as it is afterwards: what it read, or read
+    /// again where it changed the device.
     fn reconcile_blocking(
         &self,
         view: &ContainerView,
         info: &DaemonInfo,
-    ) -> Result<(), AgentError> {
+    ) -> Result<Observed, AgentError> {
         let guard = &self.inner.guard;
         let dm = &self.inner.dm;
         let obs = self.observe(view, info)?;
@@ -101,7 +103,7 @@ impl ThinBackend {
         let pending = s.persisted > s.docker && s.fs.is_none_or(|fs| fs <= s.persisted);
         if !pending {
             guard.release(&view.id);
-            return Ok(());
+            return Ok(obs);
         }
         match (view.running, obs.dev) {
             (true, Some(_)) => {
@@ -117,6 +119,7 @@ impl ThinBackend {
                     dm.cancel_deferred_remove(&obs.device)?;
                     guard.release(&view.id);
                     tracing::info!(container = %view.name, "kept grown device active across stop");
+                    return self.observe(view, info);
                 }
                 // Held and not yet marked: Docker is still tearing down and
                 // will mark it; the next event or sweep lets go then. Not
@@ -134,16 +137,17 @@ impl ThinBackend {
                 )?;
                 dm.create(&obs.device, &table, false)?;
                 tracing::warn!(container = %view.name, size = s.persisted, "re-activated grown device of a stopped container");
+                return self.observe(view, info);
             }
         }
-        Ok(())
+        Ok(obs)
     }
 
     /// Reconcile one container by id, taking its lock.
     pub async fn reconcile(&self, container_id: &str) -> Result<(), AgentError> {
         let _serialized = self.inner.locks.lock(container_id).await;
         match self.find(container_id).await {
-            Ok((view, info)) => self.reconcile_locked(&view, &info).await,
+            Ok((view, info)) => self.reconcile_locked(&view, &info).await.map(|_| ()),
             Err(AgentError::NotFound(_)) | Err(AgentError::WrongDriver { .. }) => {
                 self.inner.guard.release(container_id);
                 Ok(())

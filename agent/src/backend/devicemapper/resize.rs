@@ -75,13 +75,14 @@ impl ThinBackend {
         query: &str,
         size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
-        let (view, _) = self.find(query).await?;
-        let _serialized = self.inner.locks.lock(&view.id).await;
+        let started = std::time::Instant::now();
+        let (_serialized, view, info) = shared::lock_container(
+            &self.inner.locks,
+            query,
+            |q| async move { self.find(&q).await },
+        )
+        .await?;
         let _row = ChangeGuard::new(&self.inner.rows, &view.id);
-
-        // Re-read everything under the lock: a resize that ran before this
-        // one changed it.
-        let (view, info) = self.find(&view.id).await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let current = obs.sizes.current();
         let target = plan_grow(&view.name, size, current)?;
@@ -123,6 +124,7 @@ impl ThinBackend {
             from,
             to = target,
             online,
+            read_ms = (t0 - started).as_millis() as u64,
             intent_ms = (t1 - t0).as_millis() as u64,
             device_ms = steps.device.as_millis() as u64,
             fs_ms = steps.fs.as_millis() as u64,
@@ -131,9 +133,10 @@ impl ThinBackend {
             "grown"
         );
 
-        let (view, info) = self.find(&view.id).await?;
-        self.reconcile_locked(&view, &info).await?;
-        let obs = self.observe_blocking(&view, &info).await?;
+        // The view read under the lock still holds: growing changes nothing
+        // Docker shows (its DeviceSize moves only when dockerd restarts),
+        // and a stop meanwhile is the guard's, by Docker's event.
+        let obs = self.reconcile_locked(&view, &info).await?;
         Ok(ResizeOutcome {
             action: GrowAction::Grown { from, to: target },
             message: format!(
@@ -286,10 +289,13 @@ impl ThinBackend {
 
     /// Make an `at_risk` container startable. See `StorageBackend::repair`.
     pub(crate) async fn repair_container(&self, query: &str) -> Result<RepairOutcome, AgentError> {
-        let (view, _) = self.find(query).await?;
-        let _serialized = self.inner.locks.lock(&view.id).await;
+        let (_serialized, view, info) = shared::lock_container(
+            &self.inner.locks,
+            query,
+            |q| async move { self.find(&q).await },
+        )
+        .await?;
         let _row = ChangeGuard::new(&self.inner.rows, &view.id);
-        let (view, info) = self.find(&view.id).await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let before = self.describe(&obs, &info);
         if before.health() != Health::AtRisk {
@@ -322,9 +328,7 @@ impl ThinBackend {
         self.inner.journal.record(&intent)?;
         self.apply_blocking(obs, target, false).await?;
         self.inner.journal.clear(&view.id)?;
-        self.reconcile_locked(&view, &info).await?;
-        let (view, info) = self.find(&view.id).await?;
-        let obs = self.observe_blocking(&view, &info).await?;
+        let obs = self.reconcile_locked(&view, &info).await?;
         tracing::info!(container = %view.name, size = target, "repaired");
         Ok(RepairOutcome {
             repaired: true,
@@ -359,7 +363,7 @@ impl ThinBackend {
         let obs = self.observe_blocking(&view, &info).await?;
         self.apply_blocking(obs, intent.to_bytes, true).await?;
         self.inner.journal.clear(&intent.container_id)?;
-        self.reconcile_locked(&view, &info).await
+        self.reconcile_locked(&view, &info).await.map(|_| ())
     }
 }
 /// How long each kernel step of a grow took.

@@ -35,11 +35,13 @@ impl Overlay2Backend {
         query: &str,
         size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
-        let (view, _) = self.find(query).await?;
-        let _serialized = self.inner.locks.lock(&view.id).await;
+        let (_serialized, view, info) = shared::lock_container(
+            &self.inner.locks,
+            query,
+            |q| async move { self.find(&q).await },
+        )
+        .await?;
         let _row = ChangeGuard::new(&self.inner.rows, &view.id);
-        // Re-read under the lock: a resize that ran before this one changed it.
-        let (view, info) = self.find(&view.id).await?;
         let this = self.clone();
         shared::on_blocking_thread(move || this.resize_locked(&view, &info, size)).await
     }
