@@ -10,7 +10,8 @@
 # policies (tests/vm/bench-host.sh).
 # Env: ROOMY_BENCH_N, ROOMY_BENCH_FILL_N, ROOMY_BENCH_CONTAINERS,
 # ROOMY_BENCH_ONLY=pool|container|host, ROOMY_BENCH_BASELINE=<git rev>
-# (the busy host's idle window again with that revision's agent). Results: stdout and
+# (that revision's agent, measured in the same VMs: the container
+# latencies and the busy host's idle window). Results: stdout and
 # /tmp/roomy-bench-policy/out/bench-policy.txt, /tmp/roomy-bench-policy-host/
 # out/bench-host.txt.
 set -euo pipefail
@@ -38,7 +39,7 @@ mkdir -p "$bin"
 cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
 only=${ROOMY_BENCH_ONLY:-}
 if [[ $only != host ]]; then
-    ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy} tests/vm/boot.sh tests/vm/bench-policy.sh
+    ROOMY_BASE_BIN=$base_bin ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-bench-policy} tests/vm/boot.sh tests/vm/bench-policy.sh
 fi
 # The busy host in a VM of its own: its 200 containers would weigh on the
 # figures above.

@@ -18,7 +18,8 @@
 #     (rate-aware, 20 s horizon) and under a threshold-only one (horizon 0).
 # Env: ROOMY_BIN, ROOMY_BENCH_N (latency repeats, default 15),
 # ROOMY_BENCH_FILL_N (writer runs per policy and size, default 2),
-# ROOMY_BENCH_ONLY=pool|container (one part).
+# ROOMY_BENCH_ONLY=pool|container (one part), ROOMY_BASE_BIN (an older
+# agent: part 1 runs under it too, before this one).
 # Results: stdout and $ROOMY_VM_OUT/bench-policy.txt.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
@@ -155,29 +156,49 @@ ROOMY_BASESIZE=512M dockerd_start bench xfs || exit 1
 image_import
 controller_lab bench || exit 1
 
+# latency FILE: N crossings, each ms to grown appended to FILE.
+latency() {
+    local i mp before t0 t1
+    : >"$1"
+    for i in $(seq "$N"); do
+        D run -d --name "lat$i" --storage-opt size=1G roomy/busybox sleep 1d >/dev/null
+        mp=$(mount_of "lat$i")
+        before=$(fs_blocks "$mp")
+        # 880 MiB of a 1G filesystem (~960 MiB usable): past 80% at once.
+        fallocate -l 880M "$mp/rootfs/fill"
+        t0=$(now_us)
+        while [[ $(fs_blocks "$mp") -eq $before ]]; do
+            sleep 0.005
+            (($(now_us) - t0 > 60000000)) && break
+        done
+        t1=$(now_us)
+        echo $(((t1 - t0) / 1000)) >>"$1"
+        D rm -f "lat$i" >/dev/null
+    done
+}
 say "== threshold crossing -> filesystem grown (policy: 50% at 80%, horizon off), n=$N"
 C policy set lat --containers 'lat*' --at 80% --grow 50% --max 8G --horizon 0 --cooldown 0
 [[ $RC -eq 0 ]] || { say "policy set failed: $OUT"; exit 1; }
 sleep 3
-: >"$LAB/lat"
-for i in $(seq "$N"); do
-    D run -d --name "lat$i" --storage-opt size=1G roomy/busybox sleep 1d >/dev/null
-    mp=$(mount_of "lat$i")
-    before=$(fs_blocks "$mp")
-    # 880 MiB of a 1G filesystem (~960 MiB usable): past 80% at once.
-    fallocate -l 880M "$mp/rootfs/fill"
-    t0=$(now_us)
-    while [[ $(fs_blocks "$mp") -eq $before ]]; do
-        sleep 0.005
-        (($(now_us) - t0 > 60000000)) && break
-    done
-    t1=$(now_us)
-    echo $(((t1 - t0) / 1000)) >>"$LAB/lat"
-    D rm -f "lat$i" >/dev/null
-done
+# With ROOMY_BASE_BIN: the same runs under an older agent first (it keeps
+# the policy from the agent's state directory), then this one again.
+if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
+    agent_stop
+    BIN=$ROOMY_BASE_BIN agent_start || exit 1
+    sleep 3
+    latency "$LAB/lat-base"
+    say "  baseline agent ($ROOMY_BASE_BIN): median $(percentile 50 <"$LAB/lat-base") ms, p99 $(percentile 99 <"$LAB/lat-base") ms, max $(sort -n "$LAB/lat-base" | tail -1) ms"
+    agent_stop
+    agent_start || exit 1
+    sleep 3
+fi
+latency "$LAB/lat"
 C policy rm lat
 say "  per run (ms): $(tr '\n' ' ' <"$LAB/lat")"
 say "  median $(percentile 50 <"$LAB/lat") ms, p99 $(percentile 99 <"$LAB/lat") ms, max $(sort -n "$LAB/lat" | tail -1) ms"
+if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
+    say "  against the baseline: median $(awk -v a="$(percentile 50 <"$LAB/lat-base")" -v b="$(percentile 50 <"$LAB/lat")" 'BEGIN {printf "%.2f", a / b}')x, p99 $(awk -v a="$(percentile 99 <"$LAB/lat-base")" -v b="$(percentile 99 <"$LAB/lat")" 'BEGIN {printf "%.2f", a / b}')x faster"
+fi
 
 say "== highest fill rate without ENOSPC: a writer writes 3 GiB into a 1 GiB and a 512 MiB container, cap 8 GiB"
 run_fill() { # POLICY-NAME EXTRA-POLICY-ARGS...
