@@ -23,15 +23,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/room
 base_bin=""
 if [[ -n ${ROOMY_BENCH_BASELINE:-} ]]; then
     echo "bench-policy.sh: building the baseline agent ($ROOMY_BENCH_BASELINE)..." >&2
-    base_src=$(mktemp -d /tmp/roomy-baseline.XXXXXX)
+    # The source in one place and a target directory of its own: cargo
+    # keys its cache by the path, and in the shared target the two builds
+    # would take turns as release/roomy-agent.
+    base_src=$CARGO_TARGET_DIR-baseline-src
+    rm -rf "$base_src"
+    mkdir -p "$base_src"
     git archive "$ROOMY_BENCH_BASELINE" | tar -x -C "$base_src"
-    # A target directory of its own: in the shared one the two builds
-    # would take turns as target/release/roomy-agent.
     (cd "$base_src" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR-baseline cargo build --release -p roomy-agent --quiet)
     mkdir -p target/bench-base
     base_bin=$(realpath target/bench-base)
     cp "$CARGO_TARGET_DIR-baseline/release/roomy-agent" "$base_bin/"
-    rm -rf "$base_src"
 fi
 cargo build --release --workspace --quiet
 bin=target/bench-bin
