@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 tests/vm/install-deps.sh >/dev/null
 command -v cargo >/dev/null || { echo "lab.sh: cargo not found: install a Rust toolchain (1.88 or newer)" >&2; exit 1; }
 echo "lab.sh: building roomy (release)..." >&2
+# The build cache scripts/test.sh and the benchmarks share: after one of
+# them, only Roomy's own crates build here.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/roomy-build}/target}
 cargo build --release --workspace --quiet
 bin=target/lab-bin
 mkdir -p "$bin"
-cp target/release/roomy-agent target/release/roomyctl "$bin/"
+cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl} "$bin/"
 ROOMY_BIN=$(realpath "$bin") ROOMY_VM_WORK=${ROOMY_VM_WORK:-/tmp/roomy-lab} tests/vm/boot.sh tests/vm/lab.sh
