@@ -782,14 +782,10 @@ mod tests {
 
     const G: u64 = 1 << 30;
 
-    /// A pool filling fast is grown within a few samples, not at the next
-    /// refresh: that one is a minute away here (it is 2 s, and its Docker
-    /// and LVM reads take seconds more under load, in the field).
-    #[tokio::test]
-    async fn a_pool_filling_fast_is_grown_by_the_sampler_between_refreshes() {
-        let dir = tempfile::tempdir().unwrap();
-        let big = SimContainer {
-            id: "a".repeat(64),
+    /// An empty running 100 GiB devicemapper container, id `ch` x 64.
+    fn writer(ch: &str) -> SimContainer {
+        SimContainer {
+            id: ch.repeat(64),
             name: "writer".into(),
             running: true,
             driver: "devicemapper".into(),
@@ -800,7 +796,16 @@ mod tests {
                 fs: Some(100 * G),
             },
             used: 0,
-        };
+        }
+    }
+
+    /// A pool filling fast is grown within a few samples, not at the next
+    /// refresh: that one is a minute away here (it is 2 s, and its Docker
+    /// and LVM reads take seconds more under load, in the field).
+    #[tokio::test]
+    async fn a_pool_filling_fast_is_grown_by_the_sampler_between_refreshes() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = writer("a");
         // 10 GiB pool, 4 GiB/s: past 80% in about 2 s.
         let backend = SimBackend::new(vec![big], 10 * G, 10).with_fill_rate(4 * G);
         let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
@@ -911,19 +916,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_row_shows_the_use_of_now() {
         let dir = tempfile::tempdir().unwrap();
-        let c = SimContainer {
-            id: "b".repeat(64),
-            name: "writer".into(),
-            running: true,
-            driver: "devicemapper".into(),
-            sizes: Sizes {
-                table: Some(100 * G),
-                docker: 100 * G,
-                persisted: 100 * G,
-                fs: Some(100 * G),
-            },
-            used: 0,
-        };
+        let c = writer("b");
         let sim = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
         let backend = KeptRows {
             sim,
