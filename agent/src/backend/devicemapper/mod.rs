@@ -419,7 +419,9 @@ impl StorageBackend for ThinBackend {
     async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         let mut out = Vec::new();
-        let read = FsRead::list();
+        // The mount table only when a row must be read (as overlay2's
+        // backing read): most refreshes reuse every row.
+        let mut read = None;
         let rows = &self.inner.rows;
         let pass = rows.pass(Instant::now());
         let views = self.inner.docker.running().await?;
@@ -433,7 +435,8 @@ impl StorageBackend for ThinBackend {
             }
             // A container that stops or vanishes mid-read is simply left
             // out until the next refresh.
-            if let Ok(row) = self.inspect_one(view.clone(), &info, read.clone()).await {
+            let read = read.get_or_insert_with(FsRead::list).clone();
+            if let Ok(row) = self.inspect_one(view.clone(), &info, read).await {
                 rows.put(&pass, view, &row);
                 out.push(row);
             }
