@@ -13,6 +13,7 @@ use roomy_proto::{format_bytes, SizeRequest};
 
 use crate::backend::devicemapper::table::PoolUsage;
 use crate::error::AgentError;
+use crate::failpoint;
 use crate::sys::dm::DeviceMapper;
 use crate::sys::loopdev::{extend_file, free_under, set_capacity};
 pub use crate::sys::loopdev::{loop_backing, LoopBacking};
@@ -347,9 +348,16 @@ impl DeviceMapper {
             .set_flags(DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS);
         let mut suspended = Vec::new();
         let mut result = Ok(());
+        failpoint::hit("pool-listed");
         for t in &thins {
             match self.suspend_with(t, quiet) {
                 Ok(()) => suspended.push(t.clone()),
+                // Removed since the list (Docker deactivates a container's
+                // -init device right after creating it): nothing of it is
+                // left on the pool to hold still.
+                Err(_) if matches!(self.state(t), Ok(None)) => {
+                    tracing::debug!(device = %t, "thin device gone before the pool reload");
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
