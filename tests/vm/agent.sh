@@ -537,6 +537,7 @@ p1_pool_grows_online() {
     rc=$?
     check "p1 grow with a device gone mid-reload exit 0 ($(tail -c 300 "$LAB/p1.race"))" test "$rc" -eq 0
     check "p1 pool grew by 1G more" test "$(pool_field data_total_bytes)" -eq $((before + 3 * GiB))
+    check "p1 the removal landed inside the reload" grep -q "thin device gone before the pool reload.*$FILL" "$LAB/$NAME/agent.log"
     dmsetup message "$(pool_field name)" 0 "delete 9999"
     agent_stop
     agent_start

@@ -356,7 +356,7 @@ impl DeviceMapper {
                 // -init device right after creating it): nothing of it is
                 // left on the pool to hold still.
                 Err(_) if matches!(self.state(t), Ok(None)) => {
-                    tracing::debug!(device = %t, "thin device gone before the pool reload");
+                    tracing::info!(device = %t, "thin device gone before the pool reload: skipped");
                 }
                 Err(e) => {
                     result = Err(e);
