@@ -13,8 +13,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roomy_policy::{cap_for, decide, decide_pool, select, PoolNumbers, Verdict};
-use roomy_proto::v1::{ContainerStorage, Event, EventKind, PolicyKind, PoolStatus};
+use roomy_policy::{cap_for, decide, decide_pool, idle, select, PoolNumbers, Verdict};
+use roomy_proto::v1::{
+    ContainerStorage, Event, EventKind, Policy, PolicyKind, PolicySet, PoolStatus,
+};
 use roomy_proto::{format_bytes, ByteSize};
 
 use crate::backend::shared::needs_repair;
@@ -112,6 +114,49 @@ struct Watched {
     track: Track,
     /// Last listed by the backend.
     seen: Instant,
+    /// `c.labels` as the policy functions take them, built once per
+    /// listing instead of once per sample.
+    labels: HashMap<String, String>,
+    /// The policy set last matched against this row, and the index of the
+    /// policy in force from it: selection runs again only when either
+    /// changes (every 250 ms it was most of the sampler's own work).
+    picked: Option<(Arc<PolicySet>, Option<usize>)>,
+}
+
+impl Watched {
+    fn new(c: ContainerStorage, track: Track, seen: Instant) -> Self {
+        let labels = c.labels.clone().into_iter().collect();
+        Watched {
+            c,
+            track,
+            seen,
+            labels,
+            picked: None,
+        }
+    }
+
+    /// The container policy in force for this container under `set`.
+    fn pick<'s>(&mut self, set: &'s Arc<PolicySet>) -> Option<&'s Policy> {
+        if !matches!(&self.picked, Some((s, _)) if Arc::ptr_eq(s, set)) {
+            let hits = select(
+                &set.policies,
+                PolicyKind::Container,
+                &set.host,
+                &self.c.name,
+                &self.labels,
+            );
+            let index = hits
+                .first()
+                .and_then(|hit| set.policies.iter().position(|p| std::ptr::eq(p, *hit)));
+            self.track.cap = index.map(|i| {
+                let p = &set.policies[i];
+                (p.name.clone(), cap_for(p, &self.labels))
+            });
+            self.picked = Some((set.clone(), index));
+        }
+        let index = self.picked.as_ref().and_then(|(_, i)| *i)?;
+        Some(&set.policies[index])
+    }
 }
 
 #[derive(Default)]
@@ -329,10 +374,9 @@ impl<B: StorageBackend + Clone> Engine<B> {
                         put_usage(&mut c, u);
                     }
                     let track = old.remove(&c.id).map(|w| w.track).unwrap_or_default();
-                    let seen = now;
                     state
                         .containers
-                        .insert(c.id.clone(), Watched { c, track, seen });
+                        .insert(c.id.clone(), Watched::new(c, track, now));
                 }
                 // A container missing from one listing (a read that failed
                 // mid-way) keeps its history for a while, so that its
@@ -572,36 +616,35 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 continue;
             };
             put_usage(&mut w.c, u);
-            let t = &mut w.track;
-            t.sample(now, u.used);
-            w.c.fill_rate_bytes_per_second = t.rate;
-            let labels: HashMap<String, String> = w.c.labels.clone().into_iter().collect();
-            let hits = select(
-                &set.policies,
-                PolicyKind::Container,
-                &set.host,
-                &w.c.name,
-                &labels,
-            );
-            let Some(policy) = hits.first() else {
-                t.cap = None;
+            w.track.sample(now, u.used);
+            w.c.fill_rate_bytes_per_second = w.track.rate;
+            let Some(policy) = w.pick(&set) else {
                 continue;
             };
-            t.cap = Some((policy.name.clone(), cap_for(policy, &labels)));
+            let t = &mut w.track;
             if t.busy || t.retry_at.is_some_and(|r| now < r) {
                 continue;
             }
-            let obs = roomy_policy::Observation {
+            let mut obs = roomy_policy::Observation {
                 size_bytes: w.c.size_bytes(),
                 used_bytes: u.used,
                 avail_bytes: u.avail,
                 inodes_total: u.inodes_total,
                 inodes_used: u.inodes_used,
                 fill_rate: t.rate,
-                labels,
+                // Lent, not copied: handed back below.
+                labels: std::mem::take(&mut w.labels),
                 pool,
             };
+            // Most samples of most containers: nothing to say, so nothing
+            // formatted (decide writes its explanation every time).
+            if idle(policy, &obs) {
+                t.fired_at = None;
+                w.labels = obs.labels;
+                continue;
+            }
             let d = decide(policy, &obs, t.last_grow_ms, now_ms);
+            w.labels = std::mem::take(&mut obs.labels);
             match d.verdict {
                 Verdict::Idle => t.fired_at = None,
                 Verdict::Grow => {
@@ -946,6 +989,69 @@ mod tests {
         assert!(
             second > first + (100 << 20),
             "use went from {first} to {second} bytes"
+        );
+    }
+
+    /// The policy in force is chosen once per policy set, not per sample:
+    /// a new set is seen at the next sample, both ways.
+    #[tokio::test]
+    async fn a_new_policy_set_is_seen_at_the_next_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut full = writer("c");
+        full.used = 90 * G;
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        let engine = Engine::new(
+            SimBackend::new(vec![full], 1000 * G, 10),
+            policies.clone(),
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence::default(),
+        );
+        let for_containers = |glob: &str| PolicySet {
+            host: "h".into(),
+            policies: vec![Policy {
+                name: "grow80".into(),
+                kind: PolicyKind::Container as i32,
+                selector: Some(Selector {
+                    host: "*".into(),
+                    container: glob.into(),
+                    ..Default::default()
+                }),
+                trigger: Some(Trigger {
+                    used_percent: 80.0,
+                    ..Default::default()
+                }),
+                increase: Some(Increase {
+                    percent: 50.0,
+                    ..Default::default()
+                }),
+                max_bytes: 1000 * G,
+                ..Default::default()
+            }],
+        };
+        engine.refresh().await;
+        policies.replace(for_containers("other*")).unwrap();
+        assert!(
+            engine.sample().is_empty(),
+            "grown under a policy for others"
+        );
+        policies.replace(for_containers("writ*")).unwrap();
+        let grows = engine.sample();
+        assert_eq!(grows.len(), 1, "not grown under its own policy");
+        assert_eq!(grows[0].to, 150 * G);
+        // Back to a policy for others: no second decision, busy or not.
+        engine
+            .state()
+            .containers
+            .values_mut()
+            .next()
+            .unwrap()
+            .track
+            .busy = false;
+        policies.replace(for_containers("other*")).unwrap();
+        assert!(
+            engine.sample().is_empty(),
+            "a replaced policy still in force"
         );
     }
 

@@ -713,6 +713,60 @@ pub fn cap_for(policy: &Policy, labels: &HashMap<String, String>) -> u64 {
         .map_or(policy.max_bytes, |b| b.0)
 }
 
+/// A container policy's trigger that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// Used space at or past `used_percent`.
+    UsedPercent,
+    /// Free space under `free_bytes`.
+    FreeBytes,
+    /// Inodes at or past `inodes_percent`.
+    InodesPercent,
+    /// Full within the horizon at the fill rate.
+    FillRate,
+}
+
+impl Fired {
+    /// The reason word events and metrics carry.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Fired::UsedPercent => "used_percent",
+            Fired::FreeBytes => "free_bytes",
+            Fired::InodesPercent => "inodes_percent",
+            Fired::FillRate => "fill_rate",
+        }
+    }
+}
+
+/// Which of a container policy's triggers fires on `obs`, if any, by
+/// numbers alone: what [`decide`] branches on, and what the sampler asks
+/// every 250 ms (see [`idle`]) without formatting a word.
+pub fn trigger(policy: &Policy, obs: &Observation) -> Option<Fired> {
+    let t = policy.trigger.unwrap_or_default();
+    let used_pct = pct(obs.used_bytes, obs.used_bytes + obs.avail_bytes);
+    let urgent = t.horizon_seconds > 0
+        && time_to_full(obs.avail_bytes, obs.fill_rate)
+            .is_some_and(|s| s < t.horizon_seconds as f64);
+    if t.used_percent > 0.0 && used_pct >= t.used_percent {
+        Some(Fired::UsedPercent)
+    } else if t.free_bytes > 0 && obs.avail_bytes < t.free_bytes {
+        Some(Fired::FreeBytes)
+    } else if t.inodes_percent > 0.0 && pct(obs.inodes_used, obs.inodes_total) >= t.inodes_percent {
+        Some(Fired::InodesPercent)
+    } else if urgent {
+        Some(Fired::FillRate)
+    } else {
+        None
+    }
+}
+
+/// Whether [`decide`] would answer [`Verdict::Idle`]: auto-grow is not off
+/// by label and no trigger fires. The cheap question a sampler asks of
+/// every container at every sample; `decide` only for the rest.
+pub fn idle(policy: &Policy, obs: &Observation) -> bool {
+    !autogrow_off(&obs.labels) && trigger(policy, obs).is_none()
+}
+
 /// The one decision: given a container policy, what the agent sees, when
 /// the policy last grew this container and the time, what to do.
 pub fn decide(
@@ -769,45 +823,32 @@ pub fn decide(
         }
     }
 
+    // Also past another trigger: a fill rate that fills within the
+    // horizon overrides the cooldown below.
     let urgent = t.horizon_seconds > 0 && ttf.is_some_and(|s| s < t.horizon_seconds as f64);
-    let fired: Option<(&'static str, String)> = if t.used_percent > 0.0
-        && used_pct >= t.used_percent
-    {
-        Some((
-            "used_percent",
-            format!("used {used_pct:.1}% >= {}%", t.used_percent),
-        ))
-    } else if t.free_bytes > 0 && obs.avail_bytes < t.free_bytes {
-        Some((
-            "free_bytes",
-            format!(
+    let reason = trigger(policy, obs);
+    let fired = reason.map(|fired| {
+        let why = match fired {
+            Fired::UsedPercent => format!("used {used_pct:.1}% >= {}%", t.used_percent),
+            Fired::FreeBytes => format!(
                 "free {} < {}",
                 format_bytes(obs.avail_bytes),
                 format_bytes(t.free_bytes)
             ),
-        ))
-    } else if t.inodes_percent > 0.0 && pct(obs.inodes_used, obs.inodes_total) >= t.inodes_percent {
-        Some((
-            "inodes_percent",
-            format!(
+            Fired::InodesPercent => format!(
                 "inodes {:.1}% >= {}%",
                 pct(obs.inodes_used, obs.inodes_total),
                 t.inodes_percent
             ),
-        ))
-    } else if urgent {
-        Some((
-            "fill_rate",
-            format!(
+            Fired::FillRate => format!(
                 "full in {:.1}s at {}/s, within the {}s horizon",
                 ttf.unwrap_or_default(),
                 format_bytes(obs.fill_rate as u64),
                 t.horizon_seconds
             ),
-        ))
-    } else {
-        None
-    };
+        };
+        (fired.reason(), why)
+    });
     let Some((reason, why)) = fired else {
         return decision(
             Verdict::Idle,

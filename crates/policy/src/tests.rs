@@ -312,6 +312,13 @@ fn decisions() {
         );
         assert_eq!(d.from_bytes, c.obs.size_bytes, "{}", c.what);
         assert!(!d.message.is_empty(), "{}", c.what);
+        // The sampler's shortcut answers as decide does.
+        assert_eq!(
+            idle(&c.policy, &c.obs),
+            d.verdict == Verdict::Idle,
+            "idle() disagrees with decide(): {}",
+            c.what
+        );
     }
 }
 
