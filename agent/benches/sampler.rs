@@ -18,7 +18,8 @@ use roomy_agent::metrics::AgentMetrics;
 use roomy_agent::policy::{Cadence, Engine};
 use roomy_agent::sync::PolicyStore;
 use roomy_agent::SimBackend;
-use roomy_proto::v1::{Increase, Policy, PolicyKind, PolicySet, Selector, Trigger};
+use roomy_policy::PolicySpec;
+use roomy_proto::v1::PolicySet;
 
 /// User plus system CPU time of this process so far.
 fn cpu() -> Duration {
@@ -34,28 +35,20 @@ fn cpu() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// What bench-host.sh sets on its 200 containers, as people write it
+/// (the rate-aware horizon at its default).
 fn policy() -> PolicySet {
+    let spec = PolicySpec {
+        name: "grow80".into(),
+        containers: "c*".into(),
+        at: Some("80%".into()),
+        grow: Some("50%".into()),
+        max: Some("4G".into()),
+        ..Default::default()
+    };
     PolicySet {
         host: "bench".into(),
-        policies: vec![Policy {
-            name: "grow80".into(),
-            kind: PolicyKind::Container as i32,
-            selector: Some(Selector {
-                host: "*".into(),
-                container: "c*".into(),
-                ..Default::default()
-            }),
-            trigger: Some(Trigger {
-                used_percent: 80.0,
-                ..Default::default()
-            }),
-            increase: Some(Increase {
-                percent: 50.0,
-                ..Default::default()
-            }),
-            max_bytes: 50 << 30,
-            ..Default::default()
-        }],
+        policies: vec![spec.to_policy().expect("a valid policy")],
     }
 }
 

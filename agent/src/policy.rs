@@ -842,6 +842,33 @@ mod tests {
         }
     }
 
+    /// Host h's one policy: grow by 50% at 80% used, up to 1000 GiB, for
+    /// the containers `glob` matches (the pool: "").
+    fn grow_at_80(kind: PolicyKind, glob: &str) -> PolicySet {
+        PolicySet {
+            host: "h".into(),
+            policies: vec![Policy {
+                name: "grow80".into(),
+                kind: kind as i32,
+                selector: Some(Selector {
+                    host: "*".into(),
+                    container: glob.into(),
+                    ..Default::default()
+                }),
+                trigger: Some(Trigger {
+                    used_percent: 80.0,
+                    ..Default::default()
+                }),
+                increase: Some(Increase {
+                    percent: 50.0,
+                    ..Default::default()
+                }),
+                max_bytes: 1000 * G,
+                ..Default::default()
+            }],
+        }
+    }
+
     /// A pool filling fast is grown within a few samples, not at the next
     /// refresh: that one is a minute away here (it is 2 s, and its Docker
     /// and LVM reads take seconds more under load, in the field).
@@ -863,29 +890,7 @@ mod tests {
                 refresh: Duration::from_secs(60),
             },
         );
-        policies
-            .replace(PolicySet {
-                host: "h".into(),
-                policies: vec![Policy {
-                    name: "pool".into(),
-                    kind: PolicyKind::Pool as i32,
-                    selector: Some(Selector {
-                        host: "*".into(),
-                        ..Default::default()
-                    }),
-                    trigger: Some(Trigger {
-                        used_percent: 80.0,
-                        ..Default::default()
-                    }),
-                    increase: Some(Increase {
-                        percent: 50.0,
-                        ..Default::default()
-                    }),
-                    max_bytes: 1000 * G,
-                    ..Default::default()
-                }],
-            })
-            .unwrap();
+        policies.replace(grow_at_80(PolicyKind::Pool, "")).unwrap();
         engine.spawn();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -1007,28 +1012,7 @@ mod tests {
             Arc::new(AgentMetrics::default()),
             Cadence::default(),
         );
-        let for_containers = |glob: &str| PolicySet {
-            host: "h".into(),
-            policies: vec![Policy {
-                name: "grow80".into(),
-                kind: PolicyKind::Container as i32,
-                selector: Some(Selector {
-                    host: "*".into(),
-                    container: glob.into(),
-                    ..Default::default()
-                }),
-                trigger: Some(Trigger {
-                    used_percent: 80.0,
-                    ..Default::default()
-                }),
-                increase: Some(Increase {
-                    percent: 50.0,
-                    ..Default::default()
-                }),
-                max_bytes: 1000 * G,
-                ..Default::default()
-            }],
-        };
+        let for_containers = |glob: &str| grow_at_80(PolicyKind::Container, glob);
         engine.refresh().await;
         policies.replace(for_containers("other*")).unwrap();
         assert!(

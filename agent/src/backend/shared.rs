@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use roomy_proto::v1::{ContainerStorage, Health};
 use roomy_proto::{format_bytes, ByteSize, SizeRequest};
 
+use crate::backend::rows::{ChangeGuard, RowCache};
 use crate::backend::ContainerRef;
 use crate::docker::{ContainerView, DaemonInfo, DockerClient};
 use crate::error::AgentError;
@@ -261,6 +262,34 @@ where
         }
         key = view.id;
     }
+}
+
+/// What a change to one container holds while it runs: the container's
+/// lock, and its row's [`ChangeGuard`], so that the row is read again
+/// however the change ends. Dropped together, after the change.
+pub struct Held<'a> {
+    _row: ChangeGuard<'a>,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// [`lock_container`] for a change: every resize and repair starts here,
+/// so none can forget to mark its row changed.
+pub async fn hold_container<'a, F, Fut>(
+    locks: &LockTable,
+    rows: &'a RowCache,
+    query: &str,
+    find: F,
+) -> Result<(Held<'a>, ContainerView, DaemonInfo), AgentError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(ContainerView, DaemonInfo), AgentError>>,
+{
+    let (lock, view, info) = lock_container(locks, query, find).await?;
+    let held = Held {
+        _row: ChangeGuard::new(rows, &view.id),
+        _lock: lock,
+    };
+    Ok((held, view, info))
 }
 
 /// One lock per container (or pool): changes to one are serialized, to

@@ -8,7 +8,6 @@ use roomy_proto::format_bytes;
 use roomy_proto::v1::Health;
 
 use crate::backend::devicemapper::{Observed, ThinBackend};
-use crate::backend::rows::ChangeGuard;
 use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, RepairOutcome, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
@@ -76,13 +75,11 @@ impl ThinBackend {
         size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
         let started = std::time::Instant::now();
-        let (_serialized, view, info) = shared::lock_container(
-            &self.inner.locks,
-            query,
-            |q| async move { self.find(&q).await },
-        )
-        .await?;
-        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
+        let (_held, view, info) =
+            shared::hold_container(&self.inner.locks, &self.inner.rows, query, |q| async move {
+                self.find(&q).await
+            })
+            .await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let current = obs.sizes.current();
         let target = plan_grow(&view.name, size, current)?;
@@ -289,13 +286,11 @@ impl ThinBackend {
 
     /// Make an `at_risk` container startable. See `StorageBackend::repair`.
     pub(crate) async fn repair_container(&self, query: &str) -> Result<RepairOutcome, AgentError> {
-        let (_serialized, view, info) = shared::lock_container(
-            &self.inner.locks,
-            query,
-            |q| async move { self.find(&q).await },
-        )
-        .await?;
-        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
+        let (_held, view, info) =
+            shared::hold_container(&self.inner.locks, &self.inner.rows, query, |q| async move {
+                self.find(&q).await
+            })
+            .await?;
         let obs = self.observe_blocking(&view, &info).await?;
         let before = self.describe(&obs, &info);
         if before.health() != Health::AtRisk {

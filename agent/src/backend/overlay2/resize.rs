@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use roomy_proto::format_bytes;
 
 use super::{Observed, Overlay2Backend};
-use crate::backend::rows::ChangeGuard;
 use crate::backend::shared::{self, check_backing, Backing};
 use crate::backend::{plan_grow, GrowAction, ResizeOutcome, SizeRequest};
 use crate::docker::{ContainerView, DaemonInfo};
@@ -35,13 +34,11 @@ impl Overlay2Backend {
         query: &str,
         size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
-        let (_serialized, view, info) = shared::lock_container(
-            &self.inner.locks,
-            query,
-            |q| async move { self.find(&q).await },
-        )
-        .await?;
-        let _row = ChangeGuard::new(&self.inner.rows, &view.id);
+        let (_held, view, info) =
+            shared::hold_container(&self.inner.locks, &self.inner.rows, query, |q| async move {
+                self.find(&q).await
+            })
+            .await?;
         let this = self.clone();
         shared::on_blocking_thread(move || this.resize_locked(&view, &info, size)).await
     }
