@@ -76,6 +76,28 @@ impl RowCache {
         }
     }
 
+    /// Split a listing: the kept rows of the running containers of
+    /// `driver` in `views`, and the views whose rows must be read (then
+    /// [`put`](Self::put)). Rows of containers not in `views` (gone or
+    /// stopped) are dropped.
+    pub fn split<'v>(
+        &self,
+        pass: &Pass,
+        views: &'v [ContainerView],
+        driver: &str,
+    ) -> (Vec<ContainerStorage>, Vec<&'v ContainerView>) {
+        self.retain(views.iter().map(|v| v.id.as_str()));
+        let mut kept = Vec::new();
+        let mut unread = Vec::new();
+        for view in views.iter().filter(|v| v.running && v.driver == driver) {
+            match self.get(pass, view) {
+                Some(row) => kept.push(row),
+                None => unread.push(view),
+            }
+        }
+        (kept, unread)
+    }
+
     /// The row kept for `view`, if it is still its row.
     pub fn get(&self, pass: &Pass, view: &ContainerView) -> Option<ContainerStorage> {
         let s = self.state();
@@ -218,5 +240,36 @@ mod tests {
         assert_eq!(rows.get(&after, &b), None);
         rows.put(&after, &a, &row("a", 2));
         assert_eq!(rows.get(&rows.pass(t0), &a).unwrap().fs_size_bytes, 2);
+    }
+
+    #[test]
+    fn a_listing_splits_into_kept_rows_and_views_to_read() {
+        let rows = RowCache::default();
+        let t0 = Instant::now();
+        let (a, b, gone) = (
+            view("a", "running"),
+            view("b", "running"),
+            view("g", "running"),
+        );
+        let stopped = view("s", "exited");
+        let other = ContainerView {
+            driver: "overlay2".into(),
+            ..view("o", "running")
+        };
+        let p = rows.pass(t0);
+        rows.put(&p, &a, &row("a", 1));
+        rows.put(&p, &gone, &row("g", 1));
+        let views = [a, b, stopped, other];
+        let (kept, unread) = rows.split(&rows.pass(t0), &views, "devicemapper");
+        assert_eq!(kept, vec![row("a", 1)]);
+        assert_eq!(
+            unread.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(
+            rows.len(),
+            1,
+            "the row of a container no longer listed was kept"
+        );
     }
 }

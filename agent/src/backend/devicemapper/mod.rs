@@ -418,30 +418,24 @@ impl ThinBackend {
 impl StorageBackend for ThinBackend {
     async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
-        let mut out = Vec::new();
-        // The mount table only when a row must be read (as overlay2's
-        // backing read): most refreshes reuse every row.
-        let mut read = None;
         let rows = &self.inner.rows;
         let pass = rows.pass(Instant::now());
         let views = self.inner.docker.running().await?;
-        for view in &views {
-            if view.driver != "devicemapper" || !view.running {
-                continue;
-            }
-            if let Some(row) = rows.get(&pass, view) {
-                out.push(row);
-                continue;
-            }
+        let (mut out, unread) = rows.split(&pass, &views, "devicemapper");
+        if unread.is_empty() {
+            return Ok(out);
+        }
+        // The mount table only when a row must be read (as overlay2's
+        // backing read): most refreshes reuse every row.
+        let read = FsRead::list();
+        for view in unread {
             // A container that stops or vanishes mid-read is simply left
             // out until the next refresh.
-            let read = read.get_or_insert_with(FsRead::list).clone();
-            if let Ok(row) = self.inspect_one(view.clone(), &info, read).await {
+            if let Ok(row) = self.inspect_one(view.clone(), &info, read.clone()).await {
                 rows.put(&pass, view, &row);
                 out.push(row);
             }
         }
-        rows.retain(views.iter().map(|v| v.id.as_str()));
         Ok(out)
     }
 

@@ -349,22 +349,16 @@ impl StorageBackend for Overlay2Backend {
     async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         Self::check_daemon(&info)?;
-        let mut out = Vec::new();
         let rows = &self.inner.rows;
         let pass = rows.pass(std::time::Instant::now());
         let views = self.inner.docker.running().await?;
-        let mut backing = None;
-        for view in &views {
-            if view.driver != DRIVER || !view.running {
-                continue;
-            }
-            if let Some(row) = rows.get(&pass, view) {
-                out.push(row);
-                continue;
-            }
-            if backing.is_none() {
-                backing = self.list_backing(&info).await;
-            }
+        let (mut out, unread) = rows.split(&pass, &views, DRIVER);
+        let backing = if unread.is_empty() {
+            None
+        } else {
+            self.list_backing(&info).await
+        };
+        for view in unread {
             // A container that stops or vanishes mid-read is left out
             // until the next refresh.
             if let Ok(row) = self
@@ -375,7 +369,6 @@ impl StorageBackend for Overlay2Backend {
                 out.push(row);
             }
         }
-        rows.retain(views.iter().map(|v| v.id.as_str()));
         Ok(out)
     }
 
