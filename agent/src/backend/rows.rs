@@ -186,10 +186,7 @@ mod tests {
             device_name: Some(format!("docker-{id}")),
             device_id: Some(1),
             docker_size: Some(1 << 30),
-            upper_dir: None,
-            merged_dir: None,
-            storage_size: None,
-            labels: HashMap::new(),
+            ..Default::default()
         }
     }
 

@@ -352,13 +352,7 @@ mod tests {
                 state: "running".into(),
                 running: true,
                 driver: "overlay2".into(),
-                device_name: None,
-                device_id: None,
-                docker_size: None,
-                upper_dir: None,
-                merged_dir: None,
-                storage_size: None,
-                labels: Default::default(),
+                ..Default::default()
             };
             Ok((
                 view,

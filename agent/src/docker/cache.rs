@@ -282,13 +282,7 @@ mod tests {
             state: if running { "running" } else { "exited" }.into(),
             running,
             driver: "overlay2".into(),
-            device_name: None,
-            device_id: None,
-            docker_size: None,
-            upper_dir: None,
-            merged_dir: None,
-            storage_size: None,
-            labels: HashMap::new(),
+            ..Default::default()
         }
     }
 

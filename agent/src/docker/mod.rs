@@ -58,8 +58,9 @@ impl DaemonInfo {
     }
 }
 
-/// One container as the backend sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One container as the backend sees it. `Default` is for tests' views:
+/// every real one comes from `from_inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerView {
     /// Full id.
     pub id: String,
@@ -396,11 +397,8 @@ mod tests {
             driver: "devicemapper".into(),
             device_name: Some("docker-8:0-1234-abcdef".into()),
             device_id: Some(4),
-            upper_dir: None,
-            merged_dir: None,
-            storage_size: None,
             docker_size: Some(2 << 30),
-            labels: HashMap::new(),
+            ..Default::default()
         };
         assert_eq!(c.mount_id(root.path()).as_deref(), Some("abcdef"));
         let dir = root.path().join("image/devicemapper/layerdb/mounts/cid");
