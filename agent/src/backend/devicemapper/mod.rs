@@ -273,9 +273,9 @@ impl ThinBackend {
         };
         match &out.mountpoint {
             Some(mp) => {
-                if let Some(sb) = fs::read_superblock(&node, false)? {
-                    out.fs_kind = Some(sb.kind);
-                    out.sizes.fs = Some(fs::mounted_size(sb.kind, mp, &node)?);
+                if let Some(kind) = fs::mounted_kind(mp)? {
+                    out.fs_kind = Some(kind);
+                    out.sizes.fs = Some(fs::mounted_size(kind, mp, &node)?);
                 }
                 out.usage = fs::usage(mp).ok();
             }
