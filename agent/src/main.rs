@@ -151,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let cadence = Cadence {
         sample: Duration::from_millis(args.sample_interval_ms),
         refresh: Duration::from_millis(args.refresh_interval_ms),
+        ..Cadence::default()
     };
     match args.backend {
         Backend::Sim => {

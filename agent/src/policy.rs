@@ -10,6 +10,7 @@
 //! time. Every action and every change of skip reason is an event.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,10 @@ pub struct Cadence {
     pub sample: Duration,
     /// Container list and pool.
     pub refresh: Duration,
+    /// statvfs of a container filling fast enough to fire its policy
+    /// before the next `sample`: the wait between crossing a threshold and
+    /// noticing it is then this short, not up to a whole `sample`.
+    pub hot: Duration,
 }
 
 impl Default for Cadence {
@@ -52,8 +57,21 @@ impl Default for Cadence {
         Cadence {
             sample: Duration::from_millis(250),
             refresh: Duration::from_secs(2),
+            hot: Duration::from_millis(50),
         }
     }
+}
+
+/// Whether `policy` fires within `within` at `rate`: `obs` moved forward
+/// by what that rate writes meanwhile (consumed: the caller is done).
+fn fires_within(policy: &Policy, obs: &mut roomy_policy::Observation, within: Duration) -> bool {
+    if obs.fill_rate <= 0.0 {
+        return false;
+    }
+    let ahead = (obs.fill_rate * within.as_secs_f64()) as u64;
+    obs.used_bytes = obs.used_bytes.saturating_add(ahead);
+    obs.avail_bytes = obs.avail_bytes.saturating_sub(ahead);
+    roomy_policy::trigger(policy, obs).is_some()
 }
 
 /// Put a statvfs reading on a container's row.
@@ -78,6 +96,9 @@ struct Track {
     /// First sample that asked for this growth.
     fired_at: Option<Instant>,
     busy: bool,
+    /// Sampled at the hot cadence: it fires before the next full pass at
+    /// the rate it fills.
+    hot: bool,
     retry_at: Option<Instant>,
     /// Policy in force and its cap, for metrics.
     cap: Option<(String, u64)>,
@@ -189,6 +210,9 @@ struct Inner<B> {
     metrics: Arc<AgentMetrics>,
     cadence: Cadence,
     state: Mutex<State>,
+    /// Whether the last pass left a container hot: the hot ticks between
+    /// full passes skip everything otherwise.
+    any_hot: AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -263,6 +287,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 metrics,
                 cadence,
                 state: Mutex::new(State::default()),
+                any_hot: AtomicBool::new(false),
             }),
         }
     }
@@ -580,13 +605,26 @@ impl<B: StorageBackend + Clone> Engine<B> {
     }
 
     async fn sample_loop(self) {
-        let mut tick = tokio::time::interval(self.inner.cadence.sample);
+        let cadence = self.inner.cadence;
+        let hot = cadence
+            .hot
+            .min(cadence.sample)
+            .max(Duration::from_millis(1));
+        // Every full pass is this many hot ticks apart.
+        let every = (cadence.sample.as_micros() / hot.as_micros()).max(1);
+        let mut tick = tokio::time::interval(hot);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ticks: u128 = 0;
         loop {
             tick.tick().await;
-            for grow in self.sample() {
+            let full = ticks.is_multiple_of(every);
+            ticks += 1;
+            for grow in self.sample(full) {
                 let this = self.clone();
                 tokio::spawn(async move { this.grow(grow).await });
+            }
+            if !full {
+                continue;
             }
             if let Some(pool) = self.sample_pool() {
                 let this = self.clone();
@@ -595,8 +633,13 @@ impl<B: StorageBackend + Clone> Engine<B> {
         }
     }
 
-    /// One pass over every running container: statvfs, rate, decision.
-    fn sample(&self) -> Vec<Grow> {
+    /// One pass: statvfs, rate, decision, over every running container
+    /// (`full`) or only those filling into their trigger (hot).
+    fn sample(&self, full: bool) -> Vec<Grow> {
+        // Most hot ticks: nothing is hot, and the tick costs one load.
+        if !full && !self.inner.any_hot.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         let set = self.inner.policies.current();
         // Nothing to enforce: the refresh loop's reads serve the metrics.
         if set.policies.is_empty() {
@@ -606,12 +649,16 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let now_ms = now_ms();
         let mut grows = Vec::new();
         let mut notes = Vec::new();
+        let mut any_hot = false;
         let mut state = self.state();
         let pool = state
             .pool
             .as_ref()
             .map(|p| PoolNumbers::from_status(p, state.pool_track.rate));
         for w in state.containers.values_mut() {
+            if !full && !w.track.hot {
+                continue;
+            }
             let Some(u) = self.inner.backend.usage(&w.c) else {
                 continue;
             };
@@ -640,9 +687,12 @@ impl<B: StorageBackend + Clone> Engine<B> {
             // formatted (decide writes its explanation every time).
             if idle(policy, &obs) {
                 t.fired_at = None;
+                t.hot = fires_within(policy, &mut obs, self.inner.cadence.sample);
+                any_hot |= t.hot;
                 w.labels = obs.labels;
                 continue;
             }
+            t.hot = false;
             let d = decide(policy, &obs, t.last_grow_ms, now_ms);
             w.labels = std::mem::take(&mut obs.labels);
             match d.verdict {
@@ -679,6 +729,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
             }
         }
         drop(state);
+        // A hot pass saw every hot container; a full one, every container.
+        self.inner.any_hot.store(any_hot, Ordering::Relaxed);
         for (kind, policy, name, id, d) in notes {
             self.emit(
                 kind,
@@ -888,6 +940,7 @@ mod tests {
             Cadence {
                 sample: Duration::from_millis(20),
                 refresh: Duration::from_secs(60),
+                ..Cadence::default()
             },
         );
         policies.replace(grow_at_80(PolicyKind::Pool, "")).unwrap();
@@ -905,6 +958,58 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A container filling into its threshold is looked at every `hot`
+    /// once it is due before the next full pass, so its growth starts
+    /// within a hot tick of the crossing, not up to a whole pass later.
+    #[tokio::test]
+    async fn a_container_filling_into_its_threshold_is_sampled_at_the_hot_cadence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = writer("d");
+        c.sizes.fs = Some(10 * G);
+        c.sizes.table = Some(10 * G);
+        c.sizes.docker = 10 * G;
+        c.sizes.persisted = 10 * G;
+        c.used = 6 * G + G / 2;
+        // 1 GiB/s: past 80% (8 GiB) 1.5 s from now, halfway between the
+        // full passes at 1 s and 2 s.
+        let backend = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
+        let crossing = Instant::now() + Duration::from_millis(1500);
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        policies
+            .replace(grow_at_80(PolicyKind::Container, "*"))
+            .unwrap();
+        let engine = Engine::new(
+            backend.clone(),
+            policies,
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence {
+                sample: Duration::from_secs(1),
+                refresh: Duration::from_secs(60),
+                hot: Duration::from_millis(20),
+            },
+        );
+        engine.spawn();
+        let grown = loop {
+            let rows = backend.running().await.unwrap();
+            if rows[0].size_bytes() > 10 * G {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < crossing + Duration::from_secs(5),
+                "not grown"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Full passes alone notice it at 2 s, 500 ms after the crossing.
+        let late = grown.saturating_duration_since(crossing);
+        assert!(
+            late < Duration::from_millis(250),
+            "grown {} ms after the crossing",
+            late.as_millis()
+        );
     }
 
     /// The sim backend, with `running()` answering the rows it read first
@@ -1016,11 +1121,11 @@ mod tests {
         engine.refresh().await;
         policies.replace(for_containers("other*")).unwrap();
         assert!(
-            engine.sample().is_empty(),
+            engine.sample(true).is_empty(),
             "grown under a policy for others"
         );
         policies.replace(for_containers("writ*")).unwrap();
-        let grows = engine.sample();
+        let grows = engine.sample(true);
         assert_eq!(grows.len(), 1, "not grown under its own policy");
         assert_eq!(grows[0].to, 150 * G);
         // Back to a policy for others: no second decision, busy or not.
@@ -1034,7 +1139,7 @@ mod tests {
             .busy = false;
         policies.replace(for_containers("other*")).unwrap();
         assert!(
-            engine.sample().is_empty(),
+            engine.sample(true).is_empty(),
             "a replaced policy still in force"
         );
     }
