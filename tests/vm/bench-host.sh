@@ -102,13 +102,13 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     # The same containers and policy under the older agent, then this one
     # back for the filling window.
     agent_stop
-    BIN=$ROOMY_BASE_BIN agent_start || exit 1
+    BIN=$ROOMY_BASE_BIN RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
     agent=$(<"$LAB/$NAME/agent.pid")
     sleep 10
     window "idle, baseline agent ($ROOMY_BASE_BIN)"
     say "  idle, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms ($(awk -v a="$LS" -v b="$ls" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x faster)"
     agent_stop
-    agent_start || exit 1
+    RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
     agent=$(<"$LAB/$NAME/agent.pid")
     sleep 10
 fi
