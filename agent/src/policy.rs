@@ -62,8 +62,9 @@ impl Default for Cadence {
     }
 }
 
-/// Whether `policy` fires within `within` at `rate`: `obs` moved forward
-/// by what that rate writes meanwhile (consumed: the caller is done).
+/// Whether `policy` fires within `within` at `obs`'s fill rate: `obs`
+/// moved forward by what that rate writes meanwhile (the caller is done
+/// with it).
 fn fires_within(policy: &Policy, obs: &mut roomy_policy::Observation, within: Duration) -> bool {
     if obs.fill_rate <= 0.0 {
         return false;
@@ -153,6 +154,16 @@ impl Watched {
             seen,
             labels,
             picked: None,
+        }
+    }
+
+    /// The same container listed again as `c`: its history, and, while
+    /// its name and labels stay the same, its label map and policy choice.
+    fn relisted(self, c: ContainerStorage, seen: Instant) -> Self {
+        if c.name == self.c.name && c.labels == self.c.labels {
+            Watched { c, seen, ..self }
+        } else {
+            Watched::new(c, self.track, seen)
         }
     }
 
@@ -398,10 +409,11 @@ impl<B: StorageBackend + Clone> Engine<B> {
                     if let Some(u) = self.inner.backend.usage(&c) {
                         put_usage(&mut c, u);
                     }
-                    let track = old.remove(&c.id).map(|w| w.track).unwrap_or_default();
-                    state
-                        .containers
-                        .insert(c.id.clone(), Watched::new(c, track, now));
+                    let watched = match old.remove(&c.id) {
+                        Some(w) => w.relisted(c, now),
+                        None => Watched::new(c, Track::default(), now),
+                    };
+                    state.containers.insert(watched.c.id.clone(), watched);
                 }
                 // A container missing from one listing (a read that failed
                 // mid-way) keeps its history for a while, so that its

@@ -663,6 +663,12 @@ fn time_to_full(avail: u64, rate: f64) -> Option<f64> {
     (rate > 0.0).then(|| avail as f64 / rate)
 }
 
+/// Whether a rate-aware trigger (`horizon_seconds` > 0) sees full, `ttf`
+/// seconds away, within its horizon.
+fn within_horizon(horizon_seconds: u32, ttf: Option<f64>) -> bool {
+    horizon_seconds > 0 && ttf.is_some_and(|s| s < horizon_seconds as f64)
+}
+
 /// The growth step for `size`: the largest of the policy's percent, bytes
 /// and minimum, and (rate-aware) what the fill rate writes in the horizon.
 fn step_for(inc: &Increase, size: u64, rate: f64, horizon: u32) -> u64 {
@@ -744,9 +750,10 @@ impl Fired {
 pub fn trigger(policy: &Policy, obs: &Observation) -> Option<Fired> {
     let t = policy.trigger.unwrap_or_default();
     let used_pct = pct(obs.used_bytes, obs.used_bytes + obs.avail_bytes);
-    let urgent = t.horizon_seconds > 0
-        && time_to_full(obs.avail_bytes, obs.fill_rate)
-            .is_some_and(|s| s < t.horizon_seconds as f64);
+    let urgent = within_horizon(
+        t.horizon_seconds,
+        time_to_full(obs.avail_bytes, obs.fill_rate),
+    );
     if t.used_percent > 0.0 && used_pct >= t.used_percent {
         Some(Fired::UsedPercent)
     } else if t.free_bytes > 0 && obs.avail_bytes < t.free_bytes {
@@ -825,9 +832,8 @@ pub fn decide(
 
     // Also past another trigger: a fill rate that fills within the
     // horizon overrides the cooldown below.
-    let urgent = t.horizon_seconds > 0 && ttf.is_some_and(|s| s < t.horizon_seconds as f64);
-    let reason = trigger(policy, obs);
-    let fired = reason.map(|fired| {
+    let urgent = within_horizon(t.horizon_seconds, ttf);
+    let fired = trigger(policy, obs).map(|fired| {
         let why = match fired {
             Fired::UsedPercent => format!("used {used_pct:.1}% >= {}%", t.used_percent),
             Fired::FreeBytes => format!(
@@ -987,7 +993,7 @@ pub fn decide_pool(
         ),
     ];
     let ttf = time_to_full(data_free, pool.data_rate);
-    let urgent = t.horizon_seconds > 0 && ttf.is_some_and(|s| s < t.horizon_seconds as f64);
+    let urgent = within_horizon(t.horizon_seconds, ttf);
     let data_fires = (t.used_percent > 0.0 && data_pct >= t.used_percent)
         || (t.free_bytes > 0 && data_free < t.free_bytes)
         || urgent;
