@@ -2,9 +2,9 @@
 # Fuzz the parsers that take input from people, files, the kernel and the
 # network (cargo-fuzz targets in fuzz/), each from an empty corpus.
 #
-#   scripts/fuzz.sh             what the test command runs: 20 s per
+#   scripts/fuzz.sh             what the test command runs: 8 s per
 #                               target from a fixed seed, as many targets at
-#                               once as there are cores (8 targets: 80 s on
+#                               once as there are cores (8 targets: 32 s on
 #                               2 cores; a regression check, not a hunt)
 #   scripts/fuzz.sh 600 [T...]  a longer hunt: 600 s per target (or the
 #                               targets named), a seed of the clock's
@@ -23,7 +23,7 @@ shift || true
 if [[ -n $seconds ]]; then
     seed=0 # libFuzzer: 0 is a seed from the clock
 else
-    seconds=20 seed=1
+    seconds=8 seed=1
 fi
 jobs=${ROOMY_FUZZ_JOBS:-$(nproc)}
 
