@@ -2,7 +2,12 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:7443"
-//! store = "/var/lib/roomy/controller.db"
+//! store = "/var/lib/roomy/controller.db"   # or, for several controllers:
+//! # [etcd]
+//! # endpoints = ["https://10.0.0.5:2379", "https://10.0.0.6:2379", "https://10.0.0.7:2379"]
+//! # ca = "/etc/roomy/etcd-ca.pem"
+//! # cert = "/etc/roomy/etcd-client.pem"
+//! # key = "/etc/roomy/etcd-client.key"
 //! agent_timeout_ms = 2000
 //! agent_call_timeout_ms = 120000
 //! [tls]
@@ -30,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::ControllerError;
+use crate::store::{EtcdOptions, EtcdTls};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,8 +43,12 @@ use crate::error::ControllerError;
 pub struct Config {
     /// Address for roomyctl (mutual TLS).
     pub listen: std::net::SocketAddr,
-    /// SQLite file.
-    pub store: PathBuf,
+    /// SQLite file (one controller); exclusive with `[etcd]`.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// etcd (several controllers); exclusive with `store`.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
     /// Per-host deadline for fan-out reads (ls) and for connecting.
     #[serde(default = "default_timeout")]
     pub agent_timeout_ms: u64,
@@ -85,6 +95,110 @@ pub struct TlsSection {
     pub ca: PathBuf,
 }
 
+/// `[etcd]`: the store on an etcd cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs of the members, all `https://` (with ca, cert and key)
+    /// or all `http://`.
+    pub endpoints: Vec<String>,
+    /// Key prefix, so several fleets (or other users) can share a cluster.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Deadline of one store call; a call to an etcd without a quorum
+    /// fails after it.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_ms: u64,
+    /// The leader's lease, whole seconds: a leader that died or lost etcd
+    /// is replaced about this long after.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_s: u64,
+    /// CA of etcd's server certificates (PEM).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The controller's client certificate for etcd (PEM).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_etcd_prefix() -> String {
+    "/roomy/".into()
+}
+
+fn default_etcd_timeout() -> u64 {
+    5000
+}
+
+fn default_lease_ttl() -> u64 {
+    3
+}
+
+/// Where the controller keeps its state, checked.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// One SQLite file.
+    Sqlite(PathBuf),
+    /// An etcd cluster.
+    Etcd(EtcdOptions),
+}
+
+impl EtcdSection {
+    fn options(&self) -> Result<EtcdOptions, String> {
+        if self.endpoints.is_empty() {
+            return Err("[etcd] endpoints is empty: list the members' client URLs, e.g. [\"https://10.0.0.5:2379\"]".into());
+        }
+        let mut schemes = std::collections::BTreeSet::new();
+        for e in &self.endpoints {
+            let url = url::Url::parse(e).map_err(|err| {
+                format!("[etcd] endpoint {e:?}: {err}: write it as https://HOST:PORT")
+            })?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host().is_none()
+                || url.port().is_none()
+            {
+                return Err(format!("[etcd] endpoint {e:?} is not http(s)://HOST:PORT (etcd's client URL, e.g. https://10.0.0.5:2379)"));
+            }
+            schemes.insert(url.scheme().to_string());
+        }
+        let files = [&self.ca, &self.cert, &self.key];
+        let tls = match (schemes.len(), schemes.contains("https")) {
+            (2, _) => return Err("[etcd] endpoints mix http:// and https://: use one scheme for all members".into()),
+            (_, true) => match (&self.ca, &self.cert, &self.key) {
+                (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => return Err("[etcd] https:// endpoints need ca, cert and key (the controller's client certificate for etcd)".into()),
+            },
+            (_, false) if files.iter().any(|f| f.is_some()) => {
+                return Err("[etcd] has ca/cert/key but the endpoints are http://: write them as https:// to use TLS".into())
+            }
+            _ => None,
+        };
+        if !self.prefix.starts_with('/') || self.prefix.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "[etcd] prefix {:?} must start with / and have no spaces, e.g. \"/roomy/\"",
+                self.prefix
+            ));
+        }
+        let mut prefix = self.prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(EtcdOptions {
+            endpoints: self.endpoints.clone(),
+            prefix,
+            tls,
+            timeout: std::time::Duration::from_millis(self.timeout_ms.max(100)),
+            lease_ttl: std::time::Duration::from_secs(self.lease_ttl_s.clamp(2, 60)),
+        })
+    }
+}
+
 /// `[[hosts]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,9 +220,26 @@ impl Config {
         Self::parse(&text).map_err(|e| ControllerError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// Which store, checked at parse.
+    pub fn store(&self) -> StoreChoice {
+        match (&self.store, &self.etcd) {
+            (Some(path), None) => StoreChoice::Sqlite(path.clone()),
+            (None, Some(etcd)) => StoreChoice::Etcd(etcd.options().expect("checked by parse")),
+            _ => unreachable!("parse refuses both and neither"),
+        }
+    }
+
     /// Parse config text; relative paths stay relative to the working dir.
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        match (&config.store, &config.etcd) {
+            (Some(_), Some(_)) => return Err("both store = and [etcd] are set: choose one (store = a SQLite file, for one controller; [etcd] for several)".into()),
+            (None, None) => return Err("no store: set store = \"/var/lib/roomy-controller/controller.db\" (one controller) or an [etcd] section (several)".into()),
+            (None, Some(etcd)) => {
+                etcd.options()?;
+            }
+            (Some(_), None) => {}
+        }
         for h in &config.hosts {
             if !roomy_proto::valid_host_name(&h.name) {
                 return Err(format!("[[hosts]] name {:?} is not a host name", h.name));
@@ -168,5 +299,55 @@ mod tests {
         );
         let err = Config::parse(&good.replace("grow =", "grwo =")).unwrap_err();
         assert!(err.contains("grwo"), "{err}");
+    }
+
+    #[test]
+    fn an_etcd_store_is_checked_at_load() {
+        let base = "listen = \"127.0.0.1:7443\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
+        let etcd = |body: &str| Config::parse(&format!("{base}[etcd]\n{body}"));
+        let tls = "ca = \"a\"\ncert = \"c\"\nkey = \"k\"\n";
+        let c = etcd(&format!(
+            "endpoints = [\"https://10.0.0.5:2379\", \"https://10.0.0.6:2379\"]\nprefix = \"/fleet1\"\n{tls}"
+        ))
+        .unwrap();
+        let StoreChoice::Etcd(o) = c.store() else {
+            panic!("not etcd");
+        };
+        assert_eq!(o.prefix, "/fleet1/");
+        assert_eq!(o.endpoints.len(), 2);
+        assert!(o.tls.is_some());
+        assert_eq!(o.timeout.as_millis(), 5000);
+        assert_eq!(o.lease_ttl.as_secs(), 3);
+        for (body, says) in [
+            ("endpoints = []\n", "endpoints is empty"),
+            ("endpoints = [\"10.0.0.5:2379\"]\n", "10.0.0.5:2379"),
+            (
+                "endpoints = [\"https://10.0.0.5:2379\"]\n",
+                "need ca, cert and key",
+            ),
+            (
+                "endpoints = [\"http://10.0.0.5:2379\"]\nca = \"a\"\n",
+                "write them as https://",
+            ),
+            (
+                "endpoints = [\"http://a:1\", \"https://b:2\"]\n",
+                "mix http:// and https://",
+            ),
+            (
+                "endpoints = [\"http://a:1\"]\nprefix = \"roomy\"\n",
+                "must start with /",
+            ),
+            ("endpoints = [\"http://a:1\"]\nendpoint = 1\n", "endpoint"),
+        ] {
+            let err = etcd(body).unwrap_err();
+            assert!(err.contains(says), "{body}: {err}");
+        }
+        let err = Config::parse(base).unwrap_err();
+        assert!(err.contains("no store"), "{err}");
+        let err = Config::parse(&format!(
+            "store = \"/x.db\"\n{base}[etcd]\nendpoints = [\"http://a:1\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("choose one"), "{err}");
     }
 }

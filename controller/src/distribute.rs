@@ -8,6 +8,10 @@
 //! `roomyctl events --follow` and to the webhooks. A broken stream is
 //! reopened with backoff; meanwhile the agent enforces its last copy and
 //! buffers its events.
+//!
+//! Only the leader holds links (`crate::leader`); every controller re-reads
+//! hosts and policies from the store each second, so what one controller
+//! changes reaches the leader, and a new leader starts from the store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::error::ControllerError;
+use crate::leader::Leadership;
 use crate::metrics::ControllerMetrics;
 use crate::registry::Registry;
 use crate::store::{AuditRecord, Store};
@@ -46,6 +51,7 @@ pub struct Distributor {
     events: broadcast::Sender<Event>,
     webhooks: Webhooks,
     metrics: Arc<ControllerMetrics>,
+    leadership: Leadership,
     links: Mutex<HashMap<String, Link>>,
 }
 
@@ -56,6 +62,7 @@ impl Distributor {
         store: Arc<dyn Store>,
         webhooks: Webhooks,
         metrics: Arc<ControllerMetrics>,
+        leadership: Leadership,
     ) -> Result<Arc<Self>, ControllerError> {
         let policies = watch::Sender::new(Arc::new(store.policies()?));
         Ok(Arc::new(Distributor {
@@ -65,14 +72,28 @@ impl Distributor {
             events: broadcast::channel(1024).0,
             webhooks,
             metrics,
+            leadership,
             links: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// Re-read the policies from the store and send them to every agent.
+    /// Re-read the policies from the store and send them to every agent
+    /// when they changed.
     pub fn reload(&self) -> Result<(), ControllerError> {
-        self.policies.send_replace(Arc::new(self.store.policies()?));
+        let now = self.store.policies()?;
+        self.policies.send_if_modified(|current| {
+            let changed = **current != now;
+            if changed {
+                *current = Arc::new(now);
+            }
+            changed
+        });
         Ok(())
+    }
+
+    /// Whether this controller leads (holds the agents' links).
+    pub fn leading(&self) -> bool {
+        self.leadership.is_leader()
     }
 
     /// The policies in force.
@@ -94,15 +115,47 @@ impl Distributor {
             .is_some_and(|l| l.connected.load(Ordering::Relaxed))
     }
 
-    /// Keep one link per registered host, for good.
+    /// Keep one link per registered host while leading, for good.
     pub fn spawn(self: &Arc<Self>) {
         let this = self.clone();
+        let mut leadership = self.leadership.clone();
         tokio::spawn(async move {
             loop {
-                this.reconcile();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // The store's calls block: off the async workers.
+                let reader = this.clone();
+                let refreshed = tokio::task::spawn_blocking(move || {
+                    reader.registry.sync_from_store()?;
+                    reader.reload()
+                })
+                .await;
+                if let Ok(Err(e)) = refreshed {
+                    tracing::warn!("re-reading hosts and policies from the store: {e}");
+                }
+                if leadership.is_leader() {
+                    this.reconcile();
+                } else {
+                    this.stop_links();
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = leadership.changed() => {}
+                }
             }
         });
+    }
+
+    /// Not leading: the agents' streams are the leader's.
+    fn stop_links(&self) {
+        let mut links = self.links.lock().expect("links poisoned");
+        if !links.is_empty() {
+            tracing::info!(
+                links = links.len(),
+                "not leading: closing the agents' sync links"
+            );
+        }
+        for (_, link) in links.drain() {
+            link.task.abort();
+        }
     }
 
     /// Start links for new hosts, stop those of removed ones.

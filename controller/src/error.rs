@@ -49,6 +49,10 @@ pub enum ControllerError {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The store did not answer (etcd without a majority, or unreachable):
+    /// worth retrying, nothing was changed by this call.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     /// Configuration is wrong.
     #[error("config: {0}")]
     Config(String),
@@ -82,6 +86,7 @@ impl ControllerError {
             ControllerError::UnknownHost(_) => Code::NotFound,
             ControllerError::Invalid(_) => Code::InvalidArgument,
             ControllerError::Agent { code, .. } => *code,
+            ControllerError::StoreUnavailable(_) => Code::Unavailable,
             ControllerError::Store(_) | ControllerError::Config(_) => Code::Internal,
         }
     }
@@ -91,5 +96,56 @@ impl ControllerError {
 impl From<ControllerError> for tonic::Status {
     fn from(err: ControllerError) -> Self {
         tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    /// Every variant and its code, in one place: a new variant fails to
+    /// compile in `code()` and must be added here.
+    #[test]
+    fn each_error_maps_to_its_grpc_code() {
+        let s = || "x".to_string();
+        let table = [
+            (
+                ControllerError::PermissionDenied {
+                    identity: s(),
+                    role: s(),
+                    action: "resize",
+                    needed: "operator",
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                ControllerError::NotAUser {
+                    identity: s(),
+                    what: s(),
+                },
+                Code::PermissionDenied,
+            ),
+            (ControllerError::Unauthenticated, Code::Unauthenticated),
+            (ControllerError::UnknownHost(s()), Code::NotFound),
+            (ControllerError::Invalid(s()), Code::InvalidArgument),
+            (
+                ControllerError::Agent {
+                    host: s(),
+                    code: Code::FailedPrecondition,
+                    message: s(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (ControllerError::Store(s()), Code::Internal),
+            (ControllerError::StoreUnavailable(s()), Code::Unavailable),
+            (ControllerError::Config(s()), Code::Internal),
+        ];
+        for (err, code) in table {
+            let text = err.to_string();
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code, "{text}");
+            assert_eq!(status.message(), text);
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod distribute;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use roomy_controller::config::Config;
+use roomy_controller::config::{Config, StoreChoice};
 use roomy_controller::distribute::Distributor;
+use roomy_controller::leader::Leadership;
 use roomy_controller::metrics::ControllerMetrics;
 use roomy_controller::registry::{Registry, TlsConnector};
 use roomy_controller::roles::Roles;
 use roomy_controller::service::ControllerService;
-use roomy_controller::store::{HostRecord, SqliteStore, Store};
+use roomy_controller::store::{EtcdStore, HostRecord, SqliteStore, Store};
 use roomy_controller::webhook::Webhooks;
 use roomy_proto::v1::controller_server::ControllerServer;
 use roomy_tls::{ClientRule, ServerTls, TlsFiles};
@@ -43,7 +44,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(&args.config)?;
     let roles = Roles::from_pairs(&config.roles)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store)?);
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match config.store() {
+        StoreChoice::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), Leadership::always()),
+        StoreChoice::Etcd(options) => {
+            let etcd = EtcdStore::open(&options)?;
+            // Named for the logs and the election's value.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let id = format!("{}@{}", host.trim(), config.listen);
+            let leadership = etcd.campaign(id, options.lease_ttl);
+            (Arc::new(etcd), leadership)
+        }
+    };
     // Hosts in the config file are (re)registered at every start.
     for h in &config.hosts {
         store.put_host(&HostRecord {
@@ -91,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         webhooks.clone(),
         metrics.clone(),
+        leadership,
     )?;
     distributor.spawn();
     if let Some(addr) = config.metrics_listen {

@@ -93,6 +93,16 @@ pub fn render(
         );
     }
     out.family(
+        "roomy_controller_leader",
+        Kind::Gauge,
+        "1 while this controller leads: it holds the agents' sync links (always 1 on SQLite).",
+    );
+    out.sample(
+        "roomy_controller_leader",
+        &[],
+        f64::from(u8::from(distributor.leading())),
+    );
+    out.family(
         "roomy_policies",
         Kind::Gauge,
         "Policies the controller holds.",

@@ -52,6 +52,9 @@ pub struct Registry {
     store: Arc<dyn Store>,
     connector: Box<dyn Connector>,
     hosts: RwLock<BTreeMap<String, Entry>>,
+    /// Held by each change and by a re-read of the store, so a re-read
+    /// that started before a change cannot undo it.
+    changing: std::sync::Mutex<()>,
     /// Per-host deadline.
     pub deadline: Duration,
 }
@@ -74,12 +77,39 @@ impl Registry {
             store,
             connector,
             hosts: RwLock::new(BTreeMap::new()),
+            changing: std::sync::Mutex::new(()),
             deadline,
         };
         for record in registry.store.hosts()? {
             registry.insert(record)?;
         }
         Ok(registry)
+    }
+
+    /// Take in what another controller changed in the shared store: new
+    /// and re-addressed hosts get fresh entries, removed ones go, unchanged
+    /// ones keep their state.
+    pub fn sync_from_store(&self) -> Result<(), ControllerError> {
+        let _changing = self.changing.lock().expect("registry poisoned");
+        let records = self.store.hosts()?;
+        let stale: Vec<HostRecord> = {
+            let hosts = self.hosts.read().expect("registry poisoned");
+            records
+                .iter()
+                .filter(|r| hosts.get(&r.name).is_none_or(|e| e.record != **r))
+                .cloned()
+                .collect()
+        };
+        for record in stale {
+            self.insert(record)?;
+        }
+        let names: std::collections::HashSet<&str> =
+            records.iter().map(|r| r.name.as_str()).collect();
+        self.hosts
+            .write()
+            .expect("registry poisoned")
+            .retain(|name, _| names.contains(name.as_str()));
+        Ok(())
     }
 
     /// A fresh entry for `record`: its channel is built here, so a bad
@@ -143,6 +173,7 @@ impl Registry {
         };
         // Build the channel first: a bad address changes nothing.
         let entry = self.entry(record)?;
+        let _changing = self.changing.lock().expect("registry poisoned");
         self.store.put_host(&entry.record)?;
         self.hosts
             .write()
@@ -153,6 +184,7 @@ impl Registry {
 
     /// Forget a host, durably. Returns its record.
     pub fn remove(&self, name: &str) -> Result<HostRecord, ControllerError> {
+        let _changing = self.changing.lock().expect("registry poisoned");
         let record = self
             .hosts
             .read()

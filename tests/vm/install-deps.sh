@@ -19,8 +19,11 @@ packages=(
     debootstrap
     # the fleet tier: TLS probes and JSON checks
     openssl curl python3 xxd
-    # building Roomy
-    libdevmapper-dev libclang-dev pkg-config protobuf-compiler
+    # building Roomy; libprotobuf-dev has the well-known .proto files
+    # etcd-client's protos import
+    libdevmapper-dev libclang-dev pkg-config protobuf-compiler libprotobuf-dev
+    # the controller's etcd store: its tests start etcd members
+    etcd-server
     # its Debian packages (scripts/package.sh): checked with lintian
     lintian
     # for pip install virtme-ng

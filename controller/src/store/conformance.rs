@@ -1,0 +1,405 @@
+//! What every engine must do, as tests run against each: SQLite always,
+//! etcd against a member this module starts (the `etcd` binary of Debian's
+//! `etcd-server`, which the test command installs).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roomy_proto::v1::{Event, Policy};
+
+use super::{AuditRecord, EtcdOptions, EtcdStore, HostRecord, SqliteStore, Store};
+
+/// Opens the engine under test on the same state each time.
+type Open<'a> = &'a dyn Fn() -> Box<dyn Store>;
+
+fn hosts_and_audit_survive_reopening(open: Open) {
+    {
+        let store = open();
+        let h = HostRecord {
+            name: "host1".into(),
+            address: "10.0.0.2:7444".into(),
+            source: "cli".into(),
+            server_name: "host1".into(),
+        };
+        store.put_host(&h).unwrap();
+        store
+            .put_host(&HostRecord {
+                address: "10.0.0.3:7444".into(),
+                ..h
+            })
+            .unwrap();
+        store
+            .put_host(&HostRecord {
+                name: "host2".into(),
+                address: "x:1".into(),
+                source: "config".into(),
+                server_name: "h2".into(),
+            })
+            .unwrap();
+        assert!(store.remove_host("host2").unwrap());
+        assert!(!store.remove_host("host2").unwrap());
+        for i in 0..3 {
+            store
+                .append_audit(&AuditRecord {
+                    time_ms: i,
+                    principal: "alice".into(),
+                    action: "resize".into(),
+                    target: "host1/node".into(),
+                    from_bytes: 2 << 30,
+                    to_bytes: 4 << 30,
+                    result: "ok".into(),
+                    message: format!("m{i}"),
+                })
+                .unwrap();
+        }
+    }
+    let store = open();
+    let hosts = store.hosts().unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].address, "10.0.0.3:7444");
+    let audit = store.audit(2).unwrap();
+    assert_eq!(
+        audit.iter().map(|a| a.message.as_str()).collect::<Vec<_>>(),
+        ["m2", "m1"]
+    );
+    assert_eq!(audit[0].to_bytes, 4 << 30);
+}
+
+fn events_are_stored_once_with_their_audit_entry(open: Open) {
+    let store = open();
+    let event = |host: &str, seq| Event {
+        host: host.into(),
+        seq,
+        message: format!("{host}-{seq}"),
+        ..Default::default()
+    };
+    let audit = AuditRecord {
+        principal: "policy:grow80@host1".into(),
+        ..Default::default()
+    };
+    assert!(store
+        .record_event(&event("host1", 1), Some(&audit))
+        .unwrap());
+    // The agent resends before it saw the ack: not stored, not audited twice.
+    assert!(!store
+        .record_event(&event("host1", 1), Some(&audit))
+        .unwrap());
+    assert!(store.record_event(&event("host2", 1), None).unwrap());
+    assert!(store.record_event(&event("host1", 2), None).unwrap());
+    // host1's events must not show under host10's prefix, nor the reverse.
+    assert!(store.record_event(&event("host10", 7), None).unwrap());
+    assert_eq!(store.audit(10).unwrap().len(), 1);
+    let all: Vec<_> = store
+        .events(10, None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(all, ["host1-1", "host2-1", "host1-2", "host10-7"]);
+    let last: Vec<_> = store
+        .events(1, Some("host1"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(last, ["host1-2"]);
+    assert_eq!(store.events(10, Some("host1")).unwrap().len(), 2);
+}
+
+fn a_batch_is_stored_in_one_go_and_resends_in_it_are_skipped(open: Open) {
+    let store = open();
+    let event = |seq| Event {
+        host: "host1".into(),
+        seq,
+        ..Default::default()
+    };
+    let audit = |target: &str| AuditRecord {
+        principal: "policy:grow80@host1".into(),
+        target: target.into(),
+        ..Default::default()
+    };
+    store.record_event(&event(2), Some(&audit("a"))).unwrap();
+    // 2 again (a resend after a lost ack), then new ones, one twice.
+    let added = store
+        .record_events(&[
+            (event(1), Some(audit("b"))),
+            (event(2), Some(audit("a"))),
+            (event(3), None),
+            (event(4), Some(audit("c"))),
+            (event(4), Some(audit("c"))),
+        ])
+        .unwrap();
+    assert_eq!(added, [true, false, true, true, false]);
+    let targets: Vec<_> = store
+        .audit(10)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.target)
+        .collect();
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    assert_eq!(store.events(10, None).unwrap().len(), 4);
+}
+
+fn a_backlog_larger_than_one_transaction_is_stored_in_order(open: Open) {
+    let store = open();
+    let batch: Vec<_> = (1..=250)
+        .map(|seq| {
+            let e = Event {
+                host: "host1".into(),
+                seq,
+                ..Default::default()
+            };
+            (e, Some(AuditRecord::default()))
+        })
+        .collect();
+    assert!(store.record_events(&batch).unwrap().iter().all(|&a| a));
+    let seqs: Vec<u64> = store
+        .events(1000, Some("host1"))
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+    assert_eq!(store.audit(1000).unwrap().len(), 250);
+    assert!(store.record_events(&batch).unwrap().iter().all(|&a| !a));
+}
+
+fn policies_replace_and_remove_by_name(open: Open) {
+    let store = open();
+    let p = Policy {
+        name: "grow80".into(),
+        max_bytes: 1,
+        ..Default::default()
+    };
+    assert!(store.put_policy(&p).unwrap().is_none());
+    let old = store
+        .put_policy(&Policy {
+            max_bytes: 2,
+            ..p.clone()
+        })
+        .unwrap();
+    assert_eq!(old.unwrap().max_bytes, 1);
+    assert_eq!(store.policies().unwrap()[0].max_bytes, 2);
+    assert!(store.remove_policy("grow80").unwrap().is_some());
+    assert!(store.remove_policy("grow80").unwrap().is_none());
+    assert!(store.policies().unwrap().is_empty());
+}
+
+/// A case, named for the test output.
+type Case = (&'static str, fn(Open));
+
+const CASES: &[Case] = &[
+    (
+        "hosts_and_audit_survive_reopening",
+        hosts_and_audit_survive_reopening,
+    ),
+    (
+        "events_are_stored_once_with_their_audit_entry",
+        events_are_stored_once_with_their_audit_entry,
+    ),
+    (
+        "a_batch_is_stored_in_one_go_and_resends_in_it_are_skipped",
+        a_batch_is_stored_in_one_go_and_resends_in_it_are_skipped,
+    ),
+    (
+        "a_backlog_larger_than_one_transaction_is_stored_in_order",
+        a_backlog_larger_than_one_transaction_is_stored_in_order,
+    ),
+    (
+        "policies_replace_and_remove_by_name",
+        policies_replace_and_remove_by_name,
+    ),
+];
+
+#[test]
+fn sqlite_passes_every_case() {
+    for (name, case) in CASES {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roomy.db");
+        eprintln!("sqlite: {name}");
+        case(&|| Box::new(SqliteStore::open(&path).unwrap()));
+    }
+}
+
+#[test]
+fn etcd_passes_every_case() {
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
+    for (name, case) in CASES {
+        // One prefix per case: the cases share the member, not their keys.
+        let options = etcd.options(&format!("/roomy-test/{name}/"));
+        eprintln!("etcd: {name}");
+        case(&|| Box::new(EtcdStore::open(&options).unwrap()));
+    }
+}
+
+#[test]
+fn a_deposed_leaders_writes_are_refused_and_the_follower_takes_over() {
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
+    let options = etcd.options("/roomy-test/leader/");
+    let (a, b) = (
+        EtcdStore::open(&options).unwrap(),
+        EtcdStore::open(&options).unwrap(),
+    );
+    let ttl = Duration::from_secs(3);
+    let lead_a = a.campaign("a".into(), ttl);
+    assert!(
+        wait(Duration::from_secs(10), || lead_a.is_leader()),
+        "a never led"
+    );
+    let lead_b = b.campaign("b".into(), ttl);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!lead_b.is_leader(), "two leaders at once");
+    let event = |seq| Event {
+        host: "host1".into(),
+        seq,
+        ..Default::default()
+    };
+    assert_eq!(a.record_events(&[(event(1), None)]).unwrap(), [true]);
+
+    // What a partition does, at once: a's lease ends on etcd's side (as
+    // if it had expired) while a still believes it leads.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        let leader = c.leader("/roomy-test/leader/leader").await.unwrap();
+        let lease = leader.kv().unwrap().lease();
+        c.lease_revoke(lease).await.unwrap();
+    });
+    let err = a
+        .record_events(&[(event(2), None)])
+        .expect_err("a deposed leader's write must be refused")
+        .to_string();
+    assert!(err.contains("no longer leads"), "{err}");
+    assert!(
+        wait(Duration::from_secs(10), || lead_b.is_leader()),
+        "b never took over"
+    );
+    assert!(
+        wait(Duration::from_secs(10), || !lead_a.is_leader()),
+        "a never stepped down"
+    );
+    assert_eq!(b.record_events(&[(event(2), None)]).unwrap(), [true]);
+    let seqs: Vec<u64> = b.events(10, None).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2], "the refused write left nothing behind");
+}
+
+fn wait(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn an_unreachable_etcd_is_refused_at_open_with_its_address() {
+    // A port nothing listens on (bound, then closed).
+    let port = free_port();
+    let options = EtcdOptions {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        prefix: "/roomy/".into(),
+        tls: None,
+        timeout: Duration::from_millis(1500),
+        lease_ttl: Duration::from_secs(3),
+    };
+    let t0 = Instant::now();
+    let err = EtcdStore::open(&options)
+        .err()
+        .expect("nothing listens there");
+    assert!(
+        matches!(err, crate::error::ControllerError::StoreUnavailable(_)),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("endpoint health"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One etcd member on loopback for the tests, killed on drop.
+pub(crate) struct TestEtcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEtcd {
+    /// `None` (said on stderr) when there is no `etcd` binary, unless
+    /// ROOMY_REQUIRE_ETCD=1 (the test command), where that fails.
+    pub(crate) fn start() -> Option<TestEtcd> {
+        let bin = std::env::var_os("ROOMY_ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("etcd"));
+        if Command::new(&bin).arg("--version").output().is_err() {
+            assert!(
+                std::env::var("ROOMY_REQUIRE_ETCD").as_deref() != Ok("1"),
+                "no etcd binary ({}): apt-get install etcd-server",
+                bin.display()
+            );
+            eprintln!("SKIPPED: no etcd binary ({}); apt-get install etcd-server to run the etcd engine's tests", bin.display());
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(&bin)
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=t={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let etcd = TestEtcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(etcd.url.trim_start_matches("http://")).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not listen in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(etcd)
+    }
+
+    pub(crate) fn options(&self, prefix: &str) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: vec![self.url.clone()],
+            prefix: prefix.into(),
+            tls: None,
+            timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
