@@ -29,6 +29,7 @@ cleanup() {
     local i
     # shellcheck disable=SC2046 # one pid per word
     kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null
+    for i in 1 2 3; do [[ -e $WORK/etcd$i.pid ]] && kill -CONT "$(<"$WORK/etcd$i.pid")" 2>/dev/null; done
     for i in 1 2 3; do ip netns del "$PREFIX-h$i" 2>/dev/null; ip link del "$PREFIX-v$i" 2>/dev/null; done
     ip route del blackhole 10.199.0.0/16 2>/dev/null
     [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"
@@ -39,7 +40,7 @@ trap cleanup EXIT
 as() {
     local user=$1
     shift
-    OUT=$("$BIN/roomyctl" --controller 127.0.0.1:7443 --cert "$WORK/pki/users/$user.pem" \
+    OUT=$("$BIN/roomyctl" --controller "${CTL_ADDR:-127.0.0.1:7443}" --cert "$WORK/pki/users/$user.pem" \
         --key "$WORK/pki/users/$user.key" --ca "$WORK/pki/ca.pem" "$@" 2>&1)
     RC=$?
 }
@@ -489,6 +490,148 @@ new=$(openssl s_client -connect 127.0.0.1:7443 -servername roomy-controller -cer
 check "controller serves the new certificate" test -n "$new" -a "$old" != "$new"
 as vic ls
 check "clients and agents still work after reload" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 6
+
+echo "=== two controllers on a 3-member etcd cluster, over mutual TLS"
+# etcd's own PKI (openssl, as an operator would make one): server
+# certificates for 127.0.0.1, peers and clients both authenticated.
+E=$WORK/etcd-pki
+mkdir -p "$E"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=etcd-test-ca \
+    -keyout "$E/ca.key" -out "$E/ca.pem" 2>/dev/null
+etcd_cert() { # NAME CN EXTENSIONS
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+        -keyout "$E/$1.key" -out "$E/$1.csr" 2>/dev/null &&
+        openssl x509 -req -in "$E/$1.csr" -CA "$E/ca.pem" -CAkey "$E/ca.key" -CAcreateserial -days 2 \
+            -extfile <(printf '%s\n' "$3") -out "$E/$1.pem" 2>/dev/null
+}
+etcd_cert member etcd "subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth,clientAuth"
+etcd_cert client roomy-controller "extendedKeyUsage=clientAuth"
+cluster=e1=https://127.0.0.1:23801,e2=https://127.0.0.1:23802,e3=https://127.0.0.1:23803
+start_etcd() { # MEMBER
+    etcd --name "e$1" --data-dir "$WORK/etcd$1" \
+        --listen-client-urls "https://127.0.0.1:2379$1" --advertise-client-urls "https://127.0.0.1:2379$1" \
+        --listen-peer-urls "https://127.0.0.1:2380$1" --initial-advertise-peer-urls "https://127.0.0.1:2380$1" \
+        --initial-cluster "$cluster" --initial-cluster-state new \
+        --cert-file "$E/member.pem" --key-file "$E/member.key" --trusted-ca-file "$E/ca.pem" --client-cert-auth \
+        --peer-cert-file "$E/member.pem" --peer-key-file "$E/member.key" --peer-trusted-ca-file "$E/ca.pem" \
+        --peer-client-cert-auth >>"$WORK/etcd$1.log" 2>&1 &
+    echo $! >"$WORK/etcd$1.pid"
+}
+for m in 1 2 3; do start_etcd "$m"; done
+etcd_healthy() {
+    curl -s --max-time 2 --cacert "$E/ca.pem" --cert "$E/client.pem" --key "$E/client.key" \
+        "https://127.0.0.1:2379$1/health" | grep -q '"health":"true"'
+}
+check "etcd: 3 members healthy" wait_for 60 'etcd_healthy 1 && etcd_healthy 2 && etcd_healthy 3'
+
+stop_controller
+# Controller A on 7443 (the address `as` uses), B on 7445: the same file
+# but for the listener, the metrics port and the store.
+for c in A:7443:9788 B:7445:9789; do
+    IFS=: read -r name port mport <<<"$c"
+    {
+        printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n' "$port" "$mport"
+        grep -v -e '^store = ' -e '^listen = ' -e '^metrics_listen = ' "$WORK/controller.toml"
+        printf '\n[etcd]\nendpoints = ["https://127.0.0.1:23791", "https://127.0.0.1:23792", "https://127.0.0.1:23793"]\n'
+        printf 'ca = "%s"\ncert = "%s"\nkey = "%s"\ntimeout_ms = 3000\n' "$E/ca.pem" "$E/client.pem" "$E/client.key"
+    } >"$WORK/controller-$name.toml"
+done
+start_ctl() { # NAME PORT
+    "$BIN/roomy-controller" --config "$WORK/controller-$1.toml" >>"$WORK/controller-$1.log" 2>&1 &
+    echo $! >"$WORK/controller-$1.pid"
+    CTL_ADDR=127.0.0.1:$2 wait_for 20 'as vic hosts ls; test "$RC" -eq 0'
+}
+ctl_metric() { # METRICS-PORT NAME{LABELS}
+    curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v name="$2 " 'index($0, name) == 1 {v=$NF} END {print v+0}'
+}
+leader_port() { # the metrics port of the controller that leads, or nothing
+    local p
+    for p in 9788 9789; do [[ $(ctl_metric "$p" roomy_controller_leader) == 1 ]] && echo "$p"; done
+}
+check "controller A starts on etcd" start_ctl A 7443
+check "controller B starts on the same etcd" start_ctl B 7445
+check "exactly one of them leads" wait_for 15 'test "$(leader_port | wc -l)" -eq 1'
+lead=$(leader_port)
+check "the leader holds the agents' links" wait_for 15 'test "$(ctl_metric "$lead" "roomy_host_sync_connected{host=\"host1\"}")" -eq 1'
+other=$((lead == 9788 ? 9789 : 9788))
+check "the follower holds none" test "$(ctl_metric "$other" 'roomy_host_sync_connected{host="host1"}')" -eq 0
+as alice hosts add host3 10.199.3.2:7444
+check "a host added through A" test "$RC" -eq 0
+check "is listed through B" wait_for 10 'CTL_ADDR=127.0.0.1:7445 as vic ls; test "$RC" -eq 0 -a "$(grep -c " c[0-9] " <<<"$OUT")" -eq 9'
+CTL_ADDR=127.0.0.1:7445 as olga policy set fill3 --hosts host3 --at 80% --grow 50% --max 64G --horizon 0 --cooldown 0
+check "a policy set through B" test "$RC" -eq 0
+check "reaches the agent through the leader" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 1'
+check "host3 grows under it" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 2'
+
+# The leader dies (SIGKILL: no goodbye, its lease runs out in etcd).
+if [[ $lead == 9788 ]]; then dead=A dead_port=7443 live_port=7445; else dead=B dead_port=7445 live_port=7443; fi
+t0=$(date +%s%N)
+kill -9 "$(<"$WORK/controller-$dead.pid")"
+resized=
+for _ in $(seq 100); do
+    CTL_ADDR=127.0.0.1:$live_port as olga resize host1/c1 +1G
+    if [[ $RC -eq 0 ]]; then resized=$((($(date +%s%N) - t0) / 1000000)); break; fi
+    sleep 0.1
+done
+check "a routed resize through the survivor after the leader's death" test -n "$resized"
+took_over=
+for _ in $(seq 150); do
+    if [[ $(ctl_metric "$other" 'roomy_host_sync_connected{host="host3"}') == 1 ]]; then
+        took_over=$((($(date +%s%N) - t0) / 1000000)); break
+    fi
+    sleep 0.1
+done
+check "the survivor leads and holds host3's link" test -n "$took_over"
+echo "failover: leader killed -> first routed resize ${resized:-never} ms, -> new leader's link to host3 ${took_over:-never} ms"
+check "events buffered meanwhile are delivered" wait_for 20 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
+check "growth went on through the failover" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 4'
+CTL_ADDR=127.0.0.1:$live_port as olga policy rm fill3
+check "the agent drops the policy" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 0'
+check "and has nothing left to deliver" wait_for 15 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
+CTL_ADDR=127.0.0.1:$live_port as vic events --host host3 --limit 1000 -o json
+check "host3's events in etcd: each once, no gap, in order" python3 -c '
+import json, sys
+seqs = [json.loads(l)["seq"] for l in sys.stdin if l.strip()]
+assert seqs and seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+' <<<"$OUT"
+grown=$(agent_metric 3 'roomy_policy_actions_total{policy="fill3",action="grown"}')
+CTL_ADDR=127.0.0.1:$live_port as vic audit --limit 1000
+check "every growth audited once" test "$(grep -c "policy:fill3@host3 .*resize .* ok" <<<"$OUT")" -eq "$grown"
+check "the resize through the survivor audited" grep -q "olga .*resize .*host1/c1 .* ok" <<<"$OUT"
+
+check "the dead controller comes back as a follower" start_ctl "$dead" "$dead_port"
+CTL_ADDR=127.0.0.1:$dead_port as vic ls
+check "and serves ls" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+
+# One member down: a majority remains, nothing changes for users.
+kill -STOP "$(<"$WORK/etcd3.pid")"
+as olga policy set quorum1 --hosts none --at 90% --grow 1G --max 2G
+check "one etcd member stopped: writes go on" test "$RC" -eq 0
+# Two down: no majority. Writes are refused in words; reads still answer.
+kill -STOP "$(<"$WORK/etcd2.pid")"
+as olga policy set quorum2 --hosts none --at 90% --grow 1G --max 2G
+check "two members stopped: a write is refused as unavailable (exit 4)" test "$RC" -eq 4
+check "and says etcd has no majority" grep -q "majority of its members" <<<"$OUT"
+as vic ls
+check "ls still answers" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+kill -CONT "$(<"$WORK/etcd2.pid")" "$(<"$WORK/etcd3.pid")"
+check "members back: writes work again" wait_for 30 'as olga policy set quorum2 --hosts none --at 90% --grow 1G --max 2G; test "$RC" -eq 0'
+as vic policy ls
+check "nothing lost: both policies there" test "$(grep -c '^quorum[12] ' <<<"$OUT")" -eq 2
+
+echo "=== a controller refuses a store it cannot use"
+sed -e 's|^endpoints = .*|endpoints = ["https://127.0.0.1:23799"]|' -e 's/^listen = .*/listen = "127.0.0.1:7446"/' \
+    -e 's/^metrics_listen = .*/metrics_listen = "127.0.0.1:9790"/' "$WORK/controller-A.toml" >"$WORK/bad-etcd.toml"
+OUT=$(timeout 30 "$BIN/roomy-controller" --config "$WORK/bad-etcd.toml" 2>&1)
+RC=$?
+check "unreachable etcd: exit 1, not a hang" test "$RC" -eq 1
+check "names the address and what to check" grep -q "127.0.0.1:23799.*endpoint health" <<<"$OUT"
+sed '0,/^\[/s//store = "\/tmp\/x.db"\n[/' "$WORK/controller-A.toml" >"$WORK/both.toml"
+OUT=$(timeout 30 "$BIN/roomy-controller" --config "$WORK/both.toml" 2>&1)
+RC=$?
+check "store = and [etcd] both: refused" test "$RC" -ne 0
+check "says to choose one" grep -q "choose one" <<<"$OUT"
 
 echo "$PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]
