@@ -40,7 +40,9 @@ const DEFAULT_AGENT: &str = "unix:///run/roomy/agent.sock";
 #[derive(Parser, Debug)]
 #[command(name = "roomyctl", version, propagate_version = true)]
 struct Cli {
-    /// The controller, host:port (fleet mode, mutual TLS).
+    /// The controller, host:port (fleet mode, mutual TLS); several,
+    /// comma-separated (a:7443,b:7443), are tried in turn until one
+    /// answers.
     #[arg(long, global = true, env = "ROOMY_CONTROLLER")]
     controller: Option<String>,
     /// Name on the controller's certificate.
@@ -491,8 +493,8 @@ async fn connect(cli: &Cli, file: &FileSettings) -> Result<Conn, Failure> {
     let server_name =
         pick(&cli.server_name, &file.server_name).unwrap_or_else(|| "roomy-controller".into());
     // --timeout bounds each call here as on the agent path.
-    let channel = roomy_tls::channel_with_deadline(
-        &controller,
+    let channel = roomy_tls::channel_to_any(
+        &controller_list(&controller)?,
         &server_name,
         config,
         Duration::from_secs(5).min(timeout),
@@ -583,7 +585,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (addr, name, config) = diagnosis.expect("checked");
             // Within what is left of --timeout: a silent server gets no
             // second wait.
-            let probe = roomy_tls::diagnose(&addr, &name, config);
+            let probe = async move {
+                for addr in controller_list(&addr).unwrap_or_default() {
+                    if let Some(why) = roomy_tls::diagnose(&addr, &name, config.clone()).await {
+                        return Some(why);
+                    }
+                }
+                None
+            };
             match tokio::time::timeout_at(deadline, probe).await.ok().flatten() {
                 Some(why) if why.contains("alert") => Err(Failure::Refused(format!(
                     "{why}: the controller refused this client's certificate; check that --cert and --key come from the fleet's CA, are not expired, and name a user in the controller's [roles]"
@@ -593,6 +602,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         other => other,
     }
+}
+
+/// `--controller a:7443,b:7443` as a list; an empty entry is a typo.
+fn controller_list(value: &str) -> Result<Vec<String>, Failure> {
+    let list: Vec<String> = value.split(',').map(|a| a.trim().to_string()).collect();
+    if list.iter().any(String::is_empty) {
+        return Err(Failure::Refused(format!(
+            "--controller {value:?} has an empty address: give HOST:PORT, or several comma-separated (a:7443,b:7443)"
+        )));
+    }
+    Ok(list)
 }
 
 /// Controller address, certificate name and client TLS config, when

@@ -33,6 +33,20 @@ struct Args {
         default_value = "/etc/roomy/controller.toml"
     )]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Copy a SQLite store (hosts, policies, audit, events) into the etcd
+    /// store of --config's [etcd] section, then exit; run it once, with
+    /// the old controller stopped, before starting controllers on etcd.
+    Migrate {
+        /// The SQLite file (the old config's `store`).
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -43,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(roomy_daemon::print_man_page(Args::command())?);
     }
     let config = Config::load(&args.config)?;
+    if let Some(Command::Migrate { from }) = &args.command {
+        return migrate(from, &config);
+    }
     let roles = Roles::from_pairs(&config.roles)?;
     let (store, leadership): (Arc<dyn Store>, Leadership) = match config.store() {
         StoreChoice::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), Leadership::always()),
@@ -150,6 +167,33 @@ async fn main() -> anyhow::Result<()> {
     )))
     .serve_with_incoming_shutdown(server_tls.incoming(listener), shutdown())
     .await?;
+    Ok(())
+}
+
+fn migrate(from: &std::path::Path, config: &Config) -> anyhow::Result<()> {
+    let StoreChoice::Etcd(options) = config.store() else {
+        anyhow::bail!(
+            "migrate copies into etcd, and this config's store is a SQLite file: give --config a file with an [etcd] section"
+        );
+    };
+    anyhow::ensure!(
+        from.is_file(),
+        "{} is not a file: give the SQLite store (the old config's store =)",
+        from.display()
+    );
+    let source = SqliteStore::open(from)?;
+    let target = EtcdStore::open(&options)?;
+    let copied = roomy_controller::store::copy(&source, &target)?;
+    println!(
+        "copied {} hosts, {} policies, {} audit entries and {} events from {} into etcd at {} under {}",
+        copied.hosts,
+        copied.policies,
+        copied.audit,
+        copied.events,
+        from.display(),
+        options.endpoints.join(","),
+        options.prefix
+    );
     Ok(())
 }
 

@@ -549,8 +549,16 @@ leader_port() { # the metrics port of the controller that leads, or nothing
     local p
     for p in 9788 9789; do [[ $(ctl_metric "$p" roomy_controller_leader) == 1 ]] && echo "$p"; done
 }
+# The fleet so far moves over: its SQLite store copied into etcd.
+sqlite_db=$(sed -n 's/^store = "\(.*\)"$/\1/p' "$WORK/controller.toml")
+OUT=$("$BIN/roomy-controller" --config "$WORK/controller-A.toml" migrate --from "$sqlite_db" 2>&1)
+check "migrate copies the SQLite store into etcd" grep -Eq "^copied 2 hosts, [0-9]+ policies, [1-9][0-9]* audit entries and [1-9][0-9]* events" <<<"$OUT"
+OUT=$("$BIN/roomy-controller" --config "$WORK/controller-A.toml" migrate --from "$sqlite_db" 2>&1)
+check "a second migrate is refused: the target is not empty" grep -q "copy into an empty one" <<<"$OUT"
 check "controller A starts on etcd" start_ctl A 7443
 check "controller B starts on the same etcd" start_ctl B 7445
+as vic audit --limit 1000
+check "the SQLite era's audit is there" grep -q "olga .*resize .*host1/c0" <<<"$OUT"
 check "exactly one of them leads" wait_for 15 'test "$(leader_port | wc -l)" -eq 1'
 lead=$(leader_port)
 check "the leader holds the agents' links" wait_for 15 'test "$(ctl_metric "$lead" "roomy_host_sync_connected{host=\"host1\"}")" -eq 1'
@@ -600,6 +608,14 @@ CTL_ADDR=127.0.0.1:$live_port as vic audit --limit 1000
 check "every growth audited once" test "$(grep -c "policy:fill3@host3 .*resize .* ok" <<<"$OUT")" -eq "$grown"
 check "the resize through the survivor audited" grep -q "olga .*resize .*host1/c1 .* ok" <<<"$OUT"
 
+# roomyctl with both controllers' addresses: the dead one first.
+CTL_ADDR=127.0.0.1:$dead_port,127.0.0.1:$live_port as vic ls
+check "roomyctl --controller DEAD,LIVE: ls answers" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+CTL_ADDR=127.0.0.1:$dead_port,,127.0.0.1:$live_port as vic ls
+check "--controller with an empty entry: refused, exit 3" test "$RC" -eq 3
+check "and says what to write" grep -q "empty address" <<<"$OUT"
+CTL_ADDR=127.0.0.1:$dead_port,127.0.0.1:7449 as vic ls
+check "both dead: exit 4 naming both" bash -c '[[ $1 -eq 4 && $2 == *"$3"* && $2 == *7449* ]]' _ "$RC" "$OUT" "127.0.0.1:$dead_port"
 check "the dead controller comes back as a follower" start_ctl "$dead" "$dead_port"
 CTL_ADDR=127.0.0.1:$dead_port as vic ls
 check "and serves ls" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9

@@ -302,6 +302,73 @@ fn wait(limit: Duration, cond: impl Fn() -> bool) -> bool {
 }
 
 #[test]
+fn a_sqlite_store_copies_into_etcd_whole_and_in_order() {
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("roomy.db")).unwrap();
+    sqlite
+        .put_host(&HostRecord {
+            name: "host1".into(),
+            address: "10.0.0.2:7444".into(),
+            source: "cli".into(),
+            server_name: "host1".into(),
+        })
+        .unwrap();
+    sqlite
+        .put_policy(&Policy {
+            name: "grow80".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    for i in 0..3 {
+        sqlite
+            .append_audit(&AuditRecord {
+                time_ms: 1000,
+                message: format!("m{i}"),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    for (host, seq) in [("host1", 1), ("host2", 1), ("host1", 2)] {
+        let e = Event {
+            host: host.into(),
+            seq,
+            message: format!("{host}-{seq}"),
+            ..Default::default()
+        };
+        sqlite.record_event(&e, None).unwrap();
+    }
+    let target = EtcdStore::open(&etcd.options("/roomy-test/copy/")).unwrap();
+    let copied = super::copy(&sqlite, &target).unwrap();
+    assert_eq!(
+        copied,
+        super::Copied {
+            hosts: 1,
+            policies: 1,
+            audit: 3,
+            events: 3
+        }
+    );
+    assert_eq!(target.hosts().unwrap(), sqlite.hosts().unwrap());
+    assert_eq!(target.policies().unwrap(), sqlite.policies().unwrap());
+    // Same millisecond, still in order.
+    assert_eq!(target.audit(10).unwrap(), sqlite.audit(10).unwrap());
+    assert_eq!(
+        target.events(10, None).unwrap(),
+        sqlite.events(10, None).unwrap()
+    );
+    let again = super::copy(&sqlite, &target).unwrap_err().to_string();
+    assert!(again.contains("copy into an empty one"), "{again}");
+    assert_eq!(
+        target.audit(10).unwrap().len(),
+        3,
+        "a refused copy wrote nothing"
+    );
+}
+
+#[test]
 fn an_unreachable_etcd_is_refused_at_open_with_its_address() {
     // A port nothing listens on (bound, then closed).
     let port = free_port();

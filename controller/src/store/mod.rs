@@ -91,6 +91,61 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError>;
 }
 
+/// What [`copy`] copied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Hosts.
+    pub hosts: usize,
+    /// Policies.
+    pub policies: usize,
+    /// Audit entries.
+    pub audit: usize,
+    /// Events.
+    pub events: usize,
+}
+
+/// Copy everything in `from` into `to` (SQLite into etcd, when a fleet
+/// moves to several controllers), in stored order. Refused, before any
+/// write, when `to` already holds audit entries or events: they would mix.
+pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<Copied, ControllerError> {
+    let (audit_there, events_there) = (to.audit(1)?.len(), to.events(1, None)?.len());
+    if audit_there + events_there > 0 {
+        return Err(ControllerError::Invalid(
+            "the target store already holds audit entries or events: copy into an empty one (another [etcd] prefix, or delete the prefix first)".into(),
+        ));
+    }
+    let mut copied = Copied::default();
+    for host in from.hosts()? {
+        to.put_host(&host)?;
+        copied.hosts += 1;
+    }
+    for policy in from.policies()? {
+        to.put_policy(&policy)?;
+        copied.policies += 1;
+    }
+    let mut audit = from.audit(u32::MAX)?;
+    audit.reverse(); // oldest first, so the target keeps their order
+    for entry in &audit {
+        to.append_audit(entry)?;
+    }
+    copied.audit = audit.len();
+    let events: Vec<(Event, Option<AuditRecord>)> = from
+        .events(u32::MAX, None)?
+        .into_iter()
+        .map(|e| (e, None))
+        .collect();
+    // One host per batch: etcd gives a transaction's keys one revision,
+    // and orders them by key, so a batch mixing hosts would lose the
+    // order between them.
+    for run in events.chunk_by(|a, b| a.0.host == b.0.host) {
+        for batch in run.chunks(512) {
+            to.record_events(batch)?;
+        }
+    }
+    copied.events = events.len();
+    Ok(copied)
+}
+
 /// A stored protobuf message back from its bytes.
 pub(crate) fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ControllerError> {
     M::decode(bytes).map_err(|e| ControllerError::Store(format!("undecodable row: {e}")))

@@ -60,48 +60,82 @@ pub fn channel_with_deadline(
     connect_timeout: Duration,
     deadline: Option<Duration>,
 ) -> Result<Channel, TlsError> {
+    channel_to_any(
+        &[addr.to_owned()],
+        server_name,
+        config,
+        connect_timeout,
+        deadline,
+    )
+}
+
+/// [`channel_with_deadline`] to the first of `addrs` that answers: each
+/// connection tries them in turn (each within `connect_timeout`), starting
+/// from the one that answered last, so with several controllers a dead one
+/// costs a refused or timed-out dial, not the call.
+pub fn channel_to_any(
+    addrs: &[String],
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    deadline: Option<Duration>,
+) -> Result<Channel, TlsError> {
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| TlsError::ServerName {
         name: server_name.to_owned(),
         detail: e.to_string(),
+    })?;
+    let first = addrs.first().ok_or_else(|| TlsError::Address {
+        addr: String::new(),
+        detail: "no address given".into(),
     })?;
     // "http", not "https": TLS is done by our connector, and tonic, when
     // built with its own TLS features (feature unification elsewhere in the
     // workspace), refuses https URIs it has no TLS config for.
     let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| TlsError::Address {
-            addr: addr.to_owned(),
+        Endpoint::from_shared(format!("http://{first}")).map_err(|e| TlsError::Address {
+            addr: first.clone(),
             detail: e.to_string(),
         })?;
+    for addr in addrs {
+        Uri::try_from(format!("http://{addr}")).map_err(|e| TlsError::Address {
+            addr: addr.clone(),
+            detail: e.to_string(),
+        })?;
+    }
     let connector = tokio_rustls::TlsConnector::from(config);
-    let addr = addr.to_owned();
+    let addrs: Arc<[String]> = addrs.into();
+    let last_good = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let connect = tower::service_fn(move |_: Uri| {
-        let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
+        let (connector, name, addrs, last_good) = (
+            connector.clone(),
+            name.clone(),
+            addrs.clone(),
+            last_good.clone(),
+        );
         async move {
-            let dial = async {
-                let tcp = TcpStream::connect(&addr).await.map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}"))
-                })?;
-                // gRPC sends many small frames; Nagle would delay them.
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "tls handshake with {addr} (expecting {}) failed: {e}",
-                            name.to_str()
-                        ),
-                    )
-                })?;
-                Ok::<_, io::Error>(TokioIo::new(tls))
-            };
-            tokio::time::timeout(connect_timeout, dial)
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {addr} timed out after {connect_timeout:?}"),
-                    )
-                })?
+            let start = last_good.load(std::sync::atomic::Ordering::Relaxed);
+            let mut errors = Vec::new();
+            for i in (0..addrs.len()).map(|k| (start + k) % addrs.len()) {
+                match dial(&addrs[i], &connector, &name, connect_timeout).await {
+                    Ok(tls) => {
+                        last_good.store(i, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(tls);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            // One error as it was for one address; all of them for several.
+            Err(match errors.len() {
+                1 => errors.remove(0),
+                _ => io::Error::new(
+                    errors[0].kind(),
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+            })
         }
     });
     // An established connection to a host that silently vanished (cable
@@ -116,6 +150,40 @@ pub fn channel_with_deadline(
         None => endpoint,
     };
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// TCP and the TLS handshake with one address, within `connect_timeout`.
+async fn dial(
+    addr: &str,
+    connector: &tokio_rustls::TlsConnector,
+    name: &ServerName<'static>,
+    connect_timeout: Duration,
+) -> io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
+        // gRPC sends many small frames; Nagle would delay them.
+        tcp.set_nodelay(true)?;
+        let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "tls handshake with {addr} (expecting {}) failed: {e}",
+                    name.to_str()
+                ),
+            )
+        })?;
+        Ok::<_, io::Error>(TokioIo::new(tls))
+    };
+    tokio::time::timeout(connect_timeout, attempt)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out after {connect_timeout:?}"),
+            )
+        })?
 }
 
 /// Why the server at `addr` would refuse this client, if it does: in TLS

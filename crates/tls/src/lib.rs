@@ -33,6 +33,8 @@
 //! client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError>
 //! channel(addr: &str, server_name: &str, config: Arc<rustls::ClientConfig>, connect_timeout: Duration)
 //!     -> Result<tonic::transport::Channel, TlsError>
+//! channel_to_any(addrs: &[String], server_name, config, connect_timeout, deadline: Option<Duration>)
+//!     -> Result<tonic::transport::Channel, TlsError>   // the first of several that answers
 //!
 //! Kind { Controller, Agent, User }                                   // URI SAN urn:roomy:kind:<word>
 //! kind_of(der: &[u8]) -> Option<Kind>
@@ -100,7 +102,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use client::{channel, channel_with_deadline, client_config, diagnose};
+pub use client::{channel, channel_to_any, channel_with_deadline, client_config, diagnose};
 pub use server::{ClientRule, ServerTls, TlsConn};
 
 /// The one application protocol Roomy speaks over TLS: gRPC needs HTTP/2.
