@@ -70,6 +70,9 @@ pub struct Config {
     /// Where policy events are POSTed.
     #[serde(default)]
     pub webhooks: Vec<crate::webhook::WebhookConfig>,
+    /// How long events and audit entries are kept.
+    #[serde(default)]
+    pub retention: crate::retention::Retention,
     /// Serve Prometheus metrics over plain HTTP here (e.g. 0.0.0.0:9788).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod retention;
 pub mod roles;
 pub mod service;
 pub mod store;

@@ -119,9 +119,15 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         webhooks.clone(),
         metrics.clone(),
-        leadership,
+        leadership.clone(),
     )?;
     distributor.spawn();
+    roomy_controller::retention::spawn(
+        store.clone(),
+        leadership,
+        config.retention,
+        metrics.clone(),
+    );
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

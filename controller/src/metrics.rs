@@ -14,6 +14,8 @@ use crate::webhook::Webhooks;
 pub struct ControllerMetrics {
     events: CounterVec,
     audit: CounterVec,
+    pruned: CounterVec,
+    last_prune_s: std::sync::atomic::AtomicI64,
 }
 
 impl Default for ControllerMetrics {
@@ -29,6 +31,12 @@ impl Default for ControllerMetrics {
                 "Audit log entries by action and result.",
                 &["action", "result"],
             ),
+            pruned: CounterVec::new(
+                "roomy_store_pruned_total",
+                "Events and audit entries deleted by [retention], by kind.",
+                &["kind"],
+            ),
+            last_prune_s: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -42,6 +50,14 @@ impl ControllerMetrics {
     /// Count an audit entry.
     pub fn audit(&self, action: &str, result: &str) {
         self.audit.inc(&[action, result]);
+    }
+
+    /// Count what a prune deleted, at `now_ms`.
+    pub fn pruned(&self, pruned: crate::store::Pruned, now_ms: i64) {
+        self.pruned.add(&["events"], pruned.events);
+        self.pruned.add(&["audit"], pruned.audit);
+        self.last_prune_s
+            .store(now_ms / 1000, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -110,6 +126,19 @@ pub fn render(
     out.sample("roomy_policies", &[], distributor.policies().len() as f64);
     metrics.events.render(&mut out);
     metrics.audit.render(&mut out);
+    metrics.pruned.render(&mut out);
+    out.family(
+        "roomy_store_last_prune_timestamp_seconds",
+        Kind::Gauge,
+        "Unix time of the last prune by [retention] (0: none yet).",
+    );
+    out.sample(
+        "roomy_store_last_prune_timestamp_seconds",
+        &[],
+        metrics
+            .last_prune_s
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     out.family(
         "roomy_webhook_deliveries_total",
         Kind::Counter,

@@ -186,6 +186,46 @@ fn policies_replace_and_remove_by_name(open: Open) {
     assert!(store.policies().unwrap().is_empty());
 }
 
+fn prune_deletes_only_what_is_older(open: Open) {
+    let store = open();
+    for (seq, time_ms) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        let e = Event {
+            host: "host1".into(),
+            seq,
+            time_ms,
+            ..Default::default()
+        };
+        let a = AuditRecord {
+            time_ms,
+            message: format!("m{seq}"),
+            ..Default::default()
+        };
+        store.record_event(&e, Some(&a)).unwrap();
+    }
+    let pruned = store.prune(Some(2_000), Some(3_000)).unwrap();
+    assert_eq!((pruned.events, pruned.audit), (1, 2));
+    let seqs: Vec<u64> = store
+        .events(10, None)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    let audit: Vec<_> = store
+        .audit(10)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.message)
+        .collect();
+    assert_eq!(audit, ["m3"]);
+    // None keeps everything; a second run finds nothing more.
+    assert_eq!(store.prune(None, None).unwrap(), super::Pruned::default());
+    assert_eq!(
+        store.prune(Some(2_000), Some(3_000)).unwrap(),
+        super::Pruned::default()
+    );
+}
+
 /// A case, named for the test output.
 type Case = (&'static str, fn(Open));
 
@@ -209,6 +249,10 @@ const CASES: &[Case] = &[
     (
         "policies_replace_and_remove_by_name",
         policies_replace_and_remove_by_name,
+    ),
+    (
+        "prune_deletes_only_what_is_older",
+        prune_deletes_only_what_is_older,
     ),
 ];
 
@@ -366,6 +410,43 @@ fn a_sqlite_store_copies_into_etcd_whole_and_in_order() {
         3,
         "a refused copy wrote nothing"
     );
+}
+
+#[test]
+fn a_sqlite_store_from_before_event_times_gets_them_from_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roomy.db");
+    {
+        // The first release's events table, with one event in it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
+                 seq INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (host, seq));",
+        )
+        .unwrap();
+        let old = Event {
+            host: "host1".into(),
+            seq: 1,
+            time_ms: 5_000,
+            ..Default::default()
+        };
+        conn.execute(
+            "INSERT INTO events (host, seq, body) VALUES ('host1', 1, ?1)",
+            [prost::Message::encode_to_vec(&old)],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.prune(Some(5_000), None).unwrap().events,
+        0,
+        "its time was kept"
+    );
+    assert_eq!(store.prune(Some(5_001), None).unwrap().events, 1);
+    drop(store);
+    // Opening again does not redo it.
+    SqliteStore::open(&path).unwrap();
 }
 
 #[test]

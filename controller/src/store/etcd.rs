@@ -33,7 +33,7 @@ use prost::Message;
 use roomy_proto::v1::{Event, Policy};
 use tokio::sync::watch;
 
-use super::{decode, AuditRecord, HostRecord, Store};
+use super::{decode, AuditRecord, HostRecord, Pruned, Store};
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 
@@ -433,6 +433,46 @@ impl Store for EtcdStore {
             added.extend(self.record_chunk(chunk)?);
         }
         Ok(added)
+    }
+
+    fn prune(
+        &self,
+        events_before_ms: Option<i64>,
+        audit_before_ms: Option<i64>,
+    ) -> Result<Pruned, ControllerError> {
+        let mut pruned = Pruned::default();
+        if let Some(t) = audit_before_ms {
+            // Audit keys sort by time: one range delete.
+            let (from, to) = (
+                self.key("audit/"),
+                self.key(&format!("audit/{:016}", t.max(0))),
+            );
+            pruned.audit = self.run(|mut c| async move {
+                let r = c
+                    .delete(from, Some(DeleteOptions::new().with_range(to)))
+                    .await?;
+                Ok(r.deleted().max(0) as u64)
+            })?;
+        }
+        if let Some(t) = events_before_ms {
+            // Events are keyed by (host, seq), not time: read them, delete
+            // the old ones, at most 128 deletes per transaction.
+            let old: Vec<Vec<u8>> = self
+                .get_all(self.key("events/"), GetOptions::new())?
+                .iter()
+                .filter(|kv| decode::<Event>(kv.value()).is_ok_and(|e| e.time_ms < t))
+                .map(|kv| kv.key().to_vec())
+                .collect();
+            for keys in old.chunks(128) {
+                let ops: Vec<TxnOp> = keys
+                    .iter()
+                    .map(|k| TxnOp::delete(k.clone(), None))
+                    .collect();
+                self.run(|mut c| async move { c.txn(Txn::new().and_then(ops)).await.map(drop) })?;
+            }
+            pruned.events = old.len() as u64;
+        }
+        Ok(pruned)
     }
 
     fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError> {

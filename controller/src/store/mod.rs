@@ -89,6 +89,23 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The newest `limit` events (of `host`, when given), oldest first.
     fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError>;
+
+    /// Delete events whose `time_ms` is before `events_before_ms` and
+    /// audit entries before `audit_before_ms` (`None`: keep all).
+    fn prune(
+        &self,
+        events_before_ms: Option<i64>,
+        audit_before_ms: Option<i64>,
+    ) -> Result<Pruned, ControllerError>;
+}
+
+/// What [`Store::prune`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events.
+    pub events: u64,
+    /// Audit entries.
+    pub audit: u64,
 }
 
 /// What [`copy`] copied.

@@ -7,7 +7,7 @@ use prost::Message;
 use roomy_proto::v1::{Event, Policy};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{decode, AuditRecord, HostRecord, Store};
+use super::{decode, AuditRecord, HostRecord, Pruned, Store};
 use crate::error::ControllerError;
 
 /// SQLite in one file (WAL, synchronous=FULL: an audit entry that was
@@ -44,9 +44,11 @@ impl SqliteStore {
                  name TEXT PRIMARY KEY, body BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS events (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
-                 seq INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (host, seq));",
+                 seq INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (host, seq));
+             CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms);",
         )
         .map_err(db_err)?;
+        add_event_times(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -55,6 +57,47 @@ impl SqliteStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().expect("store poisoned")
     }
+}
+
+/// Events got a `time_ms` column (for pruning by age) after the first
+/// release: a store made before gets it here, filled from each event's
+/// own time, once.
+fn add_event_times(conn: &Connection) -> Result<(), ControllerError> {
+    let has: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'time_ms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(db_err)?
+        > 0;
+    if !has {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE events ADD COLUMN time_ms INTEGER NOT NULL DEFAULT 0;",
+        )
+        .map_err(db_err)?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = conn
+                .prepare("SELECT id, body FROM events")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)?
+        };
+        for (id, body) in rows {
+            let event: Event = decode(&body)?;
+            conn.execute(
+                "UPDATE events SET time_ms = ?1 WHERE id = ?2",
+                params![event.time_ms, id],
+            )
+            .map_err(db_err)?;
+        }
+        conn.execute_batch("COMMIT;").map_err(db_err)?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS events_time ON events (time_ms);")
+        .map_err(db_err)
 }
 
 impl Store for SqliteStore {
@@ -152,7 +195,7 @@ impl Store for SqliteStore {
         {
             let mut event_stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO events (host, seq, body) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO events (host, seq, body, time_ms) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(db_err)?;
             let mut audit_stmt = tx
@@ -163,7 +206,12 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             for (event, audit) in batch {
                 let new = event_stmt
-                    .execute(params![event.host, event.seq as i64, event.encode_to_vec()])
+                    .execute(params![
+                        event.host,
+                        event.seq as i64,
+                        event.encode_to_vec(),
+                        event.time_ms
+                    ])
                     .map_err(db_err)?
                     > 0;
                 if let (true, Some(e)) = (new, audit) {
@@ -200,6 +248,26 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         rows.map(|r| r.map_err(db_err).and_then(|b| decode(&b)))
             .collect()
+    }
+
+    fn prune(
+        &self,
+        events_before_ms: Option<i64>,
+        audit_before_ms: Option<i64>,
+    ) -> Result<Pruned, ControllerError> {
+        let conn = self.conn();
+        let mut pruned = Pruned::default();
+        if let Some(t) = events_before_ms {
+            pruned.events = conn
+                .execute("DELETE FROM events WHERE time_ms < ?1", params![t])
+                .map_err(db_err)? as u64;
+        }
+        if let Some(t) = audit_before_ms {
+            pruned.audit = conn
+                .execute("DELETE FROM audit WHERE time_ms < ?1", params![t])
+                .map_err(db_err)? as u64;
+        }
+        Ok(pruned)
     }
 
     fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError> {
