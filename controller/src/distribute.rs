@@ -106,6 +106,12 @@ impl Distributor {
         self.events.subscribe()
     }
 
+    /// Where a store that sees other controllers' events (etcd's watch)
+    /// sends them; followers read them with [`Distributor::subscribe`].
+    pub fn event_sender(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
     /// Whether the link to `host` is open now.
     pub fn connected(&self, host: &str) -> bool {
         self.links

@@ -61,15 +61,17 @@ async fn main() -> anyhow::Result<()> {
         return migrate(from, &config);
     }
     let roles = Roles::from_pairs(&config.roles)?;
+    let mut etcd_store = None;
     let (store, leadership): (Arc<dyn Store>, Leadership) = match config.store() {
         StoreChoice::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), Leadership::always()),
         StoreChoice::Etcd(options) => {
-            let etcd = EtcdStore::open(&options)?;
+            let etcd = Arc::new(EtcdStore::open(&options)?);
+            etcd_store = Some(etcd.clone());
             // Named for the logs and the election's value.
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let id = format!("{}@{}", host.trim(), config.listen);
             let leadership = etcd.campaign(id, options.lease_ttl);
-            (Arc::new(etcd), leadership)
+            (etcd, leadership)
         }
     };
     // Hosts in the config file are (re)registered at every start.
@@ -122,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
         leadership.clone(),
     )?;
     distributor.spawn();
+    if let Some(etcd) = &etcd_store {
+        etcd.watch_events(distributor.event_sender());
+    }
     roomy_controller::retention::spawn(
         store.clone(),
         leadership,

@@ -338,10 +338,16 @@ impl Controller for ControllerService {
                 };
                 match e {
                     Ok(e) => {
+                        // An event may come twice (on etcd the leader hears
+                        // it as it stores it and from the store's watch):
+                        // each host's seqs only go up here.
                         let wanted = host.as_ref().is_none_or(|h| *h == e.host);
                         let new = seen.get(&e.host).is_none_or(|&s| e.seq > s);
-                        if wanted && new && tx.send(Ok(e)).await.is_err() {
-                            return;
+                        if wanted && new {
+                            seen.insert(e.host.clone(), e.seq);
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -567,10 +567,17 @@ check "the follower holds none" test "$(ctl_metric "$other" 'roomy_host_sync_con
 as alice hosts add host3 10.199.3.2:7444
 check "a host added through A" test "$RC" -eq 0
 check "is listed through B" wait_for 10 'CTL_ADDR=127.0.0.1:7445 as vic ls; test "$RC" -eq 0 -a "$(grep -c " c[0-9] " <<<"$OUT")" -eq 9'
+follower_port=$((other == 9788 ? 7443 : 7445))
+timeout 120 "$BIN/roomyctl" --controller "127.0.0.1:$follower_port" --cert "$WORK/pki/users/vic.pem" \
+    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" events --follow --limit 0 >"$WORK/follow-b.out" 2>&1 &
+follow_b=$!
+sleep 1
 CTL_ADDR=127.0.0.1:7445 as olga policy set fill3 --hosts host3 --at 80% --grow 50% --max 64G --horizon 0 --cooldown 0
 check "a policy set through B" test "$RC" -eq 0
 check "reaches the agent through the leader" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 1'
 check "host3 grows under it" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 2'
+check "events --follow on the follower streams the leader's events" wait_for 15 'grep -q "host3/c[0-2]  grown" "$WORK/follow-b.out"'
+kill "$follow_b" 2>/dev/null
 
 # The leader dies (SIGKILL: no goodbye, its lease runs out in etcd).
 if [[ $lead == 9788 ]]; then dead=A dead_port=7443 live_port=7445; else dead=B dead_port=7445 live_port=7443; fi

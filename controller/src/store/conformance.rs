@@ -450,6 +450,47 @@ fn a_sqlite_store_from_before_event_times_gets_them_from_its_events() {
 }
 
 #[test]
+fn events_stored_by_one_controller_reach_anothers_followers() {
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
+    let options = etcd.options("/roomy-test/watch/");
+    let (leader, follower) = (
+        EtcdStore::open(&options).unwrap(),
+        EtcdStore::open(&options).unwrap(),
+    );
+    let (tx, mut rx) = tokio::sync::broadcast::channel(16);
+    follower.watch_events(tx);
+    std::thread::sleep(Duration::from_millis(500)); // the watch is set up
+    let batch: Vec<_> = (1..=3)
+        .map(|seq| {
+            let e = Event {
+                host: "host1".into(),
+                seq,
+                ..Default::default()
+            };
+            (e, None)
+        })
+        .collect();
+    leader.record_events(&batch).unwrap();
+    leader.prune(Some(1), None).unwrap(); // deletes are not events
+    let mut seqs = Vec::new();
+    let t0 = Instant::now();
+    while seqs.len() < 3 && t0.elapsed() < Duration::from_secs(10) {
+        match rx.try_recv() {
+            Ok(e) => seqs.push(e.seq),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing else: a prune sends no event"
+    );
+}
+
+#[test]
 fn an_unreachable_etcd_is_refused_at_open_with_its_address() {
     // A port nothing listens on (bound, then closed).
     let port = free_port();

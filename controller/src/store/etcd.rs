@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use prost::Message;
 use roomy_proto::v1::{Event, Policy};
@@ -151,6 +151,50 @@ impl EtcdStore {
             }
         });
         Leadership::from_watch(rx)
+    }
+
+    /// Every event stored from now on, by any controller, into `sink`
+    /// (for `events --follow` on every controller, not only the leader
+    /// that stored it), for as long as the store lives. A broken watch is
+    /// resumed from the revision after the last one seen.
+    pub fn watch_events(&self, sink: tokio::sync::broadcast::Sender<Event>) {
+        let client = self.client.clone();
+        let prefix = self.key("events/");
+        self.runtime().spawn(async move {
+            let mut next_rev = 0;
+            loop {
+                let mut options = WatchOptions::new().with_prefix();
+                if next_rev > 0 {
+                    options = options.with_start_revision(next_rev);
+                }
+                match client.clone().watch(prefix.clone(), Some(options)).await {
+                    Ok(mut stream) => loop {
+                        let resp = match stream.message().await {
+                            Ok(Some(resp)) => resp,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!("watching events in etcd: {e}; again in 1 s");
+                                break;
+                            }
+                        };
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            next_rev = next_rev.max(kv.mod_revision() + 1);
+                            if ev.event_type() != EventType::Put {
+                                continue; // a prune
+                            }
+                            match decode::<Event>(kv.value()) {
+                                // No followers is fine.
+                                Ok(event) => drop(sink.send(event)),
+                                Err(e) => tracing::warn!("watching events in etcd: {e}"),
+                            }
+                        }
+                    },
+                    Err(e) => tracing::warn!("watching events in etcd: {e}; again in 1 s"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
