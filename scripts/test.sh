@@ -85,6 +85,14 @@ tests/vm/boot-test.sh
 step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: 8 s each from a fixed seed, one per core)"
 scripts/fuzz.sh
 
+# The packages' binaries (no failpoints: what ships) build at the lowest
+# priority while the fleet and gRPC tiers run, which mostly wait on their
+# processes and the network (their CPU was 5 s of 65 s); the package step
+# below then finds them built. After the host tests and fuzz: a cargo build
+# holds the build directory's lock, and the tests would wait on it.
+nice -n 19 cargo build --release -p roomy-agent -p roomy-controller -p roomyctl >/tmp/roomy-pkg-build.log 2>&1 &
+pkg_build_pid=$!
+
 step "fleet tier (controller + agents in network namespaces, mutual TLS)"
 ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
 
@@ -108,6 +116,7 @@ debian13_root() {
 }
 step "Debian packages: build, lintian, install into a fresh Debian 13 root"
 debian13_root || exit 1
+wait "$pkg_build_pid" || { cat /tmp/roomy-pkg-build.log >&2; echo "test.sh: building the packages' binaries failed (log above)" >&2; exit 1; }
 mapfile -t debs < <(scripts/package.sh target/debian)
 [[ ${#debs[@]} -eq 3 ]] || { echo "test.sh: scripts/package.sh made ${#debs[@]} packages, not 3" >&2; exit 1; }
 tests/pkg/install.sh "$root" "${debs[@]}"
