@@ -8,7 +8,7 @@
 #     drained with a sampler appending meanwhile (agent/benches/
 #     event_backlog.rs); and end to end, backlogs of up to 100,000 events
 #     on simulated agents drained by a controller that starts after them
-#     (tests/fleet/bench-ingest.sh).
+#     (tests/fleet/bench-ingest.sh), into SQLite and into etcd.
 # ROOMY_BENCH_ONLY=ls or =ingest runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,9 @@ if [[ -z $only || $only == ingest ]]; then
     cargo bench -q -p roomy-agent --bench event_backlog -- 10000 100000
     cargo bench -q -p roomy-agent --bench event_backlog -- --ack-every 1 10000
     echo
-    ROOMY_BIN=$(realpath "$bin") ROOMY_SEED="cargo bench -q -p roomy-agent --bench event_backlog -- --seed" \
-        tests/fleet/bench-ingest.sh
+    for store in sqlite etcd; do
+        ROOMY_BIN=$(realpath "$bin") ROOMY_SEED="cargo bench -q -p roomy-agent --bench event_backlog -- --seed" \
+            ROOMY_INGEST_STORE=$store tests/fleet/bench-ingest.sh
+        echo
+    done
 fi

@@ -2,13 +2,16 @@
 //! ingest): the same events written one transaction each (what the Sync
 //! link did before it batched: an fsync per event) and in batches of 512
 //! (what it does now), into SQLite with WAL and synchronous=FULL. Prints
-//! events per second for both and the ratio.
+//! events per second for both and the ratio; then the same batches into
+//! etcd (one local member, started here, when Debian's etcd-server is
+//! installed), against SQLite's batches.
 //!
 //!   cargo bench -p roomy-controller --bench event_ingest [-- EVENTS]
 
 use std::time::Instant;
 
-use roomy_controller::store::{AuditRecord, SqliteStore, Store};
+use roomy_controller::store::etcd_member::EtcdMember;
+use roomy_controller::store::{AuditRecord, EtcdStore, SqliteStore, Store};
 use roomy_proto::v1::{Event, EventKind};
 
 const BATCH: usize = 512;
@@ -68,4 +71,16 @@ fn main() {
     println!("  one transaction per event (anchor): {single_rate:>9.0} events/s");
     println!("  batches of {BATCH} (Roomy now):     {batched_rate:>9.0} events/s");
     println!("  ratio: {:.1}x", batched_rate / single_rate);
+
+    let Some(member) = EtcdMember::start() else {
+        return;
+    };
+    let etcd = EtcdStore::open(&member.options("/roomy-bench/")).expect("open etcd");
+    let t = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        etcd.record_events(chunk).expect("store");
+    }
+    let etcd_rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("  batches of {BATCH} into etcd (one local member, its fsync per transaction of up to 60 events): {etcd_rate:>9.0} events/s");
+    println!("  etcd / SQLite batches: {:.2}x", etcd_rate / batched_rate);
 }

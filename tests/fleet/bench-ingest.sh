@@ -8,6 +8,8 @@
 # so a drain that is linear in the backlog shows a flat rate.
 #
 # Env: ROOMY_BIN; ROOMY_INGEST_CASES (default "1x10000 1x100000 10x10000");
+# ROOMY_INGEST_STORE=etcd: the controller's store is a local etcd member
+# (started here) instead of SQLite;
 # ROOMY_SEED: the command that writes a backlog (DIR N) into a state
 # directory (scripts/bench-fleet.sh passes the event_backlog bench's
 # --seed).
@@ -20,6 +22,20 @@ CASES=${ROOMY_INGEST_CASES:-1x10000 1x100000 10x10000}
 WORK=$(mktemp -d /tmp/roomy-ingest-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
+STORE=${ROOMY_INGEST_STORE:-sqlite}
+if [[ $STORE == etcd ]]; then
+    etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23890 \
+        --advertise-client-urls http://127.0.0.1:23890 --listen-peer-urls http://127.0.0.1:23891 \
+        --initial-advertise-peer-urls http://127.0.0.1:23891 --initial-cluster b=http://127.0.0.1:23891 \
+        >"$WORK/etcd.log" 2>&1 &
+    for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:23890/health | grep -q true && break; sleep 0.2; done
+fi
+# The store line of the controller's config, per case.
+store_conf() {
+    if [[ $STORE == etcd ]]; then
+        printf '[etcd]\nendpoints = ["http://127.0.0.1:23890"]\nprefix = "/bench/%s/"\n' "$1"
+    fi
+}
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user bench:viewer >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
 mem_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
@@ -29,6 +45,7 @@ stored() {
         awk '/^roomy_events_total\{/ {t += $NF} END {printf "%d\n", t}'
 }
 
+echo "store: $STORE"
 printf '%-7s %-9s %-9s %-10s %-10s %-12s %-12s\n' agents backlog events drain_s events/s ctl_peak_MiB agent_peak_MiB
 for case in $CASES; do
     k=${case%x*} b=${case#*x}
@@ -44,8 +61,10 @@ for case in $CASES; do
         --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>"$WORK/agents-$case.log" &
     agents=$!
     {
+        if [[ $STORE == etcd ]]; then drop_store='/^store = /d'; else drop_store=; fi
         sed -e 's/^listen = .*/listen = "127.0.0.1:7643"/' -e "s|^store = .*|store = \"$WORK/ingest-$case.db\"|" \
-            "$WORK/pki/controller.toml" | sed -e '/^\[tls\]/i metrics_listen = "127.0.0.1:9799"'
+            -e "$drop_store" "$WORK/pki/controller.toml" | sed -e '/^\[tls\]/i metrics_listen = "127.0.0.1:9799"'
+        store_conf "$case"
         for ((i = 0; i < k; i++)); do
             printf '[[hosts]]\nname = "host%d"\naddress = "127.0.0.1:%d"\nserver_name = "sim-agent"\n' "$i" $((22000 + i))
         done
@@ -75,4 +94,4 @@ for case in $CASES; do
     kill "$controller" "$agents"
     wait "$controller" "$agents" 2>/dev/null || true
 done
-echo "(drain: from the controller's start, TLS handshakes and SQLite included, to its counter of stored events reaching the backlog)"
+echo "(drain: from the controller's start, TLS handshakes and the store ($STORE) included, to its counter of stored events reaching the backlog)"

@@ -29,7 +29,6 @@ cleanup() {
     local i
     # shellcheck disable=SC2046 # one pid per word
     kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null
-    for i in 1 2 3; do [[ -e $WORK/etcd$i.pid ]] && kill -CONT "$(<"$WORK/etcd$i.pid")" 2>/dev/null; done
     for i in 1 2 3; do ip netns del "$PREFIX-h$i" 2>/dev/null; ip link del "$PREFIX-v$i" 2>/dev/null; done
     ip route del blackhole 10.199.0.0/16 2>/dev/null
     [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"
@@ -628,17 +627,19 @@ CTL_ADDR=127.0.0.1:$dead_port as vic ls
 check "and serves ls" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
 
 # One member down: a majority remains, nothing changes for users.
-kill -STOP "$(<"$WORK/etcd3.pid")"
+stop_etcd() { kill "$(<"$WORK/etcd$1.pid")"; wait "$(<"$WORK/etcd$1.pid")" 2>/dev/null; rm -f "$WORK/etcd$1.pid"; }
+stop_etcd 3
 as olga policy set quorum1 --hosts none --at 90% --grow 1G --max 2G
 check "one etcd member stopped: writes go on" test "$RC" -eq 0
 # Two down: no majority. Writes are refused in words; reads still answer.
-kill -STOP "$(<"$WORK/etcd2.pid")"
+stop_etcd 2
 as olga policy set quorum2 --hosts none --at 90% --grow 1G --max 2G
 check "two members stopped: a write is refused as unavailable (exit 4)" test "$RC" -eq 4
 check "and says etcd has no majority" grep -q "majority of its members" <<<"$OUT"
 as vic ls
 check "ls still answers" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
-kill -CONT "$(<"$WORK/etcd2.pid")" "$(<"$WORK/etcd3.pid")"
+start_etcd 2
+start_etcd 3
 check "members back: writes work again" wait_for 30 'as olga policy set quorum2 --hosts none --at 90% --grow 1G --max 2G; test "$RC" -eq 0'
 as vic policy ls
 check "nothing lost: both policies there" test "$(grep -c '^quorum[12] ' <<<"$OUT")" -eq 2

@@ -2,12 +2,11 @@
 //! etcd against a member this module starts (the `etcd` binary of Debian's
 //! `etcd-server`, which the test command installs).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use roomy_proto::v1::{Event, Policy};
 
+use super::etcd_member::{free_port, EtcdMember};
 use super::{AuditRecord, EtcdOptions, EtcdStore, HostRecord, SqliteStore, Store};
 
 /// Opens the engine under test on the same state each time.
@@ -268,7 +267,7 @@ fn sqlite_passes_every_case() {
 
 #[test]
 fn etcd_passes_every_case() {
-    let Some(etcd) = TestEtcd::start() else {
+    let Some(etcd) = EtcdMember::start() else {
         return;
     };
     for (name, case) in CASES {
@@ -281,7 +280,7 @@ fn etcd_passes_every_case() {
 
 #[test]
 fn a_deposed_leaders_writes_are_refused_and_the_follower_takes_over() {
-    let Some(etcd) = TestEtcd::start() else {
+    let Some(etcd) = EtcdMember::start() else {
         return;
     };
     let options = etcd.options("/roomy-test/leader/");
@@ -347,7 +346,7 @@ fn wait(limit: Duration, cond: impl Fn() -> bool) -> bool {
 
 #[test]
 fn a_sqlite_store_copies_into_etcd_whole_and_in_order() {
-    let Some(etcd) = TestEtcd::start() else {
+    let Some(etcd) = EtcdMember::start() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -451,7 +450,7 @@ fn a_sqlite_store_from_before_event_times_gets_them_from_its_events() {
 
 #[test]
 fn events_stored_by_one_controller_reach_anothers_followers() {
-    let Some(etcd) = TestEtcd::start() else {
+    let Some(etcd) = EtcdMember::start() else {
         return;
     };
     let options = etcd.options("/roomy-test/watch/");
@@ -491,6 +490,31 @@ fn events_stored_by_one_controller_reach_anothers_followers() {
 }
 
 #[test]
+fn a_member_that_is_down_costs_a_retry_not_the_call() {
+    let Some(up) = EtcdMember::start() else {
+        return;
+    };
+    // The client's balancer hands requests to every endpoint it was given,
+    // reachable or not: with one of two down, half the calls failed before.
+    let mut options = up.options("/roomy-test/down/");
+    options
+        .endpoints
+        .push(format!("http://127.0.0.1:{}", free_port()));
+    let store = EtcdStore::open(&options).unwrap();
+    for i in 0..20 {
+        store
+            .put_host(&HostRecord {
+                name: format!("h{i}"),
+                address: "x:1".into(),
+                source: "cli".into(),
+                server_name: "x".into(),
+            })
+            .unwrap();
+    }
+    assert_eq!(store.hosts().unwrap().len(), 20);
+}
+
+#[test]
 fn an_unreachable_etcd_is_refused_at_open_with_its_address() {
     // A port nothing listens on (bound, then closed).
     let port = free_port();
@@ -513,82 +537,4 @@ fn an_unreachable_etcd_is_refused_at_open_with_its_address() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("endpoint health"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One etcd member on loopback for the tests, killed on drop.
-pub(crate) struct TestEtcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestEtcd {
-    /// `None` (said on stderr) when there is no `etcd` binary, unless
-    /// ROOMY_REQUIRE_ETCD=1 (the test command), where that fails.
-    pub(crate) fn start() -> Option<TestEtcd> {
-        let bin = std::env::var_os("ROOMY_ETCD_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("etcd"));
-        if Command::new(&bin).arg("--version").output().is_err() {
-            assert!(
-                std::env::var("ROOMY_REQUIRE_ETCD").as_deref() != Ok("1"),
-                "no etcd binary ({}): apt-get install etcd-server",
-                bin.display()
-            );
-            eprintln!("SKIPPED: no etcd binary ({}); apt-get install etcd-server to run the etcd engine's tests", bin.display());
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(&bin)
-            .arg("--name=t")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=t={peer_url}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let etcd = TestEtcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(etcd.url.trim_start_matches("http://")).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not listen in 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(etcd)
-    }
-
-    pub(crate) fn options(&self, prefix: &str) -> EtcdOptions {
-        EtcdOptions {
-            endpoints: vec![self.url.clone()],
-            prefix: prefix.into(),
-            tls: None,
-            timeout: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(3),
-        }
-    }
-}
-
-impl Drop for TestEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

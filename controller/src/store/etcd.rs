@@ -101,15 +101,22 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| ControllerError::Store(format!("etcd client runtime: {e}")))?;
-        let mut connect = ConnectOptions::new().with_connect_timeout(options.timeout);
+        // HTTP/2 pings every second: a member that hangs (stopped, cut
+        // off) is dropped from the client's balancer within about 2 s, not
+        // when TCP gives up; meanwhile calls it holds fail at their deadline.
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(options.timeout)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true);
         if let Some(tls) = &options.tls {
             connect = connect.with_tls(tls_options(tls)?);
         }
         let urls = options.endpoints.clone();
         // Connecting builds tonic channels, which need the runtime.
-        let client = bridge(&runtime, options.timeout, &endpoints, async move {
+        let client = attempt(&runtime, options.timeout, async move {
             Client::connect(urls, Some(connect)).await
-        })?;
+        })
+        .into_result(&endpoints, options.timeout)?;
         let store = EtcdStore {
             client,
             fence: Arc::default(),
@@ -123,12 +130,15 @@ impl EtcdStore {
         // Connecting is lazy: one read now, so a wrong address or
         // certificate stops the controller at start with its reason.
         let probe = store.key("hosts/");
-        store.run(|mut c| async move {
-            c.get(
-                probe,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
+        store.run(move |mut c| {
+            let probe = probe.clone();
+            async move {
+                c.get(
+                    probe,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            }
         })?;
         Ok(store)
     }
@@ -209,19 +219,29 @@ impl EtcdStore {
         self.key(&format!("events/{host}/{seq:020}"))
     }
 
-    /// Run one etcd exchange on the store's runtime and wait for it.
+    /// Run one etcd exchange on the store's runtime and wait for it, within
+    /// the store's deadline. An attempt that failed to connect (a member
+    /// that is down: the client's balancer still hands it requests) never
+    /// reached etcd, so it goes again, to another member as likely as not;
+    /// an attempt that got no answer in time may have been applied and is
+    /// not repeated.
     fn run<T, F, Fut>(&self, call: F) -> Result<T, ControllerError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        bridge(
-            self.runtime(),
-            self.timeout,
-            &self.endpoints,
-            call(self.client.clone()),
-        )
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match attempt(self.runtime(), left, call(self.client.clone())) {
+                Attempt::Failed(e) if not_sent(&e) && !left.is_zero() => {
+                    // A moment for the balancer to see the member gone.
+                    std::thread::sleep(Duration::from_millis(50).min(left));
+                }
+                other => return other.into_result(&self.endpoints, self.timeout),
+            }
+        }
     }
 
     fn get_all(
@@ -229,9 +249,10 @@ impl EtcdStore {
         prefix: String,
         options: GetOptions,
     ) -> Result<Vec<KeyValue>, ControllerError> {
-        self.run(
-            |mut c| async move { Ok(c.get(prefix, Some(options.with_prefix())).await?.take_kvs()) },
-        )
+        self.run(move |mut c| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { Ok(c.get(prefix, Some(options.with_prefix())).await?.take_kvs()) }
+        })
     }
 }
 
@@ -243,15 +264,18 @@ impl Drop for EtcdStore {
     }
 }
 
+/// One exchange's outcome.
+enum Attempt<T> {
+    Done(T),
+    Failed(etcd_client::Error),
+    TimedOut,
+    Stopped,
+}
+
 /// Spawn `fut` on `runtime` and block until it answers or `timeout` runs
 /// out. Safe from inside another runtime: the caller waits on a channel,
 /// not on `block_on`.
-fn bridge<T, Fut>(
-    runtime: &tokio::runtime::Runtime,
-    timeout: Duration,
-    endpoints: &str,
-    fut: Fut,
-) -> Result<T, ControllerError>
+fn attempt<T, Fut>(runtime: &tokio::runtime::Runtime, timeout: Duration, fut: Fut) -> Attempt<T>
 where
     T: Send + 'static,
     Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
@@ -261,25 +285,58 @@ where
         let _ = tx.send(tokio::time::timeout(timeout, fut).await);
     });
     match rx.recv() {
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => {
-            let message = format!(
-                "etcd at {endpoints}: {e}: check `etcdctl --endpoints {endpoints} endpoint health` and the [etcd] section"
-            );
-            Err(if unavailable(&e) {
-                ControllerError::StoreUnavailable(message)
-            } else {
-                ControllerError::Store(message)
-            })
-        }
-        Ok(Err(_)) => Err(ControllerError::StoreUnavailable(format!(
-            "etcd at {endpoints} did not answer in {} ms: is a majority of its members up? (`etcdctl --endpoints {endpoints} endpoint health`)",
-            timeout.as_millis()
-        ))),
-        Err(_) => Err(ControllerError::Store(format!(
-            "etcd at {endpoints}: the client's runtime stopped"
-        ))),
+        Ok(Ok(Ok(v))) => Attempt::Done(v),
+        Ok(Ok(Err(e))) => Attempt::Failed(e),
+        Ok(Err(_)) => Attempt::TimedOut,
+        Err(_) => Attempt::Stopped,
     }
+}
+
+impl<T> Attempt<T> {
+    fn into_result(self, endpoints: &str, timeout: Duration) -> Result<T, ControllerError> {
+        match self {
+            Attempt::Done(v) => Ok(v),
+            Attempt::Failed(e) => {
+                let message = format!(
+                    "etcd at {endpoints}: {e}: check `etcdctl --endpoints {endpoints} endpoint health` and the [etcd] section"
+                );
+                Err(if unavailable(&e) {
+                    ControllerError::StoreUnavailable(message)
+                } else {
+                    ControllerError::Store(message)
+                })
+            }
+            Attempt::TimedOut => Err(ControllerError::StoreUnavailable(format!(
+                "etcd at {endpoints} did not answer in {} ms: is a majority of its members up? (`etcdctl --endpoints {endpoints} endpoint health`)",
+                timeout.as_millis()
+            ))),
+            Attempt::Stopped => Err(ControllerError::Store(format!(
+                "etcd at {endpoints}: the client's runtime stopped"
+            ))),
+        }
+    }
+}
+
+/// An error that says the request never left: the connection to the
+/// member it was handed to could not be made (refused: the member is
+/// down). Such a request is safe to send again, a write too.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    // etcd_client's error has no source(); its variants hold the chain.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// One term: a lease, a campaign, leadership until the lease cannot be
@@ -403,12 +460,18 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 impl Store for EtcdStore {
     fn put_host(&self, host: &HostRecord) -> Result<(), ControllerError> {
         let (key, value) = (self.key(&format!("hosts/{}", host.name)), to_json(host));
-        self.run(|mut c| async move { c.put(key, value, None).await.map(drop) })
+        self.run(move |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await.map(drop) }
+        })
     }
 
     fn remove_host(&self, name: &str) -> Result<bool, ControllerError> {
         let key = self.key(&format!("hosts/{name}"));
-        self.run(|mut c| async move { Ok(c.delete(key, None).await?.deleted() > 0) })
+        self.run(move |mut c| {
+            let key = key.clone();
+            async move { Ok(c.delete(key, None).await?.deleted() > 0) }
+        })
     }
 
     fn hosts(&self) -> Result<Vec<HostRecord>, ControllerError> {
@@ -421,7 +484,10 @@ impl Store for EtcdStore {
     fn append_audit(&self, entry: &AuditRecord) -> Result<(), ControllerError> {
         let key = self.audit_key(entry.time_ms);
         let value = to_json(entry);
-        self.run(|mut c| async move { c.put(key, value, None).await.map(drop) })
+        self.run(move |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await.map(drop) }
+        })
     }
 
     fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, ControllerError> {
@@ -437,22 +503,28 @@ impl Store for EtcdStore {
     fn put_policy(&self, policy: &Policy) -> Result<Option<Policy>, ControllerError> {
         let key = self.key(&format!("policies/{}", policy.name));
         let value = policy.encode_to_vec();
-        let old = self.run(|mut c| async move {
-            let mut r = c
-                .put(key, value, Some(PutOptions::new().with_prev_key()))
-                .await?;
-            Ok(r.take_prev_key())
+        let old = self.run(move |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let mut r = c
+                    .put(key, value, Some(PutOptions::new().with_prev_key()))
+                    .await?;
+                Ok(r.take_prev_key())
+            }
         })?;
         old.map(|kv| decode(kv.value())).transpose()
     }
 
     fn remove_policy(&self, name: &str) -> Result<Option<Policy>, ControllerError> {
         let key = self.key(&format!("policies/{name}"));
-        let old = self.run(|mut c| async move {
-            let mut r = c
-                .delete(key, Some(DeleteOptions::new().with_prev_key()))
-                .await?;
-            Ok(r.take_prev_kvs().into_iter().next())
+        let old = self.run(move |mut c| {
+            let key = key.clone();
+            async move {
+                let mut r = c
+                    .delete(key, Some(DeleteOptions::new().with_prev_key()))
+                    .await?;
+                Ok(r.take_prev_kvs().into_iter().next())
+            }
         })?;
         old.map(|kv| decode(kv.value())).transpose()
     }
@@ -491,11 +563,14 @@ impl Store for EtcdStore {
                 self.key("audit/"),
                 self.key(&format!("audit/{:016}", t.max(0))),
             );
-            pruned.audit = self.run(|mut c| async move {
-                let r = c
-                    .delete(from, Some(DeleteOptions::new().with_range(to)))
-                    .await?;
-                Ok(r.deleted().max(0) as u64)
+            pruned.audit = self.run(move |mut c| {
+                let (from, to) = (from.clone(), to.clone());
+                async move {
+                    let r = c
+                        .delete(from, Some(DeleteOptions::new().with_range(to)))
+                        .await?;
+                    Ok(r.deleted().max(0) as u64)
+                }
             })?;
         }
         if let Some(t) = events_before_ms {
@@ -512,7 +587,10 @@ impl Store for EtcdStore {
                     .iter()
                     .map(|k| TxnOp::delete(k.clone(), None))
                     .collect();
-                self.run(|mut c| async move { c.txn(Txn::new().and_then(ops)).await.map(drop) })?;
+                self.run(move |mut c| {
+                    let ops = ops.clone();
+                    async move { c.txn(Txn::new().and_then(ops)).await.map(drop) }
+                })?;
             }
             pruned.events = old.len() as u64;
         }
@@ -564,12 +642,15 @@ impl EtcdStore {
                 .iter()
                 .map(|k| TxnOp::get(k.clone(), Some(GetOptions::new().with_keys_only())))
                 .collect();
-            let taken: Vec<bool> = self.run(|mut c| async move {
-                let r = c.txn(Txn::new().and_then(gets)).await?;
-                Ok(r.op_responses()
-                    .iter()
-                    .map(|op| matches!(op, TxnOpResponse::Get(g) if !g.kvs().is_empty()))
-                    .collect())
+            let taken: Vec<bool> = self.run(move |mut c| {
+                let gets = gets.clone();
+                async move {
+                    let r = c.txn(Txn::new().and_then(gets)).await?;
+                    Ok(r.op_responses()
+                        .iter()
+                        .map(|op| matches!(op, TxnOpResponse::Get(g) if !g.kvs().is_empty()))
+                        .collect())
+                }
             })?;
             // The same (host, seq) twice in one batch: the second is a resend.
             let mut fresh = HashSet::new();
@@ -595,22 +676,28 @@ impl EtcdStore {
             if puts.is_empty() {
                 return Ok(new);
             }
-            let stored = self.run(|mut c| async move {
-                Ok(c.txn(Txn::new().when(compares).and_then(puts))
-                    .await?
-                    .succeeded())
+            let stored = self.run(move |mut c| {
+                let (compares, puts) = (compares.clone(), puts.clone());
+                async move {
+                    Ok(c.txn(Txn::new().when(compares).and_then(puts))
+                        .await?
+                        .succeeded())
+                }
             })?;
             if stored {
                 return Ok(new);
             }
             if let Some((key, rev)) = fence {
                 let probe = key.clone();
-                let now = self.run(|mut c| async move {
-                    Ok(c.get(probe, None)
-                        .await?
-                        .kvs()
-                        .first()
-                        .map(|kv| kv.create_revision()))
+                let now = self.run(move |mut c| {
+                    let probe = probe.clone();
+                    async move {
+                        Ok(c.get(probe, None)
+                            .await?
+                            .kvs()
+                            .first()
+                            .map(|kv| kv.create_revision()))
+                    }
                 })?;
                 if now != Some(rev) {
                     return Err(ControllerError::Store(format!(

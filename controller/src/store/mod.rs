@@ -10,6 +10,8 @@ use roomy_proto::v1::{Event, Policy};
 use crate::error::ControllerError;
 
 mod etcd;
+#[doc(hidden)]
+pub mod etcd_member;
 mod sqlite;
 
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
