@@ -568,18 +568,19 @@ check "a host added through A" test "$RC" -eq 0
 check "is listed through B" wait_for 10 'CTL_ADDR=127.0.0.1:7445 as vic ls; test "$RC" -eq 0 -a "$(grep -c " c[0-9] " <<<"$OUT")" -eq 9'
 follower_port=$((other == 9788 ? 7443 : 7445))
 timeout 120 "$BIN/roomyctl" --controller "127.0.0.1:$follower_port" --cert "$WORK/pki/users/vic.pem" \
-    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" events --follow --limit 0 >"$WORK/follow-b.out" 2>&1 &
+    --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" events --follow --limit 0 -o json >"$WORK/follow-b.out" 2>&1 &
 follow_b=$!
 sleep 1
 CTL_ADDR=127.0.0.1:7445 as olga policy set fill3 --hosts host3 --at 80% --grow 50% --max 64G --horizon 0 --cooldown 0
 check "a policy set through B" test "$RC" -eq 0
 check "reaches the agent through the leader" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 1'
 check "host3 grows under it" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 2'
-check "events --follow on the follower streams the leader's events" wait_for 15 'grep -q "host3/c[0-2]  grown" "$WORK/follow-b.out"'
-kill "$follow_b" 2>/dev/null
+followed() { grep -c '"host":"host3".*"kind":"grown"\|"kind":"grown".*"host":"host3"' "$WORK/follow-b.out"; }
+check "events --follow on the follower streams the leader's events" wait_for 15 'test "$(followed)" -ge 1'
 
 # The leader dies (SIGKILL: no goodbye, its lease runs out in etcd).
 if [[ $lead == 9788 ]]; then dead=A dead_port=7443 live_port=7445; else dead=B dead_port=7445 live_port=7443; fi
+followed_before=$(followed)
 t0=$(date +%s%N)
 kill -9 "$(<"$WORK/controller-$dead.pid")"
 resized=
@@ -600,6 +601,13 @@ check "the survivor leads and holds host3's link" test -n "$took_over"
 echo "failover: leader killed -> first routed resize ${resized:-never} ms, -> new leader's link to host3 ${took_over:-never} ms"
 check "events buffered meanwhile are delivered" wait_for 20 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
 check "growth went on through the failover" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 4'
+check "the follow on the survivor went on through the failover" wait_for 20 'test "$(followed)" -gt "$followed_before"'
+kill "$follow_b" 2>/dev/null
+check "and showed each of host3's events once, in order" python3 -c '
+import json, sys
+seqs = [json.loads(l)["seq"] for l in open(sys.argv[1]) if l.startswith("{") and "\"host3\"" in l]
+assert seqs and seqs == sorted(set(seqs)), seqs
+' "$WORK/follow-b.out"
 CTL_ADDR=127.0.0.1:$live_port as olga policy rm fill3
 check "the agent drops the policy" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 0'
 check "and has nothing left to deliver" wait_for 15 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
