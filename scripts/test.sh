@@ -3,7 +3,9 @@
 #   1. installs what it needs (apt packages, virtme-ng; skipped when present)
 #   2. cargo fmt --check and clippy -D warnings
 #   3. host tests (parsing, tables, metadata rewrite, superblocks, ...), and
-#      a bounded, seeded cargo-fuzz run of the parsers people feed (fuzz/)
+#      a bounded, seeded cargo-fuzz run of the parsers people feed (fuzz/;
+#      in the background at the lowest priority, like 4b, from here to the
+#      end, where their logs are printed)
 #   4. the fleet tier: roomy-controller and three agents (in-memory backend)
 #      as processes in network namespaces, over mutual TLS (tests/fleet);
 #      then two controllers on a 3-member etcd cluster: leader election,
@@ -82,26 +84,10 @@ ROOMY_REQUIRE_ETCD=1 cargo test --release --workspace --features roomy-agent/fai
 # the guest script started), with a stand-in for vng.
 tests/vm/boot-test.sh
 
-step "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: 8 s each from a fixed seed, one per core)"
-scripts/fuzz.sh
-
-# The packages' binaries (no failpoints: what ships) build at the lowest
-# priority while the fleet and gRPC tiers run, which mostly wait on their
-# processes and the network (their CPU was 5 s of 65 s); the package step
-# below then finds them built. After the host tests and fuzz: a cargo build
-# holds the build directory's lock, and the tests would wait on it.
-nice -n 19 cargo build --release -p roomy-agent -p roomy-controller -p roomyctl >/tmp/roomy-pkg-build.log 2>&1 &
-pkg_build_pid=$!
-
-step "fleet tier (controller + agents in network namespaces, mutual TLS)"
-ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
-
-step "gRPC clients outside tonic (Python grpcio, Node grpc-js) on the agent's unix socket and over mutual TLS"
-ROOMY_BIN=$(realpath "$bin") tests/grpcio/grpcio-test.sh
-
-# The packages go into the Debian 13 root the Docker 26 tier boots (built
-# in the background above; with ROOMY_SKIP_VM=1, here and now).
-# Sets $root; not a $(...): wait only works in the shell that started it.
+# The Debian 13 root: the packages below go into it and the Docker 26 tier
+# boots it (built in the background since the start; with ROOMY_SKIP_VM=1,
+# here and now). Sets $root; not a $(...): wait only works in the shell
+# that started it.
 debian13_root() {
     if [[ -z ${root_pid:-} ]]; then
         root=$(tests/vm/trixie-root.sh)
@@ -114,14 +100,59 @@ debian13_root() {
         return 1
     fi
 }
-step "Debian packages: build, lintian, install into a fresh Debian 13 root"
 debian13_root || exit 1
-wait "$pkg_build_pid" || { cat /tmp/roomy-pkg-build.log >&2; echo "test.sh: building the packages' binaries failed (log above)" >&2; exit 1; }
-mapfile -t debs < <(scripts/package.sh target/debian)
-[[ ${#debs[@]} -eq 3 ]] || { echo "test.sh: scripts/package.sh made ${#debs[@]} packages, not 3" >&2; exit 1; }
-tests/pkg/install.sh "$root" "${debs[@]}"
+
+# Off the critical path, at the lowest priority: fuzzing and the Debian
+# packages run beside the fleet, gRPC and VM tiers, which get the CPU first
+# (the fleet and gRPC tiers mostly wait on their processes: 5 s of CPU in
+# 65 s; a TCG guest leaves part of the second core). In line they were 144
+# and 80 s of a 2828 s run. Their logs are printed at the end, and a
+# failure fails the run. They start after the host tests: a cargo build
+# holds the build directory's lock, and the tests would wait on it.
+fuzz() {
+    echo "fuzz the parsers of sizes, targets, policy specs and globs, superblocks, mountinfo, Docker metadata, dm lines and the controller's config (scripts/fuzz.sh: 8 s each from a fixed seed, one per core)"
+    scripts/fuzz.sh
+}
+packages() {
+    echo "Debian packages: build (no failpoints: what ships), lintian, install into a fresh Debian 13 root"
+    local debs
+    mapfile -t debs < <(scripts/package.sh target/debian)
+    [[ ${#debs[@]} -eq 3 ]] || { echo "test.sh: scripts/package.sh made ${#debs[@]} packages, not 3" >&2; return 1; }
+    tests/pkg/install.sh "$root" "${debs[@]}"
+}
+bg_names=() bg_pids=()
+background() { # NAME: runs the function NAME
+    ( renice -n 19 -p "$BASHPID" >/dev/null; t0=$SECONDS; "$1"; rc=$?; echo "($1 took $((SECONDS - t0)) s)"; exit $rc ) \
+        >"/tmp/roomy-test-$1.log" 2>&1 &
+    bg_names+=("$1") bg_pids+=($!)
+}
+# Waits for them; prints each log (its tail when it passed); 1 if any failed.
+background_done() {
+    local i bad=0 log
+    for i in "${!bg_pids[@]}"; do
+        log=/tmp/roomy-test-${bg_names[$i]}.log
+        if wait "${bg_pids[$i]}"; then
+            printf '\n== %s (in the background): passed\n' "${bg_names[$i]}"
+            tail -n 14 "$log"
+        else
+            printf '\n== %s (in the background): FAILED\n' "${bg_names[$i]}"
+            cat "$log"
+            bad=1
+        fi
+    done
+    return $bad
+}
+background fuzz
+background packages
+
+step "fleet tier (controller + agents in network namespaces, mutual TLS)"
+ROOMY_BIN=$(realpath "$bin") tests/fleet/fleet.sh
+
+step "gRPC clients outside tonic (Python grpcio, Node grpc-js) on the agent's unix socket and over mutual TLS"
+ROOMY_BIN=$(realpath "$bin") tests/grpcio/grpcio-test.sh
 
 if [[ ${ROOMY_SKIP_VM:-} == 1 ]]; then
+    background_done || exit 1
     echo "test.sh: ROOMY_SKIP_VM=1: the real-kernel tier did NOT run" >&2
     exit 0
 fi
@@ -156,6 +187,8 @@ for w in /tmp/roomy-vm /tmp/roomy-vm-26; do
 done
 # A tier that died before writing results still fails the run.
 [[ $rc -eq 0 ]] || failed=$((failed > 0 ? failed : 1))
+bg_rc=0
+background_done || bg_rc=1
 echo
 echo "test.sh: last step $((SECONDS - step_t0))s, total ${SECONDS}s"
 echo "real-kernel tiers: $passed passed, $failed failed"
@@ -163,4 +196,5 @@ echo "real-kernel tiers: $passed passed, $failed failed"
 for w in "${rebooted[@]}"; do
     echo "test.sh: $w booted twice: the first kernel died before the guest script started ($w/out/console.boot-1.log)"
 done
-[[ $rc -eq 0 && $failed -eq 0 ]]
+[[ $bg_rc -eq 0 ]] || echo "test.sh: a step run in the background failed (its log is above)"
+[[ $rc -eq 0 && $failed -eq 0 && $bg_rc -eq 0 ]]
