@@ -125,17 +125,23 @@ impl Distributor {
     pub fn spawn(self: &Arc<Self>) {
         let this = self.clone();
         let mut leadership = self.leadership.clone();
+        // Only a shared store changes behind this controller's back; on
+        // its own store, every change goes through its service, which
+        // reloads at once.
+        let shared = self.store.shared();
         tokio::spawn(async move {
             loop {
-                // The store's calls block: off the async workers.
-                let reader = this.clone();
-                let refreshed = tokio::task::spawn_blocking(move || {
-                    reader.registry.sync_from_store()?;
-                    reader.reload()
-                })
-                .await;
-                if let Ok(Err(e)) = refreshed {
-                    tracing::warn!("re-reading hosts and policies from the store: {e}");
+                if shared {
+                    // The store's calls block: off the async workers.
+                    let reader = this.clone();
+                    let refreshed = tokio::task::spawn_blocking(move || {
+                        reader.registry.sync_from_store()?;
+                        reader.reload()
+                    })
+                    .await;
+                    if let Ok(Err(e)) = refreshed {
+                        tracing::warn!("re-reading hosts and policies from the store: {e}");
+                    }
                 }
                 if leadership.is_leader() {
                     this.reconcile();
@@ -312,6 +318,9 @@ impl Distributor {
         .await
         .map_err(|e| Status::internal(format!("storing events: {e}")))?;
         let added = added.map_err(Status::from)?;
+        if added.contains(&true) {
+            self.webhooks.stored(host);
+        }
         for ((event, audit), new) in records.into_iter().zip(added) {
             if !new {
                 continue;
@@ -321,7 +330,6 @@ impl Distributor {
             }
             let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
             self.metrics.event(host, kind.word(), &event.reason);
-            self.webhooks.deliver(&event);
             // No followers is fine.
             let _ = self.events.send(event);
         }

@@ -114,7 +114,8 @@ async fn main() -> anyhow::Result<()> {
         store.put_policy(&policy)?;
     }
 
-    let webhooks = Webhooks::start(config.webhooks.clone()).context("[[webhooks]]")?;
+    let webhooks = Webhooks::start(config.webhooks.clone(), store.clone(), leadership.clone())
+        .context("[[webhooks]]")?;
     let metrics = Arc::new(ControllerMetrics::default());
     let distributor = Distributor::new(
         registry.clone(),

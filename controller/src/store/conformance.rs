@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use roomy_proto::v1::{Event, Policy};
 
 use super::etcd_member::{free_port, EtcdMember};
-use super::{AuditRecord, EtcdOptions, EtcdStore, HostRecord, SqliteStore, Store};
+use super::{AuditRecord, EtcdOptions, EtcdStore, HostRecord, SqliteStore, Store, WebhookCursor};
 
 /// Opens the engine under test on the same state each time.
 type Open<'a> = &'a dyn Fn() -> Box<dyn Store>;
@@ -164,6 +164,63 @@ fn a_backlog_larger_than_one_transaction_is_stored_in_order(open: Open) {
     assert!(store.record_events(&batch).unwrap().iter().all(|&a| !a));
 }
 
+fn events_after_reads_one_host_on_from_a_sequence(open: Open) {
+    let store = open();
+    for (host, seq) in [
+        ("host1", 1),
+        ("host1", 2),
+        ("host10", 1),
+        ("host1", 3),
+        ("host1", 12),
+    ] {
+        let e = Event {
+            host: host.into(),
+            seq,
+            ..Default::default()
+        };
+        store.record_event(&e, None).unwrap();
+    }
+    let seqs = |host: &str, after, limit| -> Vec<u64> {
+        let events = store.events_after(host, after, limit).unwrap();
+        assert!(events.iter().all(|e| e.host == host), "{events:?}");
+        events.iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs("host1", 0, 10), [1, 2, 3, 12]);
+    assert_eq!(seqs("host1", 1, 2), [2, 3]);
+    // 12 after 3: a number, not the text "12" before "3".
+    assert_eq!(seqs("host1", 3, 10), [12]);
+    assert_eq!(seqs("host1", 12, 10), Vec::<u64>::new());
+    assert_eq!(seqs("host10", 0, 10), [1]);
+    assert_eq!(seqs("host", 0, 10), Vec::<u64>::new());
+}
+
+fn webhook_cursors_round_trip_and_survive_reopening(open: Open) {
+    let mut cursor = WebhookCursor {
+        since_ms: 1_700_000_000_000,
+        ..Default::default()
+    };
+    {
+        let store = open();
+        assert_eq!(store.webhook_cursor("chat").unwrap(), None);
+        store.put_webhook_cursor("chat", &cursor).unwrap();
+        cursor.hosts.insert("host1".into(), 7);
+        cursor.hosts.insert("host10".into(), u64::MAX);
+        store.put_webhook_cursor("chat", &cursor).unwrap();
+        store
+            .put_webhook_cursor("pager", &WebhookCursor::default())
+            .unwrap();
+    }
+    let store = open();
+    assert_eq!(store.webhook_cursor("chat").unwrap(), Some(cursor.clone()));
+    assert_eq!(
+        store.webhook_cursors().unwrap(),
+        [
+            ("chat".to_string(), cursor),
+            ("pager".to_string(), WebhookCursor::default())
+        ]
+    );
+}
+
 fn policies_replace_and_remove_by_name(open: Open) {
     let store = open();
     let p = Policy {
@@ -250,6 +307,14 @@ const CASES: &[Case] = &[
         policies_replace_and_remove_by_name,
     ),
     (
+        "events_after_reads_one_host_on_from_a_sequence",
+        events_after_reads_one_host_on_from_a_sequence,
+    ),
+    (
+        "webhook_cursors_round_trip_and_survive_reopening",
+        webhook_cursors_round_trip_and_survive_reopening,
+    ),
+    (
         "prune_deletes_only_what_is_older",
         prune_deletes_only_what_is_older,
     ),
@@ -331,6 +396,17 @@ fn a_deposed_leaders_writes_are_refused_and_the_follower_takes_over() {
     assert_eq!(b.record_events(&[(event(2), None)]).unwrap(), [true]);
     let seqs: Vec<u64> = b.events(10, None).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2], "the refused write left nothing behind");
+    // A late webhook delivery of the deposed leader cannot move the cursor.
+    let mut cursor = WebhookCursor::default();
+    cursor.hosts.insert("host1".into(), 2);
+    b.put_webhook_cursor("chat", &cursor).unwrap();
+    let late = WebhookCursor::default();
+    let err = a
+        .put_webhook_cursor("chat", &late)
+        .expect_err("a deposed leader's cursor must be refused")
+        .to_string();
+    assert!(err.contains("no longer leads"), "{err}");
+    assert_eq!(b.webhook_cursor("chat").unwrap(), Some(cursor));
 }
 
 fn wait(limit: Duration, cond: impl Fn() -> bool) -> bool {
@@ -383,6 +459,9 @@ fn a_sqlite_store_copies_into_etcd_whole_and_in_order() {
         };
         sqlite.record_event(&e, None).unwrap();
     }
+    let mut cursor = WebhookCursor::default();
+    cursor.hosts.insert("host1".into(), 1);
+    sqlite.put_webhook_cursor("chat", &cursor).unwrap();
     let target = EtcdStore::open(&etcd.options("/roomy-test/copy/")).unwrap();
     let copied = super::copy(&sqlite, &target).unwrap();
     assert_eq!(
@@ -402,6 +481,7 @@ fn a_sqlite_store_copies_into_etcd_whole_and_in_order() {
         target.events(10, None).unwrap(),
         sqlite.events(10, None).unwrap()
     );
+    assert_eq!(target.webhook_cursors().unwrap(), [("chat".into(), cursor)]);
     let again = super::copy(&sqlite, &target).unwrap_err().to_string();
     assert!(again.contains("copy into an empty one"), "{again}");
     assert_eq!(

@@ -9,6 +9,7 @@
 //! | `P policies/NAME` | `Policy`, protobuf |
 //! | `P audit/TIME_MS/ID` | [`AuditRecord`], JSON; TIME_MS has 16 digits, so keys sort by time |
 //! | `P events/HOST/SEQ` | `Event`, protobuf; SEQ has 20 digits, so a host's keys sort by sequence |
+//! | `P webhooks/NAME` | [`WebhookCursor`], JSON; written only by the leader (fenced) |
 //!
 //! An event's key is its (host, seq): a resent event finds its key taken
 //! and is not stored twice, which is SQLite's `UNIQUE (host, seq)` here.
@@ -33,7 +34,9 @@ use prost::Message;
 use roomy_proto::v1::{Event, Policy};
 use tokio::sync::watch;
 
-use super::{decode, AuditRecord, HostRecord, Pruned, Store};
+use super::{
+    cursor_from_json, cursor_json, decode, AuditRecord, HostRecord, Pruned, Store, WebhookCursor,
+};
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 
@@ -453,6 +456,13 @@ fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, ControllerEr
     })
 }
 
+/// A deposed leader's write, refused by its fence.
+fn deposed(key: &str, rev: i64) -> ControllerError {
+    ControllerError::Store(format!(
+        "this controller no longer leads (its election key {key} of revision {rev} is gone): its writes are refused and the new leader takes the agents' events"
+    ))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialize")
 }
@@ -549,6 +559,81 @@ impl Store for EtcdStore {
             added.extend(self.record_chunk(chunk)?);
         }
         Ok(added)
+    }
+
+    fn events_after(
+        &self,
+        host: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ControllerError> {
+        // A key range: from the key after `after` to the end of the host's
+        // prefix (`0` follows `/`), in key order, which is sequence order.
+        let from = self.event_key(host, after.saturating_add(1));
+        let end = self.key(&format!("events/{host}0"));
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_limit(i64::from(limit));
+        let kvs = self.run(move |mut c| {
+            let (from, options) = (from.clone(), options.clone());
+            async move { Ok(c.get(from, Some(options)).await?.take_kvs()) }
+        })?;
+        kvs.iter().map(|kv| decode(kv.value())).collect()
+    }
+
+    fn webhook_cursor(&self, name: &str) -> Result<Option<WebhookCursor>, ControllerError> {
+        let key = self.key(&format!("webhooks/{name}"));
+        let kv = self.run(move |mut c| {
+            let key = key.clone();
+            async move { Ok(c.get(key, None).await?.take_kvs().into_iter().next()) }
+        })?;
+        kv.map(|kv| cursor_from_json(name, kv.value())).transpose()
+    }
+
+    fn put_webhook_cursor(
+        &self,
+        name: &str,
+        cursor: &WebhookCursor,
+    ) -> Result<(), ControllerError> {
+        let key = self.key(&format!("webhooks/{name}"));
+        let value = cursor_json(cursor);
+        // Fenced as the leader's event writes are: a deposed leader that
+        // finished a delivery late must not move the new leader's cursor.
+        let fence = self.fence.lock().expect("fence poisoned").clone();
+        let compares: Vec<Compare> = fence
+            .iter()
+            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
+            .collect();
+        let stored = self.run(move |mut c| {
+            let (key, value, compares) = (key.clone(), value.clone(), compares.clone());
+            async move {
+                let put = TxnOp::put(key, value, None);
+                Ok(c.txn(Txn::new().when(compares).and_then(vec![put]))
+                    .await?
+                    .succeeded())
+            }
+        })?;
+        match (stored, fence) {
+            (true, _) => Ok(()),
+            (false, Some((key, rev))) => Err(deposed(&key, rev)),
+            (false, None) => unreachable!("a transaction without conditions succeeds"),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn webhook_cursors(&self) -> Result<Vec<(String, WebhookCursor)>, ControllerError> {
+        let prefix = self.key("webhooks/");
+        self.get_all(prefix.clone(), GetOptions::new())?
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                let cursor = cursor_from_json(&name, kv.value())?;
+                Ok((name, cursor))
+            })
+            .collect()
     }
 
     fn prune(
@@ -700,9 +785,7 @@ impl EtcdStore {
                     }
                 })?;
                 if now != Some(rev) {
-                    return Err(ControllerError::Store(format!(
-                        "this controller no longer leads (its election key {key} of revision {rev} is gone): its writes are refused and the new leader takes the agents' events"
-                    )));
+                    return Err(deposed(&key, rev));
                 }
             }
         }

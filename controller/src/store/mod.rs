@@ -4,8 +4,11 @@
 //! (`etcd`, for several controllers sharing one fleet). Both pass the same
 //! tests (`conformance`).
 
+use std::collections::BTreeMap;
+
 use prost::Message;
 use roomy_proto::v1::{Event, Policy};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ControllerError;
 
@@ -92,6 +95,15 @@ pub trait Store: Send + Sync + 'static {
     /// The newest `limit` events (of `host`, when given), oldest first.
     fn events(&self, limit: u32, host: Option<&str>) -> Result<Vec<Event>, ControllerError>;
 
+    /// Events of `host` with a sequence after `after`, by sequence, at
+    /// most `limit`: how a webhook's delivery reads on from its cursor.
+    fn events_after(
+        &self,
+        host: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ControllerError>;
+
     /// Delete events whose `time_ms` is before `events_before_ms` and
     /// audit entries before `audit_before_ms` (`None`: keep all).
     fn prune(
@@ -99,6 +111,38 @@ pub trait Store: Send + Sync + 'static {
         events_before_ms: Option<i64>,
         audit_before_ms: Option<i64>,
     ) -> Result<Pruned, ControllerError>;
+
+    /// Where webhook `name`'s delivery stands, `None` for a webhook never
+    /// seen before.
+    fn webhook_cursor(&self, name: &str) -> Result<Option<WebhookCursor>, ControllerError>;
+
+    /// Save where webhook `name`'s delivery stands. On etcd, only while
+    /// this controller leads: a deposed leader cannot move it.
+    fn put_webhook_cursor(&self, name: &str, cursor: &WebhookCursor)
+        -> Result<(), ControllerError>;
+
+    /// Every webhook cursor, by webhook name (for [`copy`]).
+    fn webhook_cursors(&self) -> Result<Vec<(String, WebhookCursor)>, ControllerError>;
+
+    /// Whether other controllers write this store too (so hosts and
+    /// policies can change behind this one's back and must be re-read).
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// How far a webhook's delivery has come: per host, the sequence of the
+/// last event it is done with (delivered, given up on, or not of a kind
+/// the webhook wants). The controller that leads resumes from here, so a
+/// restart or a failover neither skips events nor sends them all again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookCursor {
+    /// When the webhook was first seen (Unix ms): of a host the cursor has
+    /// no entry for, older events were there before the webhook and are
+    /// not sent.
+    pub since_ms: i64,
+    /// Host name to the last sequence done with.
+    pub hosts: BTreeMap<String, u64>,
 }
 
 /// What [`Store::prune`] deleted.
@@ -162,7 +206,23 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<Copied, ControllerError>
         }
     }
     copied.events = events.len();
+    // After the events: a cursor names sequences the target now holds.
+    for (name, cursor) in from.webhook_cursors()? {
+        to.put_webhook_cursor(&name, &cursor)?;
+    }
     Ok(copied)
+}
+
+/// A webhook cursor as both engines store it.
+pub(crate) fn cursor_json(cursor: &WebhookCursor) -> String {
+    // Strings and integers always serialize.
+    serde_json::to_string(cursor).expect("a cursor serializes")
+}
+
+/// A stored webhook cursor back from its JSON.
+pub(crate) fn cursor_from_json(name: &str, bytes: &[u8]) -> Result<WebhookCursor, ControllerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ControllerError::Store(format!("webhook {name:?}: unreadable cursor: {e}")))
 }
 
 /// A stored protobuf message back from its bytes.

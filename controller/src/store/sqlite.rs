@@ -7,7 +7,9 @@ use prost::Message;
 use roomy_proto::v1::{Event, Policy};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{decode, AuditRecord, HostRecord, Pruned, Store};
+use super::{
+    cursor_from_json, cursor_json, decode, AuditRecord, HostRecord, Pruned, Store, WebhookCursor,
+};
 use crate::error::ControllerError;
 
 /// SQLite in one file (WAL, synchronous=FULL: an audit entry that was
@@ -45,6 +47,8 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS events (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
                  seq INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (host, seq));
+             CREATE TABLE IF NOT EXISTS webhook_cursors (
+                 name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms);",
         )
         .map_err(db_err)?;
@@ -248,6 +252,72 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         rows.map(|r| r.map_err(db_err).and_then(|b| decode(&b)))
             .collect()
+    }
+
+    fn events_after(
+        &self,
+        host: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ControllerError> {
+        let conn = self.conn();
+        // UNIQUE (host, seq) is the index this walks.
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM events WHERE host = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![host, after as i64, limit], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err).and_then(|b| decode(&b)))
+            .collect()
+    }
+
+    fn webhook_cursor(&self, name: &str) -> Result<Option<WebhookCursor>, ControllerError> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT cursor FROM webhook_cursors WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        text.map(|t| cursor_from_json(name, t.as_bytes()))
+            .transpose()
+    }
+
+    fn put_webhook_cursor(
+        &self,
+        name: &str,
+        cursor: &WebhookCursor,
+    ) -> Result<(), ControllerError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO webhook_cursors (name, cursor) VALUES (?1, ?2)",
+                params![name, cursor_json(cursor)],
+            )
+            .map(drop)
+            .map_err(db_err)
+    }
+
+    fn webhook_cursors(&self) -> Result<Vec<(String, WebhookCursor)>, ControllerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, cursor FROM webhook_cursors ORDER BY name")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        rows.map(|r| {
+            let (name, text) = r.map_err(db_err)?;
+            let cursor = cursor_from_json(&name, text.as_bytes())?;
+            Ok((name, cursor))
+        })
+        .collect()
     }
 
     fn prune(

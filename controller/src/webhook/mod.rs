@@ -12,10 +12,15 @@
 //! authorization = "Bearer s3cret"         # optional Authorization header
 //! ```
 //!
-//! Each target has its own task and a bounded queue, so a slow or dead
-//! target never holds up the others or the caller of [`Webhooks::deliver`].
-//! Delivery is at least once: a POST whose answer was lost is sent again,
-//! so receivers that care can drop duplicates by `host` and `seq`.
+//! Each target has its own task, which reads the events from the store
+//! (`delivery`), so a slow or dead target never holds up the others or the
+//! agents' streams, and its place in the event log (a cursor) is in the
+//! store too: a restart, or another controller taking the lead, resumes
+//! where delivery stood. Delivery is at least once: a POST whose answer
+//! was lost, or whose cursor was not yet saved when its controller died,
+//! is sent again, so receivers that care can drop duplicates by `host`
+//! and `seq`. An event is given up on (counted `dropped`) only after
+//! `max_attempts`.
 //!
 //! HTTP is reqwest's (rustls with Roomy's ring provider and the configured
 //! roots), so webhooks behave like other HTTP tools: proxies from
@@ -39,16 +44,20 @@ use roomy_proto::v1::{Event, EventKind};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::sleep;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::leader::Leadership;
+use crate::store::Store;
+use delivery::{Delivery, Wake};
+
+mod delivery;
+
 const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Events waiting per target; beyond this a dead target costs events, not memory.
-const QUEUE: usize = 1024;
 /// A server's Retry-After is honoured up to this, so one answer cannot stall a target.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 /// Response bytes kept for the log when a target refuses.
@@ -384,7 +393,6 @@ fn payload(event: &Event, kind: EventKind, word: &'static str) -> Bytes {
 struct Tuning {
     backoff_base: Duration,
     backoff_cap: Duration,
-    queue: usize,
 }
 
 impl Default for Tuning {
@@ -392,7 +400,6 @@ impl Default for Tuning {
         Tuning {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(8),
-            queue: QUEUE,
         }
     }
 }
@@ -404,24 +411,17 @@ struct Counts {
     dropped: AtomicU64,
 }
 
-/// One queued event.
-#[derive(Debug)]
-struct Job {
-    body: Bytes,
-    /// `host/target seq N`, for logs.
-    what: Arc<str>,
-}
-
 #[derive(Debug)]
 struct Target {
     label: String,
-    kinds: Vec<EventKind>,
-    queue: mpsc::Sender<Job>,
+    wake: Arc<Wake>,
     counts: Arc<Counts>,
+    /// Dropped with the last clone of [`Webhooks`]: its task stops then.
+    _stop: watch::Sender<()>,
 }
 
-/// The running webhook targets: one task and queue each. Cheap to clone;
-/// the tasks finish their queues and stop once every clone is dropped.
+/// The running webhook targets, one delivery task each. Cheap to clone;
+/// the tasks stop once every clone is dropped.
 #[derive(Clone)]
 pub struct Webhooks {
     targets: Arc<[Target]>,
@@ -437,13 +437,23 @@ impl fmt::Debug for Webhooks {
 
 impl Webhooks {
     /// Validates `configs`, loads the CA bundles of https targets and
-    /// spawns one delivery task per target. Must run inside a tokio
-    /// runtime unless `configs` is empty.
-    pub fn start(configs: Vec<WebhookConfig>) -> Result<Webhooks, WebhookError> {
-        Self::start_tuned(configs, Tuning::default())
+    /// spawns one delivery task per target, which sends the events
+    /// `store` holds while `leadership` says this controller leads. Must
+    /// run inside a tokio runtime unless `configs` is empty.
+    pub fn start(
+        configs: Vec<WebhookConfig>,
+        store: Arc<dyn Store>,
+        leadership: Leadership,
+    ) -> Result<Webhooks, WebhookError> {
+        Self::start_tuned(configs, Tuning::default(), store, leadership)
     }
 
-    fn start_tuned(configs: Vec<WebhookConfig>, tuning: Tuning) -> Result<Webhooks, WebhookError> {
+    fn start_tuned(
+        configs: Vec<WebhookConfig>,
+        tuning: Tuning,
+        store: Arc<dyn Store>,
+        leadership: Leadership,
+    ) -> Result<Webhooks, WebhookError> {
         // Check everything before spawning anything.
         let mut endpoints = Vec::with_capacity(configs.len());
         let mut tls_by_ca: HashMap<PathBuf, ClientConfig> = HashMap::new();
@@ -516,52 +526,33 @@ impl Webhooks {
             .into_iter()
             .zip(&configs)
             .map(|(endpoint, config)| {
-                let (queue, rx) = mpsc::channel(tuning.queue);
+                let (stop, stopped) = watch::channel(());
+                let wake = Arc::new(Wake::default());
                 let target = Target {
                     label: endpoint.label.clone(),
-                    kinds: config.events.iter().filter_map(|k| kind_of(k)).collect(),
-                    queue,
+                    wake: wake.clone(),
                     counts: endpoint.counts.clone(),
+                    _stop: stop,
                 };
-                tokio::spawn(endpoint.run(rx));
+                let delivery = Delivery {
+                    endpoint,
+                    kinds: config.events.iter().filter_map(|k| kind_of(k)).collect(),
+                    store: store.clone(),
+                    leadership: leadership.clone(),
+                    wake,
+                };
+                tokio::spawn(delivery.run(stopped));
                 target
             })
             .collect();
         Ok(Webhooks { targets })
     }
 
-    /// Queues `event` for every target that wants its kind. Never waits:
-    /// when a target's queue is full the event is dropped for that target,
-    /// logged and counted.
-    pub fn deliver(&self, event: &Event) {
-        let kind = EventKind::try_from(event.kind).unwrap_or(EventKind::Unspecified);
-        let Some(word) = (kind != EventKind::Unspecified).then(|| kind.word()) else {
-            debug!(
-                kind = event.kind,
-                seq = event.seq,
-                "webhooks: event of unknown kind not sent"
-            );
-            return;
-        };
-        // Serialized once, shared by all targets.
-        let mut job: Option<(Bytes, Arc<str>)> = None;
-        for target in self.targets.iter().filter(|t| t.kinds.contains(&kind)) {
-            let (body, what) = job.get_or_insert_with(|| {
-                let what = format!("{}/{} {word} seq {}", event.host, event.target, event.seq);
-                (payload(event, kind, word), what.into())
-            });
-            let job = Job {
-                body: body.clone(),
-                what: what.clone(),
-            };
-            if let Err(e) = target.queue.try_send(job) {
-                target.counts.dropped.fetch_add(1, Ordering::Relaxed);
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "delivery task gone",
-                };
-                warn!(webhook = %target.label, event = %what, "webhook event dropped: {why}");
-            }
+    /// New events of `host` are in the store: every target reads on. Never
+    /// waits; the targets' tasks read the store themselves.
+    pub fn stored(&self, host: &str) {
+        for target in self.targets.iter() {
+            target.wake.host(host);
         }
     }
 
@@ -736,32 +727,26 @@ impl Tuning {
 }
 
 impl Endpoint {
-    async fn run(self, mut queue: mpsc::Receiver<Job>) {
-        // In order, one at a time: receivers see events as the agent decided them.
-        while let Some(job) = queue.recv().await {
-            self.send(&job).await;
-        }
-        debug!(webhook = %self.label, "webhook task stopped");
-    }
-
-    async fn send(&self, job: &Job) {
+    /// One event, `what` (`host/target kind seq N`) in logs, until it is
+    /// delivered or given up on.
+    async fn send(&self, body: Bytes, what: &str) {
         let mut attempt = 1;
         loop {
-            match self.attempt(job.body.clone()).await {
+            match self.attempt(body.clone()).await {
                 Verdict::Ok => {
                     self.counts.ok.fetch_add(1, Ordering::Relaxed);
-                    debug!(webhook = %self.label, event = %job.what, attempt, "webhook delivered");
+                    debug!(webhook = %self.label, event = %what, attempt, "webhook delivered");
                     return;
                 }
                 Verdict::GiveUp(why) => {
                     self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-                    warn!(webhook = %self.label, event = %job.what, attempt, "webhook gave up: {why}");
+                    warn!(webhook = %self.label, event = %what, attempt, "webhook gave up: {why}");
                     return;
                 }
                 Verdict::Retry { why, .. } if attempt >= self.max_attempts => {
                     self.counts.dropped.fetch_add(1, Ordering::Relaxed);
                     warn!(
-                        webhook = %self.label, event = %job.what,
+                        webhook = %self.label, event = %what,
                         "webhook gave up after {attempt} attempts: {why}"
                     );
                     return;
@@ -771,7 +756,7 @@ impl Endpoint {
                     let asked = after.unwrap_or_default().min(RETRY_AFTER_CAP);
                     let delay = self.tuning.backoff(attempt).max(asked);
                     info!(
-                        webhook = %self.label, event = %job.what, attempt,
+                        webhook = %self.label, event = %what, attempt,
                         max_attempts = self.max_attempts, delay_ms = delay.as_millis() as u64,
                         "webhook attempt failed, retrying: {why}"
                     );
@@ -880,6 +865,7 @@ async fn snippet(mut response: reqwest::Response) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{SqliteStore, WebhookCursor};
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
@@ -995,7 +981,55 @@ mod tests {
         Tuning {
             backoff_base: Duration::from_millis(1),
             backoff_cap: Duration::from_millis(5),
-            queue: QUEUE,
+        }
+    }
+
+    /// Webhooks as the only controller runs them, on a SQLite store of
+    /// their own; [`Rig::deliver`] stores an event as the distributor does
+    /// and says so. Derefs to the [`Webhooks`].
+    struct Rig {
+        webhooks: Webhooks,
+        store: Arc<SqliteStore>,
+        /// The next event's sequence: from the fixture's 7 up, so each is new.
+        seq: AtomicU64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Rig {
+        /// Targets that were there before the fixture's events (their
+        /// cursors start at the epoch), leading.
+        fn start(configs: Vec<WebhookConfig>, tuning: Tuning) -> Result<Rig, WebhookError> {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(SqliteStore::open(&dir.path().join("roomy.db")).unwrap());
+            for c in &configs {
+                store
+                    .put_webhook_cursor(&c.label(), &WebhookCursor::default())
+                    .unwrap();
+            }
+            let webhooks =
+                Webhooks::start_tuned(configs, tuning, store.clone(), Leadership::always())?;
+            Ok(Rig {
+                webhooks,
+                store,
+                seq: AtomicU64::new(7),
+                _dir: dir,
+            })
+        }
+
+        fn deliver(&self, event: &Event) {
+            let event = Event {
+                seq: self.seq.fetch_add(1, Ordering::SeqCst),
+                ..event.clone()
+            };
+            assert!(self.store.record_event(&event, None).unwrap());
+            self.webhooks.stored(&event.host);
+        }
+    }
+
+    impl std::ops::Deref for Rig {
+        type Target = Webhooks;
+        fn deref(&self) -> &Webhooks {
+            &self.webhooks
         }
     }
 
@@ -1073,7 +1107,7 @@ mod tests {
         let mut cfg = config(&format!("{base}/hook?x=1"));
         cfg.name = Some("ops".into());
         cfg.authorization = Some("Bearer s3cret".into());
-        let webhooks = Webhooks::start_tuned(vec![cfg], fast()).unwrap();
+        let webhooks = Rig::start(vec![cfg], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("ok", || count(&webhooks, "ok") == 1).await;
 
@@ -1114,7 +1148,7 @@ mod tests {
     #[tokio::test]
     async fn too_many_requests_is_retried() {
         let (base, log) = server(vec![429, 200], None).await;
-        let webhooks = Webhooks::start_tuned(vec![config(&base)], fast()).unwrap();
+        let webhooks = Rig::start(vec![config(&base)], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Failed));
         wait_until("ok", || count(&webhooks, "ok") == 1).await;
         assert_eq!(log.lock().unwrap().len(), 2);
@@ -1125,7 +1159,7 @@ mod tests {
     #[tokio::test]
     async fn client_error_gives_up_at_once() {
         let (base, log) = server(vec![400], None).await;
-        let webhooks = Webhooks::start_tuned(vec![config(&base)], fast()).unwrap();
+        let webhooks = Rig::start(vec![config(&base)], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("dropped", || count(&webhooks, "dropped") == 1).await;
         sleep(Duration::from_millis(50)).await;
@@ -1144,7 +1178,7 @@ mod tests {
         only_grown.events = vec!["grown".into()];
         let mut defaults = config(&format!("{base}/b"));
         defaults.name = Some("defaults".into());
-        let webhooks = Webhooks::start_tuned(vec![only_grown, defaults], fast()).unwrap();
+        let webhooks = Rig::start(vec![only_grown, defaults], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Skipped));
         webhooks.deliver(&event(EventKind::WouldGrow)); // nobody wants it
         webhooks.deliver(&event(EventKind::Unspecified)); // never sent
@@ -1178,7 +1212,7 @@ mod tests {
         let mut refused = config(&closed_url);
         refused.name = Some("refused".into());
         refused.max_attempts = Some(3);
-        let webhooks = Webhooks::start_tuned(vec![silent, refused], fast()).unwrap();
+        let webhooks = Rig::start(vec![silent, refused], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Failed));
         wait_until("both dropped", || total(&webhooks, "dropped") == 2).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -1218,7 +1252,7 @@ mod tests {
         by_seconds.name = Some("seconds".into());
         let mut by_date = config(&date_base);
         by_date.name = Some("date".into());
-        let webhooks = Webhooks::start_tuned(vec![by_seconds, by_date], fast()).unwrap();
+        let webhooks = Rig::start(vec![by_seconds, by_date], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("both delivered", || total(&webhooks, "ok") == 2).await;
         for (what, log) in [("seconds", seconds_log), ("date", date_log)] {
@@ -1253,7 +1287,7 @@ mod tests {
         temporary.authorization = Some("Bearer s3cret".into());
         let mut permanent_get = config(&format!("{see_other_base}/hook"));
         permanent_get.name = Some("moved".into());
-        let webhooks = Webhooks::start_tuned(vec![temporary, permanent_get], fast()).unwrap();
+        let webhooks = Rig::start(vec![temporary, permanent_get], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("both done", || {
             outcome(&webhooks, "temporary", "ok") == 1
@@ -1326,7 +1360,7 @@ mod tests {
         tunnel.max_attempts = Some(1);
         let mut no_proxy = config(&format!("{direct}/direct"));
         no_proxy.name = Some("no-proxy".into());
-        let webhooks = Webhooks::start_tuned(vec![via_proxy, tunnel, no_proxy], fast()).unwrap();
+        let webhooks = Rig::start(vec![via_proxy, tunnel, no_proxy], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("all done", || {
             outcome(&webhooks, "via-proxy", "ok") == 1
@@ -1351,20 +1385,95 @@ mod tests {
         assert_eq!(seen[0].target, "/direct");
     }
 
+    /// The sequences a test server was sent, in order.
+    fn seqs(log: &Log) -> Vec<u64> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[tokio::test]
-    async fn full_queue_drops_and_counts() {
-        let (base, accepted) = silent_server().await;
-        let mut cfg = config(&base);
-        cfg.timeout_ms = Some(10_000);
-        cfg.max_attempts = Some(1);
-        let tuning = Tuning { queue: 1, ..fast() };
-        let webhooks = Webhooks::start_tuned(vec![cfg], tuning).unwrap();
-        webhooks.deliver(&event(EventKind::Grown));
-        // The first event is in flight (the server holds it): the queue is empty.
-        wait_until("connection", || accepted.load(Ordering::SeqCst) == 1).await;
-        webhooks.deliver(&event(EventKind::Grown)); // queued
-        webhooks.deliver(&event(EventKind::Grown)); // no room
-        assert_eq!(count(&webhooks, "dropped"), 1);
+    async fn a_target_that_is_down_holds_its_place_and_loses_nothing() {
+        // Before, a bounded queue dropped what came while a target was down.
+        let (base, log) = server(vec![503, 503, 503, 200], None).await;
+        let webhooks = Rig::start(vec![config(&base)], fast()).unwrap();
+        for _ in 0..40 {
+            webhooks.deliver(&event(EventKind::Grown));
+        }
+        wait_until("40 delivered", || count(&webhooks, "ok") == 40).await;
+        assert_eq!(count(&webhooks, "dropped"), 0);
+        let mut want = vec![7, 7, 7];
+        want.extend(7..47);
+        assert_eq!(seqs(&log), want, "in order, each once after its retries");
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_resumes_where_delivery_stood() {
+        let (base, log) = server(vec![200], None).await;
+        let rig = Rig::start(vec![], fast()).unwrap();
+        let store: Arc<dyn Store> = rig.store.clone();
+        let (lead_a, state_a) = watch::channel(true);
+        let a = Webhooks::start_tuned(
+            vec![config(&base)],
+            fast(),
+            store.clone(),
+            Leadership::from_watch(state_a),
+        )
+        .unwrap();
+        let old = Event {
+            time_ms: 0,
+            ..event(EventKind::Grown)
+        };
+        let now = Event {
+            time_ms: super::delivery::now_ms(),
+            ..event(EventKind::Grown)
+        };
+        let push = |e: &Event, to: &Webhooks| {
+            let e = Event {
+                seq: rig.seq.fetch_add(1, Ordering::SeqCst),
+                ..e.clone()
+            };
+            store.record_event(&e, None).unwrap();
+            to.stored(&e.host);
+        };
+        // A new webhook starts from now: the stored past is not sent.
+        wait_until("a's cursor", || {
+            store.webhook_cursor(&a.targets[0].label).unwrap().is_some()
+        })
+        .await;
+        push(&old, &a);
+        push(&now, &a);
+        push(&now, &a);
+        wait_until("two delivered", || count(&a, "ok") == 2).await;
+        assert_eq!(seqs(&log), [8, 9]);
+
+        // a steps down; what is stored meanwhile waits in the store.
+        lead_a.send(false).unwrap();
+        push(&now, &a);
+        push(&now, &a);
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(seqs(&log), [8, 9], "a follower sends nothing");
+
+        // Another controller leads: it sends those two, nothing again.
+        let b = Webhooks::start_tuned(
+            vec![config(&base)],
+            fast(),
+            store.clone(),
+            Leadership::always(),
+        )
+        .unwrap();
+        wait_until("b delivered two", || count(&b, "ok") == 2).await;
+        push(&now, &b);
+        wait_until("and the next", || count(&b, "ok") == 3).await;
+        sleep(Duration::from_millis(100)).await;
+        assert_eq!(seqs(&log), [8, 9, 10, 11, 12]);
+        assert_eq!(count(&a, "ok"), 2);
     }
 
     fn tls_acceptor(pki: &Path) -> tokio_rustls::TlsAcceptor {
@@ -1399,7 +1508,7 @@ mod tests {
         let mut wrong_ca = config(&format!("{base}/hook"));
         wrong_ca.name = Some("wrong-ca".into());
         wrong_ca.ca = Some(other.path().join("ca.pem"));
-        let webhooks = Webhooks::start_tuned(vec![good, wrong_ca], fast()).unwrap();
+        let webhooks = Rig::start(vec![good, wrong_ca], fast()).unwrap();
         webhooks.deliver(&event(EventKind::Grown));
         wait_until("both done", || {
             outcome(&webhooks, "good", "ok") == 1 && outcome(&webhooks, "wrong-ca", "dropped") == 1
@@ -1418,14 +1527,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config("https://chat.example/hook");
         cfg.ca = Some(dir.path().join("missing.pem"));
-        let err = Webhooks::start(vec![cfg.clone()]).unwrap_err();
+        let err = Rig::start(vec![cfg.clone()], fast()).err().unwrap();
         assert!(matches!(err, WebhookError::Ca { .. }), "{err}");
         assert!(err.to_string().contains("missing.pem"), "{err}");
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         cfg.ca = Some(empty);
-        let err = Webhooks::start(vec![cfg]).unwrap_err().to_string();
+        let err = Rig::start(vec![cfg], fast()).err().unwrap().to_string();
         assert!(err.contains("no usable CERTIFICATE"), "{err}");
         assert!(err.contains("write ca = "), "{err}");
     }
@@ -1434,17 +1543,20 @@ mod tests {
     fn start_refuses_duplicates_and_needs_a_runtime() {
         let a = config("http://chat.example/one");
         let b = config("http://chat.example/two");
-        let err = Webhooks::start(vec![a.clone(), b]).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("r.db")).unwrap());
+        let start = |configs| Webhooks::start(configs, store.clone(), Leadership::always());
+        let err = start(vec![a.clone(), b]).unwrap_err();
         assert!(matches!(err, WebhookError::DuplicateName { .. }), "{err}");
         assert!(err.to_string().contains("\"http://chat.example\""), "{err}");
         assert!(err.to_string().contains("distinct name"), "{err}");
         assert!(matches!(
-            Webhooks::start(vec![a]).unwrap_err(),
+            start(vec![a]).unwrap_err(),
             WebhookError::NoRuntime
         ));
         // Nothing configured: nothing to spawn, no runtime needed.
-        let none = Webhooks::start(vec![]).unwrap();
-        none.deliver(&event(EventKind::Grown));
+        let none = start(vec![]).unwrap();
+        none.stored("host1");
         assert!(none.counts().is_empty());
     }
 
