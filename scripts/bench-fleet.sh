@@ -2,7 +2,8 @@
 # Fleet benchmarks, no VM needed:
 #  1. `roomyctl ls` across 1, 10, 100 and 1,000 simulated agents on
 #     loopback, over mutual TLS: p50/p99 latency, the controller's CPU and
-#     memory (tests/fleet/bench.sh);
+#     memory (tests/fleet/bench.sh); then through a follower of two
+#     controllers on etcd (100 and 1,000 agents, ROOMY_BENCH_ETCD_SIZES);
 #  2. event ingest: the controller's store, an fsync per event against
 #     batches (controller/benches/event_ingest.rs); the agent's buffer
 #     drained with a sampler appending meanwhile (agent/benches/
@@ -22,6 +23,10 @@ cp "$CARGO_TARGET_DIR"/release/{roomy-agent,roomyctl,roomy-controller} "$bin/"
 only=${ROOMY_BENCH_ONLY:-}
 if [[ -z $only || $only == ls ]]; then
     ROOMY_BIN=$(realpath "$bin") tests/fleet/bench.sh
+    echo
+    # Several controllers: ls through a follower, on etcd.
+    ROOMY_BIN=$(realpath "$bin") ROOMY_BENCH_STORE=etcd ROOMY_BENCH_SIZES=${ROOMY_BENCH_ETCD_SIZES:-100 1000} \
+        tests/fleet/bench.sh
 fi
 if [[ -z $only || $only == ingest ]]; then
     echo

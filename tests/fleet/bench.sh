@@ -8,8 +8,13 @@
 # serves all simulated hosts (--sim-hosts N, consecutive ports); the
 # controller is its own process.
 #
+# ROOMY_BENCH_STORE=etcd (several controllers): two controllers on a local
+# etcd member; the one measured (ls, CPU, memory) is the follower, which
+# serves reads and routes like any other but holds no Sync streams (the
+# "sync" column counts the leader's).
+#
 # Env: ROOMY_BIN, ROOMY_BENCH_SIZES (default "1 10 100 1000 10000"),
-# ROOMY_BENCH_RUNS (default 30).
+# ROOMY_BENCH_RUNS (default 30), ROOMY_BENCH_STORE (sqlite or etcd).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,6 +27,14 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 # 10,000 agents: a listener and a connection each in the agents' process,
 # a connection each in the controller's.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+STORE=${ROOMY_BENCH_STORE:-sqlite}
+if [[ $STORE == etcd ]]; then
+    etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23990 \
+        --advertise-client-urls http://127.0.0.1:23990 --listen-peer-urls http://127.0.0.1:23991 \
+        --initial-advertise-peer-urls http://127.0.0.1:23991 --initial-cluster b=http://127.0.0.1:23991 \
+        >"$WORK/etcd.log" 2>&1 &
+    for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:23990/health | grep -q true && break; sleep 0.2; done
+fi
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user bench:viewer >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
 ctl() {
@@ -31,21 +44,40 @@ ctl() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 mem_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
+# A controller's config: LISTEN-PORT METRICS-PORT AGENTS.
+ctl_config() {
+    local drop_store=
+    [[ $STORE == etcd ]] && drop_store='/^store = /d'
+    printf 'metrics_listen = "127.0.0.1:%s"\n' "$2"
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$1\"/" -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 10000/' \
+        -e "s|^store = .*|store = \"$WORK/bench-$3.db\"|" -e "$drop_store" "$WORK/pki/controller.toml"
+    for ((i = 0; i < $3; i++)); do
+        printf '[[hosts]]\nname = "host%d"\naddress = "127.0.0.1:%d"\nserver_name = "sim-agent"\n' "$i" $((21000 + i))
+    done
+    [[ $STORE != etcd ]] || printf '[etcd]\nendpoints = ["http://127.0.0.1:23990"]\nprefix = "/bench-ls/%s/"\n' "$3"
+}
+leads() { curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk '/^roomy_controller_leader / {print $2}'; }
 synced() { curl -s --max-time 10 http://127.0.0.1:9798/metrics | awk '/^roomy_host_sync_connected/ {n += $2} END {print n + 0}'; }
 
+echo "store: $STORE$([[ $STORE == etcd ]] && echo ', measured through the follower')"
 printf '%-7s %-7s %-6s %-9s %-9s %-16s %-9s %-9s\n' agents rows sync p50_ms p99_ms ctl_cpu_ms/ls rss_MiB peak_MiB
 for n in $SIZES; do
     "$BIN/roomy-agent" --backend sim --sim-hosts "$n" --sim-containers 10 --no-socket \
         --listen 127.0.0.1:21000 --tls-cert "$WORK/pki/agents/sim-agent.pem" \
         --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>"$WORK/agents.log" &
     agents=$!
-    sed -e 's/^listen = .*/listen = "127.0.0.1:7543"/' -e 's/^agent_timeout_ms = .*/agent_timeout_ms = 10000/' \
-        -e "s|^store = .*|store = \"$WORK/bench-$n.db\"|" "$WORK/pki/controller.toml" >"$WORK/controller.toml"
-    printf 'metrics_listen = "127.0.0.1:9798"\n' | cat - "$WORK/controller.toml" >"$WORK/c.toml"
-    mv "$WORK/c.toml" "$WORK/controller.toml"
-    for ((i = 0; i < n; i++)); do
-        printf '[[hosts]]\nname = "host%d"\naddress = "127.0.0.1:%d"\nserver_name = "sim-agent"\n' "$i" $((21000 + i))
-    done >>"$WORK/controller.toml"
+    # On etcd the leader (7544, metrics 9798) starts first and holds the
+    # streams; the controller measured (7543) is then the follower.
+    leader=
+    if [[ $STORE == etcd ]]; then
+        ctl_config 7544 9798 "$n" >"$WORK/leader.toml"
+        "$BIN/roomy-controller" --config "$WORK/leader.toml" 2>"$WORK/leader.log" &
+        leader=$!
+        for _ in $(seq 600); do [[ $(leads 9798) == 1 ]] && break; sleep 0.1; done
+        ctl_config 7543 9797 "$n" >"$WORK/controller.toml"
+    else
+        ctl_config 7543 9798 "$n" >"$WORK/controller.toml"
+    fi
     "$BIN/roomy-controller" --config "$WORK/controller.toml" 2>"$WORK/controller.log" &
     controller=$!
     for _ in $(seq 600); do ctl hosts ls >/dev/null 2>&1 && break; sleep 0.1; done
@@ -72,7 +104,10 @@ for n in $SIZES; do
     rss=$(awk -v k="$(mem_kib "$controller" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}')
     peak=$(awk -v k="$(mem_kib "$controller" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')
     printf '%-7s %-7s %-6s %-9s %-9s %-16s %-9s %-9s\n' "$n" "$rows" "$sync" "$p50" "$p99" "$cpu_ms" "$rss" "$peak"
-    kill "$controller" "$agents"
-    wait "$controller" "$agents" 2>/dev/null || true
+    if [[ -n $leader ]]; then
+        [[ $(leads 9797) == 0 ]] || { echo "bench: the measured controller leads; it should follow" >&2; exit 1; }
+    fi
+    kill "$controller" "$agents" ${leader:+"$leader"}
+    wait "$controller" "$agents" ${leader:+"$leader"} 2>/dev/null || true
 done
 echo "(latency: whole roomyctl process incl. its TLS handshake; CPU: controller utime+stime per ls; ${RUNS} runs each)"
