@@ -27,3 +27,19 @@ pub fn hit(step: &str) {
     #[cfg(not(feature = "failpoints"))]
     let _ = step;
 }
+
+/// `hit` for a step that stands for waiting rather than kernel work (the
+/// sim backend's resize): `<step>=pause` sleeps on the runtime, so the rest
+/// of the agent (Inspect, the Sync stream) goes on meanwhile.
+pub async fn hit_async(step: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let wanted = std::env::var("ROOMY_FAILPOINT").unwrap_or_default();
+        if wanted.strip_suffix("=pause") == Some(step) {
+            tracing::warn!(step, "failpoint: pause");
+            tokio::time::sleep(PAUSE).await;
+            return;
+        }
+    }
+    hit(step);
+}

@@ -30,6 +30,10 @@ cleanup() {
     # shellcheck disable=SC2046 # one pid per word
     kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null
     for i in 1 2 3; do ip netns del "$PREFIX-h$i" 2>/dev/null; ip link del "$PREFIX-v$i" 2>/dev/null; done
+    # Controller C's namespace and link (its iptables rules and the links'
+    # forwarding settings go with them).
+    ip netns del "$PREFIX-c" 2>/dev/null
+    ip link del "$PREFIX-vc" 2>/dev/null
     ip route del blackhole 10.199.0.0/16 2>/dev/null
     [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"
 }
@@ -490,9 +494,28 @@ check "controller serves the new certificate" test -n "$new" -a "$old" != "$new"
 as vic ls
 check "clients and agents still work after reload" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 6
 
-echo "=== two controllers on a 3-member etcd cluster, over mutual TLS"
+echo "=== three controllers on a 3-member etcd cluster, over mutual TLS"
+# Controller C runs in a network namespace of its own (10.199.4.2), so that
+# it can be cut off later. The host routes between the test's veths:
+# forwarding on these links only (the machine's net.ipv4.ip_forward is left
+# alone; the settings go with the links), and the agents learn the way back.
+CNS=$PREFIX-c
+ip netns add "$CNS"
+ip link add "$PREFIX-vc" type veth peer name eth0 netns "$CNS"
+ip addr add 10.199.4.1/24 dev "$PREFIX-vc"
+ip link set "$PREFIX-vc" up
+ip -n "$CNS" addr add 10.199.4.2/24 dev eth0
+ip -n "$CNS" link set eth0 up
+ip -n "$CNS" link set lo up
+ip -n "$CNS" route add 10.199.0.0/16 via 10.199.4.1
+sysctl -qw "net.ipv4.conf.$PREFIX-vc.forwarding=1"
+for i in 1 2 3; do
+    sysctl -qw "net.ipv4.conf.$PREFIX-v$i.forwarding=1"
+    ip -n "$PREFIX-h$i" route add 10.199.4.0/24 via "10.199.$i.1"
+done
 # etcd's own PKI (openssl, as an operator would make one): server
-# certificates for 127.0.0.1, peers and clients both authenticated.
+# certificates for 127.0.0.1 and for C's side of the host (10.199.4.1),
+# peers and clients both authenticated.
 E=$WORK/etcd-pki
 mkdir -p "$E"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=etcd-test-ca \
@@ -503,13 +526,14 @@ etcd_cert() { # NAME CN EXTENSIONS
         openssl x509 -req -in "$E/$1.csr" -CA "$E/ca.pem" -CAkey "$E/ca.key" -CAcreateserial -days 2 \
             -extfile <(printf '%s\n' "$3") -out "$E/$1.pem" 2>/dev/null
 }
-etcd_cert member etcd "subjectAltName=IP:127.0.0.1
+etcd_cert member etcd "subjectAltName=IP:127.0.0.1,IP:10.199.4.1
 extendedKeyUsage=serverAuth,clientAuth"
 etcd_cert client roomy-controller "extendedKeyUsage=clientAuth"
 cluster=e1=https://127.0.0.1:23801,e2=https://127.0.0.1:23802,e3=https://127.0.0.1:23803
 start_etcd() { # MEMBER
     etcd --name "e$1" --data-dir "$WORK/etcd$1" \
-        --listen-client-urls "https://127.0.0.1:2379$1" --advertise-client-urls "https://127.0.0.1:2379$1" \
+        --listen-client-urls "https://127.0.0.1:2379$1,https://10.199.4.1:2379$1" \
+        --advertise-client-urls "https://127.0.0.1:2379$1" \
         --listen-peer-urls "https://127.0.0.1:2380$1" --initial-advertise-peer-urls "https://127.0.0.1:2380$1" \
         --initial-cluster "$cluster" --initial-cluster-state new \
         --cert-file "$E/member.pem" --key-file "$E/member.key" --trusted-ca-file "$E/ca.pem" --client-cert-auth \
@@ -523,30 +547,53 @@ etcd_healthy() {
         "https://127.0.0.1:2379$1/health" | grep -q '"health":"true"'
 }
 check "etcd: 3 members healthy" wait_for 60 'etcd_healthy 1 && etcd_healthy 2 && etcd_healthy 3'
+etcd_healthy_from_c() {
+    ip netns exec "$CNS" curl -s --max-time 2 --cacert "$E/ca.pem" --cert "$E/client.pem" --key "$E/client.key" \
+        "https://10.199.4.1:2379$1/health" | grep -q '"health":"true"'
+}
+check "etcd answers from C's namespace too" wait_for 10 'etcd_healthy_from_c 1 && etcd_healthy_from_c 2 && etcd_healthy_from_c 3'
 
 stop_controller
-# Controller A on 7443 (the address `as` uses), B on 7445: the same file
-# but for the listener, the metrics port and the store.
-for c in A:7443:9788 B:7445:9789; do
-    IFS=: read -r name port mport <<<"$c"
+# host2's agent holds every resize 4 s (test-only failpoint), so that a
+# resize can be in flight when its controller dies.
+stop_agent 2
+ROOMY_FAILPOINT=sim-resize=pause start_agent 2
+# Controller A on 7443 (the address `as` uses), B on 7445, C in its
+# namespace on 10.199.4.2:7447: the same file but for the listener, the
+# metrics port and the store.
+for c in A:127.0.0.1:7443:9788:127.0.0.1 B:127.0.0.1:7445:9789:127.0.0.1 C:10.199.4.2:7447:9791:10.199.4.1; do
+    IFS=: read -r name ip port mport eip <<<"$c"
     {
-        printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n' "$port" "$mport"
+        printf 'listen = "%s:%s"\nmetrics_listen = "%s:%s"\n' "$ip" "$port" "$ip" "$mport"
         grep -v -e '^store = ' -e '^listen = ' -e '^metrics_listen = ' "$WORK/controller.toml"
-        printf '\n[etcd]\nendpoints = ["https://127.0.0.1:23791", "https://127.0.0.1:23792", "https://127.0.0.1:23793"]\n'
+        printf '\n[etcd]\nendpoints = ["https://%s:23791", "https://%s:23792", "https://%s:23793"]\n' "$eip" "$eip" "$eip"
         printf 'ca = "%s"\ncert = "%s"\nkey = "%s"\ntimeout_ms = 3000\n' "$E/ca.pem" "$E/client.pem" "$E/client.key"
     } >"$WORK/controller-$name.toml"
 done
-start_ctl() { # NAME PORT
-    "$BIN/roomy-controller" --config "$WORK/controller-$1.toml" >>"$WORK/controller-$1.log" 2>&1 &
+ctl_addr() { sed -n 's/^listen = "\(.*\)"$/\1/p' "$WORK/controller-$1.toml"; }
+# C runs, and its metrics are read, inside its namespace: they answer while it is cut off.
+ctl_run() { [[ $1 == C ]] && echo ip netns exec "$CNS"; }
+start_ctl() { # NAME
+    local run
+    read -ra run <<<"$(ctl_run "$1")"
+    "${run[@]}" "$BIN/roomy-controller" --config "$WORK/controller-$1.toml" >>"$WORK/controller-$1.log" 2>&1 &
     echo $! >"$WORK/controller-$1.pid"
-    CTL_ADDR=127.0.0.1:$2 wait_for 20 'as vic hosts ls; test "$RC" -eq 0'
+    CTL_ADDR=$(ctl_addr "$1") wait_for 20 'as vic hosts ls; test "$RC" -eq 0'
 }
-ctl_metric() { # METRICS-PORT NAME{LABELS}
-    curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v name="$2 " 'index($0, name) == 1 {v=$NF} END {print v+0}'
+ctl_metric() { # NAME METRIC{LABELS}
+    local run
+    read -ra run <<<"$(ctl_run "$1")"
+    "${run[@]}" curl -s --max-time 2 "http://$(sed -n 's/^metrics_listen = "\(.*\)"$/\1/p' "$WORK/controller-$1.toml")/metrics" |
+        awk -v name="$2 " 'index($0, name) == 1 {v=$NF} END {print v+0}'
 }
-leader_port() { # the metrics port of the controller that leads, or nothing
-    local p
-    for p in 9788 9789; do [[ $(ctl_metric "$p" roomy_controller_leader) == 1 ]] && echo "$p"; done
+leaders() { # the names of the controllers that say they lead, one a line
+    local n
+    for n in A B C; do [[ $(ctl_metric "$n" roomy_controller_leader) == 1 ]] && echo "$n"; done
+}
+links() { # NAME: how many of the three agents' Sync links controller NAME holds
+    local n=0 i
+    for i in 1 2 3; do n=$((n + $(ctl_metric "$1" "roomy_host_sync_connected{host=\"host$i\"}"))); done
+    echo "$n"
 }
 # The fleet so far moves over: its SQLite store copied into etcd.
 sqlite_db=$(sed -n 's/^store = "\(.*\)"$/\1/p' "$WORK/controller.toml")
@@ -554,20 +601,28 @@ OUT=$("$BIN/roomy-controller" --config "$WORK/controller-A.toml" migrate --from 
 check "migrate copies the SQLite store into etcd" grep -Eq "^copied 2 hosts, [0-9]+ policies, [1-9][0-9]* audit entries and [1-9][0-9]* events" <<<"$OUT"
 OUT=$("$BIN/roomy-controller" --config "$WORK/controller-A.toml" migrate --from "$sqlite_db" 2>&1)
 check "a second migrate is refused: the target is not empty" grep -q "copy into an empty one" <<<"$OUT"
-check "controller A starts on etcd" start_ctl A 7443
-check "controller B starts on the same etcd" start_ctl B 7445
+# The oldest election key leads: A first, then C, then B, so that C is
+# next in line when A dies (C is the one cut off later).
+check "controller A starts on etcd" start_ctl A
+check "and leads alone" wait_for 15 'test "$(leaders)" = A'
+check "controller C starts in its own network namespace, on the same etcd" start_ctl C
+check "controller B starts on the same etcd" start_ctl B
 as vic audit --limit 1000
 check "the SQLite era's audit is there" grep -q "olga .*resize .*host1/c0" <<<"$OUT"
-check "exactly one of them leads" wait_for 15 'test "$(leader_port | wc -l)" -eq 1'
-lead=$(leader_port)
-check "the leader holds the agents' links" wait_for 15 'test "$(ctl_metric "$lead" "roomy_host_sync_connected{host=\"host1\"}")" -eq 1'
-other=$((lead == 9788 ? 9789 : 9788))
-check "the follower holds none" test "$(ctl_metric "$other" 'roomy_host_sync_connected{host="host1"}')" -eq 0
+check "exactly one of the three leads" wait_for 15 'test "$(leaders | wc -l)" -eq 1'
+lead=$(leaders)
 as alice hosts add host3 10.199.3.2:7444
 check "a host added through A" test "$RC" -eq 0
 check "is listed through B" wait_for 10 'CTL_ADDR=127.0.0.1:7445 as vic ls; test "$RC" -eq 0 -a "$(grep -c " c[0-9] " <<<"$OUT")" -eq 9'
-follower_port=$((other == 9788 ? 7443 : 7445))
-timeout 120 "$BIN/roomyctl" --controller "127.0.0.1:$follower_port" --cert "$WORK/pki/users/vic.pem" \
+check "and through C, from its namespace's address" wait_for 10 'CTL_ADDR=10.199.4.2:7447 as vic ls; test "$RC" -eq 0 -a "$(grep -c " c[0-9] " <<<"$OUT")" -eq 9'
+check "the leader holds the three agents' links" wait_for 15 'test "$(links "$lead")" -eq 3'
+for n in A B C; do
+    [[ $n == "$lead" ]] || check "follower $n holds none" test "$(links "$n")" -eq 0
+done
+# The survivors: the two that do not lead; events --follow runs on one of them.
+read -ra survivors <<<"$(printf '%s\n' B A C | grep -vx "$lead" | tr '\n' ' ')"
+live=${survivors[0]}
+timeout 120 "$BIN/roomyctl" --controller "$(ctl_addr "$live")" --cert "$WORK/pki/users/vic.pem" \
     --key "$WORK/pki/users/vic.key" --ca "$WORK/pki/ca.pem" events --follow --limit 0 -o json >"$WORK/follow-b.out" 2>&1 &
 follow_b=$!
 sleep 1
@@ -576,63 +631,207 @@ check "a policy set through B" test "$RC" -eq 0
 check "reaches the agent through the leader" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 1'
 check "host3 grows under it" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 2'
 followed() { grep -c '"host":"host3".*"kind":"grown"\|"kind":"grown".*"host":"host3"' "$WORK/follow-b.out"; }
-check "events --follow on the follower streams the leader's events" wait_for 15 'test "$(followed)" -ge 1'
+check "events --follow on a follower streams the leader's events" wait_for 15 'test "$(followed)" -ge 1'
 
-# The leader dies (SIGKILL: no goodbye, its lease runs out in etcd).
-if [[ $lead == 9788 ]]; then dead=A dead_port=7443 live_port=7445; else dead=B dead_port=7445 live_port=7443; fi
+# The leader dies (SIGKILL: no goodbye, its lease runs out in etcd) while
+# it routes a resize: host2's agent holds it 4 s, the kill comes meanwhile.
+dead=$lead dead_addr=$(ctl_addr "$lead") live_addr=$(ctl_addr "$live")
+(
+    timeout 60 "$BIN/roomyctl" --controller "$dead_addr" --cert "$WORK/pki/users/olga.pem" \
+        --key "$WORK/pki/users/olga.key" --ca "$WORK/pki/ca.pem" resize host2/c0 5G >"$WORK/inflight.out" 2>&1
+    echo $? >"$WORK/inflight.rc"
+) &
+echo $! >"$WORK/inflight.pid"
+check "a resize through the leader is in flight on host2's agent" wait_for 20 'grep -q "failpoint: pause" "$WORK/agent2.log"'
 followed_before=$(followed)
 t0=$(date +%s%N)
 kill -9 "$(<"$WORK/controller-$dead.pid")"
+for n in "${survivors[@]}"; do
+    t1=$(date +%s%N)
+    CTL_ADDR=$(ctl_addr "$n") as vic ls
+    t2=$(date +%s%N)
+    check "ls through survivor $n at once: 9 rows within its deadline (<3 s, took $(((t2 - t1) / 1000000)) ms)" \
+        test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9 -a $(((t2 - t1) / 1000000)) -lt 3000
+done
 resized=
 for _ in $(seq 100); do
-    CTL_ADDR=127.0.0.1:$live_port as olga resize host1/c1 +1G
+    CTL_ADDR=$live_addr as olga resize host1/c1 +1G
     if [[ $RC -eq 0 ]]; then resized=$((($(date +%s%N) - t0) / 1000000)); break; fi
     sleep 0.1
 done
-check "a routed resize through the survivor after the leader's death" test -n "$resized"
-took_over=
+check "a routed resize through a survivor after the leader's death" test -n "$resized"
+took_over= new_lead=
 for _ in $(seq 150); do
-    if [[ $(ctl_metric "$other" 'roomy_host_sync_connected{host="host3"}') == 1 ]]; then
-        took_over=$((($(date +%s%N) - t0) / 1000000)); break
-    fi
+    for n in "${survivors[@]}"; do
+        if [[ $(ctl_metric "$n" 'roomy_host_sync_connected{host="host3"}') == 1 ]]; then
+            took_over=$((($(date +%s%N) - t0) / 1000000)) new_lead=$n
+            break 2
+        fi
+    done
     sleep 0.1
 done
-check "the survivor leads and holds host3's link" test -n "$took_over"
-echo "failover: leader killed -> first routed resize ${resized:-never} ms, -> new leader's link to host3 ${took_over:-never} ms"
+check "a survivor leads and holds host3's link" test -n "$took_over"
+echo "failover: leader $dead killed -> first routed resize ${resized:-never} ms, -> new leader ${new_lead:-none}'s link to host3 ${took_over:-never} ms"
+check "exactly one of the survivors leads" wait_for 15 'test "$(leaders)" = "$new_lead"'
+check "the new leader holds the three agents' links" wait_for 15 'test "$(links "$new_lead")" -eq 3'
+for n in "${survivors[@]}"; do
+    [[ $n == "$new_lead" ]] || check "the other survivor ($n) holds none" test "$(links "$n")" -eq 0
+done
+# The resize that was in flight: an answer either way, never a hang.
+check "the resize in flight when its controller died ended (no hang)" wait_for 70 'test -s "$WORK/inflight.rc"'
+inflight_rc=$(<"$WORK/inflight.rc")
+OUT=$(<"$WORK/inflight.out")
+echo "resize in flight through the killed leader: exit $inflight_rc: $OUT"
+check "it completed (exit 0) or said the connection was lost and to check (exit 4), not by timeout" \
+    bash -c '[[ $1 -eq 0 ]] || [[ $1 -eq 4 && $2 == *"lost the connection during the request"* && $2 == *"roomyctl inspect"* ]]' _ "$inflight_rc" "$OUT"
+CTL_ADDR=$live_addr as vic inspect host2/c0 -o json
+check "host2/c0 is then either its old size (2 GiB) or the new one (5 GiB)" \
+    grep -Eq '"fs_size_bytes": (2147483648|5368709120)' <<<"$OUT"
+CTL_ADDR=$live_addr as olga resize host2/c0 5G
+check "the same resize again through a survivor: exit 0" test "$RC" -eq 0
+check "and says what it did" grep -Eq "grew c0 from 2 GiB to 5 GiB|c0 is already 5 GiB: nothing changed" <<<"$OUT"
+CTL_ADDR=$live_addr as vic inspect host2/c0 -o json
+check "host2/c0 is 5 GiB" grep -q '"fs_size_bytes": 5368709120' <<<"$OUT"
+CTL_ADDR=$live_addr as vic audit --limit 1000
+check "the retry is audited, once, ok (the killed leader could not audit its resize)" \
+    test "$(grep -c "olga .*resize .*host2/c0 .* ok" <<<"$OUT")" -eq 1
 check "events buffered meanwhile are delivered" wait_for 20 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
 check "growth went on through the failover" wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="fill3",action="grown"}'\'')" -ge 4'
-check "the follow on the survivor went on through the failover" wait_for 45 'test "$(followed)" -gt "$followed_before"'
+check "the follow on a survivor went on through the failover" wait_for 45 'test "$(followed)" -gt "$followed_before"'
 kill "$follow_b" 2>/dev/null
 check "and showed each of host3's events once, in order" python3 -c '
 import json, sys
 seqs = [json.loads(l)["seq"] for l in open(sys.argv[1]) if l.startswith("{") and "\"host3\"" in l]
 assert seqs and seqs == sorted(set(seqs)), seqs
 ' "$WORK/follow-b.out"
-CTL_ADDR=127.0.0.1:$live_port as olga policy rm fill3
+CTL_ADDR=$live_addr as olga policy rm fill3
 check "the agent drops the policy" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 0'
 check "and has nothing left to deliver" wait_for 15 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
-CTL_ADDR=127.0.0.1:$live_port as vic events --host host3 --limit 1000 -o json
-check "host3's events in etcd: each once, no gap, in order" python3 -c '
+# Each once, no gap, in order: host3's events in etcd.
+host3_events_ok() {
+    CTL_ADDR=$live_addr as vic events --host host3 --limit 10000 -o json
+    python3 -c '
 import json, sys
 seqs = [json.loads(l)["seq"] for l in sys.stdin if l.strip()]
 assert seqs and seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
 ' <<<"$OUT"
+}
+check "host3's events in etcd: each once, no gap, in order" host3_events_ok
 grown=$(agent_metric 3 'roomy_policy_actions_total{policy="fill3",action="grown"}')
-CTL_ADDR=127.0.0.1:$live_port as vic audit --limit 1000
+CTL_ADDR=$live_addr as vic audit --limit 1000
 check "every growth audited once" test "$(grep -c "policy:fill3@host3 .*resize .* ok" <<<"$OUT")" -eq "$grown"
 check "the resize through the survivor audited" grep -q "olga .*resize .*host1/c1 .* ok" <<<"$OUT"
 
-# roomyctl with both controllers' addresses: the dead one first.
-CTL_ADDR=127.0.0.1:$dead_port,127.0.0.1:$live_port as vic ls
+# roomyctl with two controllers' addresses: the dead one first.
+CTL_ADDR=$dead_addr,$live_addr as vic ls
 check "roomyctl --controller DEAD,LIVE: ls answers" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
-CTL_ADDR=127.0.0.1:$dead_port,,127.0.0.1:$live_port as vic ls
+CTL_ADDR=$dead_addr,,$live_addr as vic ls
 check "--controller with an empty entry: refused, exit 3" test "$RC" -eq 3
 check "and says what to write" grep -q "empty address" <<<"$OUT"
-CTL_ADDR=127.0.0.1:$dead_port,127.0.0.1:7449 as vic ls
-check "both dead: exit 4 naming both" bash -c '[[ $1 -eq 4 && $2 == *"$3"* && $2 == *7449* ]]' _ "$RC" "$OUT" "127.0.0.1:$dead_port"
-check "the dead controller comes back as a follower" start_ctl "$dead" "$dead_port"
-CTL_ADDR=127.0.0.1:$dead_port as vic ls
+CTL_ADDR=$dead_addr,127.0.0.1:7449 as vic ls
+check "both dead: exit 4 naming both" bash -c '[[ $1 -eq 4 && $2 == *"$3"* && $2 == *7449* ]]' _ "$RC" "$OUT" "$dead_addr"
+check "the dead controller comes back as a follower" start_ctl "$dead"
+CTL_ADDR=$dead_addr as vic ls
 check "and serves ls" test "$RC" -eq 0 -a "$(grep -c ' c[0-9] ' <<<"$OUT")" -eq 9
+check "one leader among the three" wait_for 15 'test "$(leaders | wc -l)" -eq 1'
+
+echo "=== a partitioned leader: C cut off from etcd"
+# C must lead. It was next in line after A; should another lead, that one
+# is killed and started again (its new election key goes to the back).
+for _ in 1 2; do
+    l=$(leaders)
+    [[ $l == C || -z $l ]] && break
+    kill -9 "$(<"$WORK/controller-$l.pid")"
+    wait_for 15 'test "$(leaders | wc -l)" -eq 1'
+    start_ctl "$l"
+done
+check "C leads" wait_for 15 'test "$(leaders)" = C'
+check "and holds the three agents' links" wait_for 15 'test "$(links C)" -eq 3'
+# Every key of etcd's audit prefix (its JSON gateway): first line the
+# store's revision, then one line per entry: CREATE-REVISION WRITER PRINCIPAL
+# TARGET. WRITER is the controller instance in the key (audit/TIME/INSTANCE+N):
+# an event's audit entry is written in the event's own transaction.
+etcd_audit() {
+    python3 - "$E" <<'EOF'
+import base64, json, ssl, sys, urllib.request
+pki = sys.argv[1]
+ctx = ssl.create_default_context(cafile=pki + "/ca.pem")
+ctx.load_cert_chain(pki + "/client.pem", pki + "/client.key")
+b64 = lambda s: base64.b64encode(s.encode()).decode()
+body = json.dumps({"key": b64("/roomy/audit/"), "range_end": b64("/roomy/audit0")}).encode()
+req = urllib.request.Request("https://127.0.0.1:23791/v3/kv/range", body)
+r = json.load(urllib.request.urlopen(req, context=ctx, timeout=5))
+print(r["header"]["revision"])
+for kv in r.get("kvs", []):
+    a = json.loads(base64.b64decode(kv["value"]))
+    writer = base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1][:16]
+    print(kv["create_revision"], writer, a["principal"], a["target"])
+EOF
+}
+# host3 afresh (2 GiB, 0.5 GiB used, 150 MiB/s): a growth of each container
+# every ~3.4 s under cut3, so events flow before, during and after the cut.
+stop_agent 3
+start_agent 3 --sim-fill-rate 150M
+CTL_ADDR=$live_addr as olga policy set cut3 --hosts host3 --at 50% --grow 1G --max 64G --horizon 0 --cooldown 0
+check "policy cut3 set" test "$RC" -eq 0
+check "C stores host3's growths while it leads" \
+    wait_for 30 'test "$(etcd_audit | awk "\$3 == \"policy:cut3@host3\"" | wc -l)" -ge 2'
+c_writer=$(etcd_audit | awk '$3 == "policy:cut3@host3" {print $2}' | sort -u)
+check "all of them by one controller instance (C's)" test "$(wc -w <<<"$c_writer")" -eq 1
+# The cut, inside C's namespace: etcd's traffic dropped both ways (held
+# writes stay queued in TCP, not refused). The agents still reach C, so it
+# keeps receiving events it can no longer store, and must let go of the
+# links by itself.
+ip netns exec "$CNS" iptables -A OUTPUT -o eth0 -p tcp -d 10.199.4.1 --dport 23791:23793 -j DROP
+ip netns exec "$CNS" iptables -A INPUT -i eth0 -p tcp -s 10.199.4.1 --sport 23791:23793 -j DROP
+t0=$(date +%s%N)
+# The store's revision 1 s after the cut, before C's lease (3 s, renewed
+# each second) can have run out: anything of C's created after it was
+# written after the lease ran out.
+sleep 1
+cut_rev=$(etcd_audit | sed -n 1p)
+stepped_down= took_over= new_lead=
+for _ in $(seq 300); do
+    if [[ -z $stepped_down && $(ctl_metric C roomy_controller_leader) == 0 ]]; then
+        stepped_down=$((($(date +%s%N) - t0) / 1000000))
+    fi
+    for n in A B; do
+        if [[ -z $took_over && $(ctl_metric "$n" 'roomy_host_sync_connected{host="host3"}') == 1 ]]; then
+            took_over=$((($(date +%s%N) - t0) / 1000000)) new_lead=$n
+        fi
+    done
+    [[ -n $stepped_down && -n $took_over ]] && break
+    sleep 0.1
+done
+check "the cut-off C says it no longer leads (roomy_controller_leader 0)" test -n "$stepped_down"
+check "another controller leads and holds host3's link" test -n "$took_over"
+echo "partition: C cut off -> C stepped down ${stepped_down:-never} ms, -> new leader ${new_lead:-none}'s link to host3 ${took_over:-never} ms"
+check "exactly one leads while C is cut off" wait_for 15 'test "$(leaders)" = "$new_lead"'
+check "the new leader holds the three agents' links" wait_for 15 'test "$(links "$new_lead")" -eq 3'
+check "C holds none" test "$(links C)" -eq 0
+check "C logged why it stepped down" grep -q "no longer leading" "$WORK/controller-C.log"
+check "and closed the agents' links itself (they still reach it)" grep -q "not leading: closing the agents' sync links" "$WORK/controller-C.log"
+grown_cut=$(agent_metric 3 'roomy_policy_actions_total{policy="cut3",action="grown"}')
+check "host3 grows on while C is cut off" \
+    wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="cut3",action="grown"}'\'')" -gt "$grown_cut"'
+# Heal: whatever C still has queued for etcd arrives now, after its lease.
+ip netns exec "$CNS" iptables -F
+healed=$(agent_metric 3 'roomy_policy_actions_total{policy="cut3",action="grown"}')
+check "healed: growth goes on" \
+    wait_for 30 'test "$(agent_metric 3 '\''roomy_policy_actions_total{policy="cut3",action="grown"}'\'')" -ge $((healed + 3))'
+check "healed: exactly one leads" wait_for 15 'test "$(leaders | wc -l)" -eq 1'
+CTL_ADDR=$live_addr as olga policy rm cut3
+check "cut3 removed, the agent drops it" wait_for 15 'test "$(agent_metric 3 roomy_policies)" -eq 0'
+check "and has nothing left to deliver" wait_for 15 'test "$(agent_metric 3 roomy_events_buffered)" -eq 0'
+check "host3's events in etcd, across the cut: each once, no gap, in order" host3_events_ok
+grown=$(agent_metric 3 'roomy_policy_actions_total{policy="cut3",action="grown"}')
+CTL_ADDR=$live_addr as vic audit --limit 1000
+check "every growth under cut3 audited once ($grown)" test "$(grep -c "policy:cut3@host3 .*resize .* ok" <<<"$OUT")" -eq "$grown"
+entries=$(etcd_audit | awk -v w="$c_writer" 'NR > 1 && $2 == w')
+late=$(awk -v r="$cut_rev" '$1 + 0 > r + 0' <<<"$entries")
+check "C stored nothing after its lease ran out ($(wc -l <<<"$entries") entries of its, none after revision $cut_rev)" \
+    test -n "$entries" -a -z "$late"
+[[ -z $late ]] || echo "late entries of C's: $late"
 
 # One member down: a majority remains, nothing changes for users.
 stop_etcd() { kill "$(<"$WORK/etcd$1.pid")"; wait "$(<"$WORK/etcd$1.pid")" 2>/dev/null; rm -f "$WORK/etcd$1.pid"; }

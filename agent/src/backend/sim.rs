@@ -250,6 +250,11 @@ impl StorageBackend for SimBackend {
         container: &ContainerRef,
         size: SizeRequest,
     ) -> Result<ResizeOutcome, AgentError> {
+        // Test-only (`failpoints` feature): `ROOMY_FAILPOINT=sim-resize=pause`
+        // keeps a resize in flight for 4 s, so the fleet tier can kill the
+        // controller that routed it. Before the lock, and an async sleep:
+        // the rest of the agent answers meanwhile.
+        crate::failpoint::hit_async("sim-resize").await;
         let mut state = self.lock();
         let (total, used) = (state.pool_total, state.pool_used);
         let c = Self::find(&mut state, container.as_str())?;
