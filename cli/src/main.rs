@@ -416,10 +416,13 @@ impl From<tonic::Status> for Failure {
             | Code::PermissionDenied
             | Code::Unauthenticated => Failure::Refused(message),
             Code::Unavailable | Code::DeadlineExceeded => Failure::Unreachable(message),
-            // The connection broke mid-request: the agent may have died
-            // half-way; it finishes interrupted resizes when it restarts.
+            // The connection broke mid-request: the agent, or the
+            // controller routing to it, died half-way. An agent finishes a
+            // resize it started (at once, or when it restarts), so the
+            // next step is to look, then ask again: the same size again
+            // changes nothing.
             Code::Unknown if message.contains("transport error") => Failure::Unreachable(format!(
-                "lost the connection during the request ({message}); a resize the agent had started is finished when it restarts: check with `roomyctl inspect`"
+                "lost the connection during the request ({message}): the agent or the controller went away; a resize the agent had started is finished by the agent: check with `roomyctl inspect`, then ask again if needed (the same size again changes nothing)"
             )),
             _ => Failure::Failed(message),
         }
@@ -1041,5 +1044,43 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Each status becomes the failure (and so the exit code) a script
+    /// can act on.
+    #[test]
+    fn statuses_map_to_failures() {
+        use tonic::Status;
+        let cases = [
+            (Status::invalid_argument("size"), "refused"),
+            (Status::permission_denied("role"), "refused"),
+            (Status::failed_precondition("pool"), "refused"),
+            (Status::unavailable("store unavailable"), "unreachable"),
+            (Status::deadline_exceeded("slow"), "unreachable"),
+            (
+                Status::unknown("h2 protocol error: transport error"),
+                "unreachable",
+            ),
+            (Status::unknown("something else"), "failed"),
+            (Status::internal("bug"), "failed"),
+        ];
+        for (status, want) in cases {
+            let got = match Failure::from(status.clone()) {
+                Failure::Refused(_) => "refused",
+                Failure::Unreachable(_) => "unreachable",
+                Failure::Failed(_) => "failed",
+            };
+            assert_eq!(got, want, "{status:?}");
+        }
+        // A broken connection mid-request says what to do next, whichever
+        // end went away.
+        let Failure::Unreachable(text) = Failure::from(Status::unknown("transport error")) else {
+            panic!("not unreachable");
+        };
+        assert!(
+            text.contains("the agent or the controller went away"),
+            "{text}"
+        );
+        assert!(text.contains("roomyctl inspect"), "{text}");
     }
 }

@@ -116,7 +116,9 @@ done
 # A policy from the file (it selects no host), and a webhook that fails
 # twice before it accepts.
 printf '\n[[policies]]\nname = "from-config"\nhosts = "db*"\nat = "90%%"\ngrow = "1G"\nmax = "100G"\n' >>"$WORK/controller.toml"
-printf '\n[[webhooks]]\nname = "sink"\nurl = "http://127.0.0.1:9799/hook"\nevents = ["grown", "skipped"]\n' >>"$WORK/controller.toml"
+# max_attempts: enough retries (~2 min) to outlast the receiver's outage
+# across a failover, below.
+printf '\n[[webhooks]]\nname = "sink"\nurl = "http://127.0.0.1:9799/hook"\nevents = ["grown", "skipped"]\nmax_attempts = 20\n' >>"$WORK/controller.toml"
 python3 webhook_sink.py 9799 2 "$WORK/webhook.jsonl" &
 echo $! >"$WORK/sink.pid"
 start_controller || exit 1
@@ -558,6 +560,11 @@ stop_controller
 # resize can be in flight when its controller dies.
 stop_agent 2
 ROOMY_FAILPOINT=sim-resize=pause start_agent 2
+# The webhook's receiver moves to where C reaches it too (the same file:
+# what every leader delivered, in one place).
+kill "$(<"$WORK/sink.pid")"
+python3 webhook_sink.py 9799 0 "$WORK/webhook.jsonl" 10.199.4.1 &
+echo $! >"$WORK/sink.pid"
 # Controller A on 7443 (the address `as` uses), B on 7445, C in its
 # namespace on 10.199.4.2:7447: the same file but for the listener, the
 # metrics port and the store.
@@ -565,7 +572,8 @@ for c in A:127.0.0.1:7443:9788:127.0.0.1 B:127.0.0.1:7445:9789:127.0.0.1 C:10.19
     IFS=: read -r name ip port mport eip <<<"$c"
     {
         printf 'listen = "%s:%s"\nmetrics_listen = "%s:%s"\n' "$ip" "$port" "$ip" "$mport"
-        grep -v -e '^store = ' -e '^listen = ' -e '^metrics_listen = ' "$WORK/controller.toml"
+        grep -v -e '^store = ' -e '^listen = ' -e '^metrics_listen = ' "$WORK/controller.toml" |
+            sed 's|^url = "http://127.0.0.1:9799/hook"|url = "http://10.199.4.1:9799/hook"|'
         printf '\n[etcd]\nendpoints = ["https://%s:23791", "https://%s:23792", "https://%s:23793"]\n' "$eip" "$eip" "$eip"
         printf 'ca = "%s"\ncert = "%s"\nkey = "%s"\ntimeout_ms = 3000\n' "$E/ca.pem" "$E/client.pem" "$E/client.key"
     } >"$WORK/controller-$name.toml"
@@ -633,6 +641,13 @@ check "host3 grows under it" wait_for 30 'test "$(agent_metric 3 '\''roomy_polic
 followed() { grep -c '"host":"host3".*"kind":"grown"\|"kind":"grown".*"host":"host3"' "$WORK/follow-b.out"; }
 check "events --follow on a follower streams the leader's events" wait_for 15 'test "$(followed)" -ge 1'
 
+# The webhook's receiver goes down until a new leader is in place: the
+# leader dies with a delivery it is retrying (its place is in etcd, so the
+# next leader sends it; before, it died with the process).
+kill "$(<"$WORK/sink.pid")"
+webhook_retries() { ctl_metric "$lead" 'roomy_webhook_deliveries_total{webhook="sink",result="retried"}'; }
+retried_before=$(webhook_retries)
+check "the leader is retrying a webhook delivery" wait_for 60 'test "$(webhook_retries)" -gt "$retried_before"'
 # The leader dies (SIGKILL: no goodbye, its lease runs out in etcd) while
 # it routes a resize: host2's agent holds it 4 s, the kill comes meanwhile.
 dead=$lead dead_addr=$(ctl_addr "$lead") live_addr=$(ctl_addr "$live")
@@ -674,6 +689,8 @@ check "a survivor leads and holds host3's link" test -n "$took_over"
 echo "failover: leader $dead killed -> first routed resize ${resized:-never} ms, -> new leader ${new_lead:-none}'s link to host3 ${took_over:-never} ms"
 check "exactly one of the survivors leads" wait_for 15 'test "$(leaders)" = "$new_lead"'
 check "the new leader holds the three agents' links" wait_for 15 'test "$(links "$new_lead")" -eq 3'
+python3 webhook_sink.py 9799 0 "$WORK/webhook.jsonl" 10.199.4.1 &
+echo $! >"$WORK/sink.pid"
 for n in "${survivors[@]}"; do
     [[ $n == "$new_lead" ]] || check "the other survivor ($n) holds none" test "$(links "$n")" -eq 0
 done
@@ -832,6 +849,34 @@ late=$(awk -v r="$cut_rev" '$1 + 0 > r + 0' <<<"$entries")
 check "C stored nothing after its lease ran out ($(wc -l <<<"$entries") entries of its, none after revision $cut_rev)" \
     test -n "$entries" -a -z "$late"
 [[ -z $late ]] || echo "late entries of C's: $late"
+
+# The webhook through all of it (SQLite, migration, the leader killed, C
+# cut off and healed): every grown or skipped event stored was delivered,
+# nothing that was not stored; a change of leader may resend the one in
+# flight (at least once), counted here.
+webhook_complete() {
+    CTL_ADDR=$live_addr as vic events --limit 100000 -o json
+    printf '%s\n' "$OUT" >"$WORK/stored.jsonl"
+    python3 - "$WORK/stored.jsonl" "$WORK/webhook.jsonl" <<'EOF'
+import collections, json, sys
+def events(path, kinds=("grown", "skipped")):
+    out = []
+    for line in open(path):
+        if line.startswith("{"):
+            e = json.loads(line)
+            if e["kind"] in kinds:
+                out.append((e["host"], e["seq"]))
+    return out
+stored, sent = events(sys.argv[1]), events(sys.argv[2])
+missing, extra = set(stored) - set(sent), set(sent) - set(stored)
+dups = sum(n - 1 for n in collections.Counter(sent).values())
+print(f"webhook: {len(set(stored))} events stored, {len(sent)} deliveries, {dups} resent, missing {sorted(missing)[:5]}, not stored {sorted(extra)[:5]}")
+sys.exit(1 if missing or extra or not stored else 0)
+EOF
+}
+check "the webhook got every grown and skipped event across the leader changes, nothing else" \
+    wait_for 60 'webhook_complete >"$WORK/webhook-check.out"'
+cat "$WORK/webhook-check.out"
 
 # One member down: a majority remains, nothing changes for users.
 stop_etcd() { kill "$(<"$WORK/etcd$1.pid")"; wait "$(<"$WORK/etcd$1.pid")" 2>/dev/null; rm -f "$WORK/etcd$1.pid"; }

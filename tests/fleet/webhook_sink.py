@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """A webhook receiver for the fleet tier: answers the first FAIL requests
-with 500 (so the controller must retry), then 200, and writes every body it
-accepted to OUT, one JSON document per line."""
+with 500 (so the controller must retry), then 200, and appends every body it
+accepted to OUT, one JSON document per line. Listens on PORT of ADDRESS
+(127.0.0.1 unless given)."""
 import http.server
 import sys
 
 port, fail, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+address = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
 seen = 0
 
 
@@ -26,4 +28,4 @@ class Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer(("127.0.0.1", port), Sink).serve_forever()
+http.server.HTTPServer((address, port), Sink).serve_forever()
