@@ -10,7 +10,10 @@
 #     event_backlog.rs); and end to end, backlogs of up to 100,000 events
 #     on simulated agents drained by a controller that starts after them
 #     (tests/fleet/bench-ingest.sh), into SQLite and into etcd.
-# ROOMY_BENCH_ONLY=ls or =ingest runs one part.
+#  3. failover of three controllers on etcd: the leader killed, times to
+#     the first routed resize, the new leader's link and the first event
+#     it stores (tests/fleet/bench-failover.sh).
+# ROOMY_BENCH_ONLY=ls, =ingest or =failover runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ROOMY_BUILD_CACHE:-/var/cache/roomy-build}/target}
@@ -40,4 +43,8 @@ if [[ -z $only || $only == ingest ]]; then
             ROOMY_INGEST_STORE=$store tests/fleet/bench-ingest.sh
         echo
     done
+fi
+if [[ -z $only || $only == failover ]]; then
+    echo
+    ROOMY_BIN=$(realpath "$bin") tests/fleet/bench-failover.sh
 fi
