@@ -87,8 +87,14 @@ for n in $SIZES; do
     sync=$(synced)
     # Warm up: every agent connection established once.
     for _ in 1 2 3; do ctl ls -o json >/dev/null; done
-    rows=$(ctl ls -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert not d["errors"], d["errors"]; print(len(d["containers"]))')
-    [[ $rows -eq $((n * 10)) ]] || { echo "bench: expected $((n * 10)) rows, got $rows" >&2; exit 1; }
+    read -r rows missed < <(ctl ls -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d["containers"]), len(d["errors"]))')
+    if [[ $missed -gt 0 || $rows -ne $((n * 10)) ]]; then
+        # Not a figure: say so, and go on to the next size.
+        printf '%-7s %-7s %-6s %s\n' "$n" "$rows" "$sync" "no figure: $missed of $n hosts missed the controller's 10 s agent deadline (rows: $rows of $((n * 10)))"
+        kill "$controller" "$agents" ${leader:+"$leader"}
+        wait "$controller" "$agents" ${leader:+"$leader"} 2>/dev/null || true
+        continue
+    fi
     t_cpu0=$(cpu_ticks "$controller")
     : >"$WORK/lat"
     for ((r = 0; r < RUNS; r++)); do

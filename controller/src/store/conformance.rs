@@ -407,6 +407,13 @@ fn a_deposed_leaders_writes_are_refused_and_the_follower_takes_over() {
         .to_string();
     assert!(err.contains("no longer leads"), "{err}");
     assert_eq!(b.webhook_cursor("chat").unwrap(), Some(cursor));
+    // Nor prune what the new leader keeps.
+    let err = a
+        .prune(Some(i64::MAX), Some(i64::MAX))
+        .expect_err("a deposed leader's prune must be refused")
+        .to_string();
+    assert!(err.contains("no longer leads"), "{err}");
+    assert_eq!(b.events(10, None).unwrap().len(), 2, "nothing pruned");
 }
 
 fn wait(limit: Duration, cond: impl Fn() -> bool) -> bool {

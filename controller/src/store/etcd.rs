@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
-    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use prost::Message;
 use roomy_proto::v1::{Event, Policy};
@@ -596,28 +596,10 @@ impl Store for EtcdStore {
         cursor: &WebhookCursor,
     ) -> Result<(), ControllerError> {
         let key = self.key(&format!("webhooks/{name}"));
-        let value = cursor_json(cursor);
         // Fenced as the leader's event writes are: a deposed leader that
         // finished a delivery late must not move the new leader's cursor.
-        let fence = self.fence.lock().expect("fence poisoned").clone();
-        let compares: Vec<Compare> = fence
-            .iter()
-            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
-            .collect();
-        let stored = self.run(move |mut c| {
-            let (key, value, compares) = (key.clone(), value.clone(), compares.clone());
-            async move {
-                let put = TxnOp::put(key, value, None);
-                Ok(c.txn(Txn::new().when(compares).and_then(vec![put]))
-                    .await?
-                    .succeeded())
-            }
-        })?;
-        match (stored, fence) {
-            (true, _) => Ok(()),
-            (false, Some((key, rev))) => Err(deposed(&key, rev)),
-            (false, None) => unreachable!("a transaction without conditions succeeds"),
-        }
+        self.fenced(vec![TxnOp::put(key, cursor_json(cursor), None)])
+            .map(drop)
     }
 
     fn shared(&self) -> bool {
@@ -648,15 +630,16 @@ impl Store for EtcdStore {
                 self.key("audit/"),
                 self.key(&format!("audit/{:016}", t.max(0))),
             );
-            pruned.audit = self.run(move |mut c| {
-                let (from, to) = (from.clone(), to.clone());
-                async move {
-                    let r = c
-                        .delete(from, Some(DeleteOptions::new().with_range(to)))
-                        .await?;
-                    Ok(r.deleted().max(0) as u64)
-                }
-            })?;
+            let delete = TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)));
+            pruned.audit = self
+                .fenced(vec![delete])?
+                .op_responses()
+                .iter()
+                .map(|op| match op {
+                    TxnOpResponse::Delete(d) => d.deleted().max(0) as u64,
+                    _ => 0,
+                })
+                .sum();
         }
         if let Some(t) = events_before_ms {
             // Events are keyed by (host, seq), not time: read them, delete
@@ -672,10 +655,7 @@ impl Store for EtcdStore {
                     .iter()
                     .map(|k| TxnOp::delete(k.clone(), None))
                     .collect();
-                self.run(move |mut c| {
-                    let ops = ops.clone();
-                    async move { c.txn(Txn::new().and_then(ops)).await.map(drop) }
-                })?;
+                self.fenced(ops)?;
             }
             pruned.events = old.len() as u64;
         }
@@ -701,6 +681,27 @@ impl Store for EtcdStore {
 }
 
 impl EtcdStore {
+    /// `ops` in one transaction that holds only while this controller's
+    /// latest term as leader does (unconditional for a store that never
+    /// led: `migrate`, tests). The leader's writes other than events go
+    /// through here: a deposed leader's late write is refused.
+    fn fenced(&self, ops: Vec<TxnOp>) -> Result<TxnResponse, ControllerError> {
+        let fence = self.fence.lock().expect("fence poisoned").clone();
+        let compares: Vec<Compare> = fence
+            .iter()
+            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
+            .collect();
+        let response = self.run(move |mut c| {
+            let (compares, ops) = (compares.clone(), ops.clone());
+            async move { c.txn(Txn::new().when(compares).and_then(ops)).await }
+        })?;
+        match (response.succeeded(), fence) {
+            (true, _) => Ok(response),
+            (false, Some((key, rev))) => Err(deposed(&key, rev)),
+            (false, None) => unreachable!("a transaction without conditions succeeds"),
+        }
+    }
+
     fn audit_key(&self, time_ms: i64) -> String {
         let n = self.audit_seq.fetch_add(1, Ordering::Relaxed);
         self.key(&format!(
