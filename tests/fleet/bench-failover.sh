@@ -1,7 +1,8 @@
 #!/bin/bash
 # Failover benchmark (issue: several controllers on etcd): three
 # controllers on a local etcd member, one simulated agent whose 20
-# containers fill under a policy (an event every few hundred ms), mutual
+# containers fill under a policy (10 MB/s each, a 64 MiB growth at 25%: an
+# event every ~80 ms, for minutes before the 100 GiB sim pool fills), mutual
 # TLS between Roomy's parts. Each round SIGKILLs the leader and times,
 # from the kill:
 #   resize: the first routed resize through a survivor that succeeds;
@@ -19,7 +20,8 @@ cd "$(dirname "$0")"
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 ROUNDS=${ROOMY_FAILOVER_ROUNDS:-5}
 WORK=$(mktemp -d /tmp/roomy-failover-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"' EXIT
+# set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"' EXIT
 
 etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:24090 \
     --advertise-client-urls http://127.0.0.1:24090 --listen-peer-urls http://127.0.0.1:24091 \
@@ -29,7 +31,7 @@ for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:24090/health | gre
 
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user ops:operator >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
-"$BIN/roomy-agent" --backend sim --sim-containers 20 --sim-fill-rate 300M --no-socket --state-dir "$WORK/state" \
+"$BIN/roomy-agent" --backend sim --sim-containers 20 --sim-fill-rate 10M --no-socket --state-dir "$WORK/state" \
     --listen 127.0.0.1:24100 --tls-cert "$WORK/pki/agents/sim-agent.pem" \
     --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>"$WORK/agent.log" &
 
@@ -65,7 +67,7 @@ leader() {
 }
 for n in 0 1 2; do start "$n"; done
 for _ in $(seq 300); do [[ $(leader | wc -l) -eq 1 ]] && break; sleep 0.1; done
-ctl 0 policy set steady --hosts host0 --at 50% --grow 1G --max 100000G --horizon 0 --cooldown 0 >/dev/null
+ctl 0 policy set steady --hosts host0 --at 25% --grow 64M --max 100000G --horizon 0 --cooldown 0 >/dev/null
 # Events flowing before the first kill.
 for _ in $(seq 300); do [[ $(metric "$(leader)" 'roomy_events_total{host="host0"') -gt 0 ]] && break; sleep 0.1; done
 
@@ -80,6 +82,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for n in "${alive[@]}"; do before[$n]=$(metric "$n" 'roomy_events_total{host="host0"'); done
     t0=$(now_ms)
     kill -9 "$(<"$WORK/c$dead.pid")"
+    # Reaped here, with bash's "Killed" notice silenced.
+    wait "$(<"$WORK/c$dead.pid")" 2>/dev/null || true
     resize= link= ack=
     while (($(now_ms) - t0 < 30000)) && [[ -z $resize || -z $link || -z $ack ]]; do
         if [[ -z $resize ]] && ctl "${alive[$((r % 2))]}" resize host0/c0 +1G >/dev/null 2>&1; then
@@ -98,7 +102,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
     printf '%-6s %-7s %-10s %-8s %-8s\n' "$r" "c$dead" "${resize:-never}" "${link:-never}" "${ack:-never}"
     [[ -n $resize && -n $link && -n $ack ]] || { echo "bench-failover: round $r did not recover in 30 s" >&2; exit 1; }
     echo "$resize $link $ack" >>"$WORK/figures"
-    wait "$(<"$WORK/c$dead.pid")" 2>/dev/null || true
     start "$dead"
     sleep 2
 done

@@ -20,7 +20,8 @@ BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 SEED=${ROOMY_SEED:?set ROOMY_SEED to a command that writes a backlog: SEED DIR N}
 CASES=${ROOMY_INGEST_CASES:-1x10000 1x100000 10x10000}
 WORK=$(mktemp -d /tmp/roomy-ingest-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+# set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 STORE=${ROOMY_INGEST_STORE:-sqlite}
 if [[ $STORE == etcd ]]; then

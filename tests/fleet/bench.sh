@@ -22,7 +22,8 @@ BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 SIZES=${ROOMY_BENCH_SIZES:-1 10 100 1000 10000}
 RUNS=${ROOMY_BENCH_RUNS:-30}
 WORK=$(mktemp -d /tmp/roomy-fleet-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+# set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # 10,000 agents: a listener and a connection each in the agents' process,
 # a connection each in the controller's.
