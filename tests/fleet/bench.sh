@@ -4,8 +4,8 @@
 # printing p50/p99 latency of the whole roomyctl command and the
 # controller's CPU time per ls and resident memory, measured once every
 # agent's Sync stream is open (the controller keeps one per agent; the
-# "sync" column counts them from its metrics). One roomy-agent process
-# serves all simulated hosts (--sim-hosts N, consecutive ports); the
+# "sync" column counts them from its metrics). Each roomy-agent process
+# serves up to 4,000 simulated hosts (--sim-hosts, consecutive ports); the
 # controller is its own process.
 #
 # ROOMY_BENCH_STORE=etcd (several controllers): two controllers on a local
@@ -63,10 +63,17 @@ synced() { curl -s --max-time 10 http://127.0.0.1:9798/metrics | awk '/^roomy_ho
 echo "store: $STORE$([[ $STORE == etcd ]] && echo ', measured through the follower')"
 printf '%-7s %-7s %-6s %-9s %-9s %-16s %-9s %-9s\n' agents rows sync p50_ms p99_ms ctl_cpu_ms/ls rss_MiB peak_MiB
 for n in $SIZES; do
-    "$BIN/roomy-agent" --backend sim --sim-hosts "$n" --sim-containers 10 --no-socket \
-        --listen 127.0.0.1:21000 --tls-cert "$WORK/pki/agents/sim-agent.pem" \
-        --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>"$WORK/agents.log" &
-    agents=$!
+    # At most 4,000 simulated hosts per process: each holds a listener and
+    # a connection, and one process may hold 20,000 fds here (ulimit -Hn;
+    # 10,000 hosts in one process ran out and its last hosts never
+    # answered). Hosts stay on consecutive ports.
+    agents=()
+    for ((first = 0; first < n; first += 4000)); do
+        "$BIN/roomy-agent" --backend sim --sim-hosts $((n - first < 4000 ? n - first : 4000)) --sim-containers 10 \
+            --no-socket --listen "127.0.0.1:$((21000 + first))" --tls-cert "$WORK/pki/agents/sim-agent.pem" \
+            --tls-key "$WORK/pki/agents/sim-agent.key" --tls-ca "$WORK/pki/ca.pem" 2>>"$WORK/agents.log" &
+        agents+=($!)
+    done
     # On etcd the leader (7544, metrics 9798) starts first and holds the
     # streams; the controller measured (7543) is then the follower.
     leader=
@@ -92,8 +99,8 @@ for n in $SIZES; do
     if [[ $missed -gt 0 || $rows -ne $((n * 10)) ]]; then
         # Not a figure: say so, and go on to the next size.
         printf '%-7s %-7s %-6s %s\n' "$n" "$rows" "$sync" "no figure: $missed of $n hosts missed the controller's 10 s agent deadline (rows: $rows of $((n * 10)))"
-        kill "$controller" "$agents" ${leader:+"$leader"}
-        wait "$controller" "$agents" ${leader:+"$leader"} 2>/dev/null || true
+        kill "$controller" "${agents[@]}" ${leader:+"$leader"}
+        wait "$controller" "${agents[@]}" ${leader:+"$leader"} 2>/dev/null || true
         continue
     fi
     t_cpu0=$(cpu_ticks "$controller")
@@ -114,7 +121,7 @@ for n in $SIZES; do
     if [[ -n $leader ]]; then
         [[ $(leads 9797) == 0 ]] || { echo "bench: the measured controller leads; it should follow" >&2; exit 1; }
     fi
-    kill "$controller" "$agents" ${leader:+"$leader"}
-    wait "$controller" "$agents" ${leader:+"$leader"} 2>/dev/null || true
+    kill "$controller" "${agents[@]}" ${leader:+"$leader"}
+    wait "$controller" "${agents[@]}" ${leader:+"$leader"} 2>/dev/null || true
 done
 echo "(latency: whole roomyctl process incl. its TLS handshake; CPU: controller utime+stime per ls; ${RUNS} runs each)"
