@@ -19,15 +19,13 @@ cd "$(dirname "$0")"
 
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 ROUNDS=${ROOMY_FAILOVER_ROUNDS:-5}
+# shellcheck source=tests/fleet/etcd-member.sh
+source ./etcd-member.sh
 WORK=$(mktemp -d /tmp/roomy-failover-bench.XXXXXX)
 # set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; [[ ${ROOMY_KEEP:-} == 1 ]] || rm -rf "$WORK"' EXIT
 
-etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:24090 \
-    --advertise-client-urls http://127.0.0.1:24090 --listen-peer-urls http://127.0.0.1:24091 \
-    --initial-advertise-peer-urls http://127.0.0.1:24091 --initial-cluster b=http://127.0.0.1:24091 \
-    >"$WORK/etcd.log" 2>&1 &
-for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:24090/health | grep -q true && break; sleep 0.2; done
+start_etcd_member 24090
 
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user ops:operator >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null

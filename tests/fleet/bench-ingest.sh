@@ -19,17 +19,15 @@ cd "$(dirname "$0")"
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 SEED=${ROOMY_SEED:?set ROOMY_SEED to a command that writes a backlog: SEED DIR N}
 CASES=${ROOMY_INGEST_CASES:-1x10000 1x100000 10x10000}
+# shellcheck source=tests/fleet/etcd-member.sh
+source ./etcd-member.sh
 WORK=$(mktemp -d /tmp/roomy-ingest-bench.XXXXXX)
 # set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 STORE=${ROOMY_INGEST_STORE:-sqlite}
 if [[ $STORE == etcd ]]; then
-    etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23890 \
-        --advertise-client-urls http://127.0.0.1:23890 --listen-peer-urls http://127.0.0.1:23891 \
-        --initial-advertise-peer-urls http://127.0.0.1:23891 --initial-cluster b=http://127.0.0.1:23891 \
-        >"$WORK/etcd.log" 2>&1 &
-    for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:23890/health | grep -q true && break; sleep 0.2; done
+    start_etcd_member 23890
 fi
 # The store line of the controller's config, per case.
 store_conf() {

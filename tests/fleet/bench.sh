@@ -21,6 +21,8 @@ cd "$(dirname "$0")"
 BIN=${ROOMY_BIN:?set ROOMY_BIN to the directory holding the roomy binaries}
 SIZES=${ROOMY_BENCH_SIZES:-1 10 100 1000 10000}
 RUNS=${ROOMY_BENCH_RUNS:-30}
+# shellcheck source=tests/fleet/etcd-member.sh
+source ./etcd-member.sh
 WORK=$(mktemp -d /tmp/roomy-fleet-bench.XXXXXX)
 # set -e holds in the trap too: a kill of jobs already gone must not end it before the rm.
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -30,11 +32,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 STORE=${ROOMY_BENCH_STORE:-sqlite}
 if [[ $STORE == etcd ]]; then
-    etcd --name b --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23990 \
-        --advertise-client-urls http://127.0.0.1:23990 --listen-peer-urls http://127.0.0.1:23991 \
-        --initial-advertise-peer-urls http://127.0.0.1:23991 --initial-cluster b=http://127.0.0.1:23991 \
-        >"$WORK/etcd.log" 2>&1 &
-    for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:23990/health | grep -q true && break; sleep 0.2; done
+    start_etcd_member 23990
 fi
 "$BIN/roomyctl" certs init --out "$WORK/pki" --user bench:viewer >/dev/null
 "$BIN/roomyctl" certs issue --dir "$WORK/pki" agent sim-agent >/dev/null
