@@ -4,6 +4,7 @@
 //! them (collecting their events). Storage work is the agents'.
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod distribute;
 pub mod error;

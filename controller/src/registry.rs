@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use roomy_proto::v1::agent_client::AgentClient;
 use roomy_proto::v1::{Host, HostState};
 use tonic::transport::Channel;
 
+use crate::clock::now_s;
 use crate::error::ControllerError;
 use crate::store::{HostRecord, Store};
 
@@ -57,13 +58,6 @@ pub struct Registry {
     changing: std::sync::Mutex<()>,
     /// Per-host deadline.
     pub deadline: Duration,
-}
-
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Registry {

@@ -2,7 +2,7 @@
 //! (one controller on SQLite), a minute after it starts and hourly after.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -64,10 +64,7 @@ pub fn spawn(
             if !leadership.is_leader() {
                 continue;
             }
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now_ms = crate::clock::now_ms();
             let (events, audit) = retention.cutoffs(now_ms);
             let store = store.clone();
             // The store's calls block: off the async workers.

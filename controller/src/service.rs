@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use roomy_proto::v1::controller_server::Controller;
 use roomy_proto::v1::{
@@ -20,6 +19,7 @@ use roomy_tls::Kind;
 use roomy_tls::CONTROLLER_NAME;
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_ms;
 use crate::distribute::Distributor;
 use crate::error::ControllerError;
 use crate::metrics::ControllerMetrics;
@@ -36,13 +36,6 @@ pub struct ControllerService {
     roles: Roles,
     /// Bound on one routed call (a resize of a large filesystem takes a while).
     call_timeout: std::time::Duration,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The caller's verified certificate identity, and why it may not call at

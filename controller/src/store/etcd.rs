@@ -686,11 +686,7 @@ impl EtcdStore {
     /// led: `migrate`, tests). The leader's writes other than events go
     /// through here: a deposed leader's late write is refused.
     fn fenced(&self, ops: Vec<TxnOp>) -> Result<TxnResponse, ControllerError> {
-        let fence = self.fence.lock().expect("fence poisoned").clone();
-        let compares: Vec<Compare> = fence
-            .iter()
-            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
-            .collect();
+        let (fence, compares) = self.fence_compares();
         let response = self.run(move |mut c| {
             let (compares, ops) = (compares.clone(), ops.clone());
             async move { c.txn(Txn::new().when(compares).and_then(ops)).await }
@@ -700,6 +696,18 @@ impl EtcdStore {
             (false, Some((key, rev))) => Err(deposed(&key, rev)),
             (false, None) => unreachable!("a transaction without conditions succeeds"),
         }
+    }
+
+    /// This controller's latest term as leader (its election key and that
+    /// key's create revision), and the condition that it still holds: none
+    /// for a store that never led.
+    fn fence_compares(&self) -> (Option<(String, i64)>, Vec<Compare>) {
+        let fence = self.fence.lock().expect("fence poisoned").clone();
+        let compares = fence
+            .iter()
+            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
+            .collect();
+        (fence, compares)
     }
 
     fn audit_key(&self, time_ms: i64) -> String {
@@ -745,11 +753,7 @@ impl EtcdStore {
                 .zip(&taken)
                 .map(|(k, &t)| !t && fresh.insert(k.as_str()))
                 .collect();
-            let fence = self.fence.lock().expect("fence poisoned").clone();
-            let mut compares: Vec<Compare> = fence
-                .iter()
-                .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev))
-                .collect();
+            let (fence, mut compares) = self.fence_compares();
             let mut puts = Vec::new();
             for (((event, audit), key), _) in chunk.iter().zip(&keys).zip(&new).filter(|(_, &n)| n)
             {

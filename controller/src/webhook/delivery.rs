@@ -20,13 +20,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use roomy_proto::v1::EventKind;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::{payload, Endpoint};
+use crate::clock::now_ms;
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 use crate::store::{Store, WebhookCursor};
@@ -202,10 +203,4 @@ async fn lost(leadership: &mut Leadership) {
     while leadership.is_leader() {
         leadership.changed().await;
     }
-}
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

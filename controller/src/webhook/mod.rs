@@ -1431,7 +1431,7 @@ mod tests {
             ..event(EventKind::Grown)
         };
         let now = Event {
-            time_ms: super::delivery::now_ms(),
+            time_ms: crate::clock::now_ms(),
             ..event(EventKind::Grown)
         };
         let push = |e: &Event, to: &Webhooks| {
