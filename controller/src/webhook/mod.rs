@@ -1091,8 +1091,10 @@ mod tests {
             .2
     }
 
+    /// Polls for up to 20 s: far above what a pass takes (milliseconds),
+    /// so a machine twice as slow under a full CI load still passes.
     async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        for _ in 0..1000 {
+        for _ in 0..4000 {
             if done() {
                 return;
             }
@@ -1426,12 +1428,24 @@ mod tests {
             Leadership::from_watch(state_a),
         )
         .unwrap();
+        // A new webhook starts from the moment its task first ran: the
+        // events' times come from its cursor, not from the test's clock
+        // (which read before the task ran on a loaded machine).
+        wait_until("a's cursor", || {
+            store.webhook_cursor(&a.targets[0].label).unwrap().is_some()
+        })
+        .await;
+        let since = store
+            .webhook_cursor(&a.targets[0].label)
+            .unwrap()
+            .unwrap()
+            .since_ms;
         let old = Event {
-            time_ms: 0,
+            time_ms: since - 1,
             ..event(EventKind::Grown)
         };
         let now = Event {
-            time_ms: crate::clock::now_ms(),
+            time_ms: since,
             ..event(EventKind::Grown)
         };
         let push = |e: &Event, to: &Webhooks| {
@@ -1442,11 +1456,7 @@ mod tests {
             store.record_event(&e, None).unwrap();
             to.stored(&e.host);
         };
-        // A new webhook starts from now: the stored past is not sent.
-        wait_until("a's cursor", || {
-            store.webhook_cursor(&a.targets[0].label).unwrap().is_some()
-        })
-        .await;
+        // The stored past is not sent; from its first moment on, all is.
         push(&old, &a);
         push(&now, &a);
         push(&now, &a);
