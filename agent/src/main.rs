@@ -98,6 +98,13 @@ struct Args {
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     sample_interval_ms: u64,
 
+    /// Longest time, in milliseconds, a filesystem goes unread while this
+    /// host has written too little since to bring it to its policy's
+    /// trigger (the kernel's write counters bound that). Set it to the
+    /// sample interval to read every filesystem at every sample.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    idle_read_interval_ms: u64,
+
     /// Milliseconds between re-reads of the container list and the pool
     /// while policies are in force.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -151,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     let cadence = Cadence {
         sample: Duration::from_millis(args.sample_interval_ms),
         refresh: Duration::from_millis(args.refresh_interval_ms),
+        idle: Duration::from_millis(args.idle_read_interval_ms),
         ..Cadence::default()
     };
     match args.backend {

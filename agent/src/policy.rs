@@ -5,7 +5,10 @@
 //! pool every few seconds (Docker calls, dm ioctls) and runs pool policies.
 //! The sample loop reads every container's filesystem use with statvfs
 //! every 250 ms, measures its fill rate, and asks the one decision function
-//! (`roomy_policy::decide`) what to do. Growth runs in its own task,
+//! (`roomy_policy::decide`) what to do. A filesystem is left unread at a
+//! pass while the host has written too little since its last read to bring
+//! it to its trigger (`Track::due`), up to `Cadence::idle`: on an idle host
+//! the statvfs calls, most of the agent's CPU, drop eightfold. Growth runs in its own task,
 //! through the same backend call as a manual resize, one per container at a
 //! time. Every action and every change of skip reason is an event.
 
@@ -38,6 +41,12 @@ const NOTE_AGAIN: Duration = Duration::from_secs(300);
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Without policies, refresh only for the metrics.
 const IDLE_REFRESH: Duration = Duration::from_secs(15);
+/// Bytes of a filesystem's space one byte written can take, at most, for
+/// the sampler's bound: XFS's speculative preallocation past the end of a
+/// growing file reserves up to as much again as the file holds, and
+/// delayed allocation reserves worst-case extent-tree blocks beside the
+/// data; 4 covers both with room.
+const SPACE_PER_BYTE_WRITTEN: u64 = 4;
 
 /// How often the engine looks.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +59,11 @@ pub struct Cadence {
     /// before the next `sample`: the wait between crossing a threshold and
     /// noticing it is then this short, not up to a whole `sample`.
     pub hot: Duration,
+    /// Longest a filesystem goes unread at the full passes while the
+    /// host's write counters say too little was written to bring it to its
+    /// trigger. It bounds what those counters miss: space taken without
+    /// writing (`fallocate`), and deletions, which only the metrics see.
+    pub idle: Duration,
 }
 
 impl Default for Cadence {
@@ -58,6 +72,7 @@ impl Default for Cadence {
             sample: Duration::from_millis(250),
             refresh: Duration::from_secs(2),
             hot: Duration::from_millis(50),
+            idle: Duration::from_secs(2),
         }
     }
 }
@@ -84,6 +99,17 @@ fn put_usage(c: &mut ContainerStorage, u: Usage) {
     c.inodes_used = u.inodes_used;
 }
 
+/// The statvfs figures on a container's row.
+fn usage_of(c: &ContainerStorage) -> Usage {
+    Usage {
+        total: c.fs_total_bytes,
+        used: c.fs_used_bytes,
+        avail: c.fs_avail_bytes,
+        inodes_total: c.inodes_total,
+        inodes_used: c.inodes_used,
+    }
+}
+
 /// One target's history.
 #[derive(Debug, Default)]
 struct Track {
@@ -103,6 +129,13 @@ struct Track {
     retry_at: Option<Instant>,
     /// Policy in force and its cap, for metrics.
     cap: Option<(String, u64)>,
+    /// When the filesystem was last read, and the host's write counter
+    /// (`StorageBackend::written_bound`) then.
+    read_at: Option<Instant>,
+    written_at_read: u64,
+    /// Bytes written that could make the policy fire, as of that read
+    /// (`roomy_policy::write_headroom`); 0: read at every pass.
+    headroom: u64,
 }
 
 impl Track {
@@ -117,6 +150,33 @@ impl Track {
                 self.rate = (u1 as f64 - u0 as f64) / dt;
             }
         }
+    }
+
+    /// Whether a full pass reads this filesystem: unless the host's
+    /// writes since the last read (`written` now), however they fell,
+    /// are too few to reach the headroom, nothing moves (no rate, no
+    /// growth going) and `idle` has not passed. Without a write counter:
+    /// always.
+    fn due(&self, now: Instant, written: Option<u64>, idle: Duration) -> bool {
+        let (Some(written), Some(at)) = (written, self.read_at) else {
+            return true;
+        };
+        let since = written.saturating_sub(self.written_at_read);
+        self.headroom == 0
+            || self.rate != 0.0
+            || self.hot
+            || self.busy
+            || now.duration_since(at) >= idle
+            || since.saturating_mul(SPACE_PER_BYTE_WRITTEN) >= self.headroom
+    }
+
+    /// A read at `now`, the write counter at `written`; the headroom is
+    /// 0 until the policy's is known.
+    fn read(&mut self, now: Instant, written: Option<u64>, used: u64) {
+        self.sample(now, used);
+        self.read_at = Some(now);
+        self.written_at_read = written.unwrap_or(0);
+        self.headroom = 0;
     }
 
     /// Whether this note is news (and remember it).
@@ -402,14 +462,29 @@ impl<B: StorageBackend + Clone> Engine<B> {
             if let Ok(list) = listed {
                 let now = Instant::now();
                 let mut old = std::mem::take(&mut state.containers);
+                // The sampler reads each filesystem at least every `idle`
+                // while it enforces policies: its figures are fresh enough.
+                let recent = self.inner.cadence.idle * 2;
                 for mut c in list {
-                    // A row the backend kept from an earlier refresh has
-                    // that refresh's use: the metrics want today's, and
-                    // without policies no sampler refreshes it.
-                    if let Some(u) = self.inner.backend.usage(&c) {
-                        put_usage(&mut c, u);
+                    let old = old.remove(&c.id);
+                    match &old {
+                        Some(w)
+                            if w.track
+                                .read_at
+                                .is_some_and(|t| now.duration_since(t) < recent) =>
+                        {
+                            put_usage(&mut c, usage_of(&w.c));
+                        }
+                        // A row the backend kept from an earlier refresh
+                        // has that refresh's use: the metrics want today's,
+                        // and without policies no sampler refreshes it.
+                        _ => {
+                            if let Some(u) = self.inner.backend.usage(&c) {
+                                put_usage(&mut c, u);
+                            }
+                        }
                     }
-                    let watched = match old.remove(&c.id) {
+                    let watched = match old {
                         Some(w) => w.relisted(c, now),
                         None => Watched::new(c, Track::default(), now),
                     };
@@ -659,6 +734,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
         }
         let now = Instant::now();
         let now_ms = now_ms();
+        let written = self.inner.backend.written_bound();
+        let idle_read = self.inner.cadence.idle;
         let mut grows = Vec::new();
         let mut notes = Vec::new();
         let mut any_hot = false;
@@ -671,13 +748,19 @@ impl<B: StorageBackend + Clone> Engine<B> {
             if !full && !w.track.hot {
                 continue;
             }
+            // A new policy set (or a relisted row): its headroom is unknown.
+            let matched = matches!(&w.picked, Some((s, _)) if Arc::ptr_eq(s, &set));
+            if matched && !w.track.due(now, written, idle_read) {
+                continue;
+            }
             let Some(u) = self.inner.backend.usage(&w.c) else {
                 continue;
             };
             put_usage(&mut w.c, u);
-            w.track.sample(now, u.used);
+            w.track.read(now, written, u.used);
             w.c.fill_rate_bytes_per_second = w.track.rate;
             let Some(policy) = w.pick(&set) else {
+                w.track.headroom = u64::MAX;
                 continue;
             };
             let t = &mut w.track;
@@ -699,6 +782,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             // formatted (decide writes its explanation every time).
             if idle(policy, &obs) {
                 t.fired_at = None;
+                t.headroom = roomy_policy::write_headroom(policy, &obs);
                 t.hot = fires_within(policy, &mut obs, self.inner.cadence.sample);
                 any_hot |= t.hot;
                 w.labels = obs.labels;
@@ -780,6 +864,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
         if let Some(w) = track.as_mut() {
             w.track.busy = false;
             w.track.fired_at = None;
+            // A new size: read it again at the next pass.
+            w.track.read_at = None;
         }
         match result {
             Ok(outcome) => {
@@ -1001,6 +1087,7 @@ mod tests {
                 sample: Duration::from_secs(1),
                 refresh: Duration::from_secs(60),
                 hot: Duration::from_millis(20),
+                ..Cadence::default()
             },
         );
         engine.spawn();
@@ -1021,6 +1108,100 @@ mod tests {
             late < Duration::from_millis(250),
             "grown {} ms after the crossing",
             late.as_millis()
+        );
+    }
+
+    /// On a host that writes nothing, a filesystem is read once, not at
+    /// every pass; a write big enough to reach a trigger anywhere makes the
+    /// next pass read them all, and the container it filled is grown at
+    /// once, not when `idle` comes round (a minute here).
+    #[tokio::test]
+    async fn filesystems_are_read_when_enough_was_written_to_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let containers: Vec<SimContainer> = (0..20)
+            .map(|i| {
+                let mut c = writer(&format!("{:x}", i % 16));
+                c.id = format!("{i:064x}");
+                c.name = format!("c{i}");
+                c.sizes.fs = Some(10 * G);
+                c.sizes.table = Some(10 * G);
+                c.sizes.docker = 10 * G;
+                c.sizes.persisted = 10 * G;
+                c.used = G;
+                c
+            })
+            .collect();
+        let target = containers[7].id.clone();
+        let backend = SimBackend::new(containers, 1000 * G, 10);
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        policies
+            .replace(grow_at_80(PolicyKind::Container, "*"))
+            .unwrap();
+        let pass = Duration::from_millis(20);
+        let engine = Engine::new(
+            backend.clone(),
+            policies,
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence {
+                sample: pass,
+                refresh: Duration::from_millis(100),
+                idle: Duration::from_secs(60),
+                ..Cadence::default()
+            },
+        );
+        engine.spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while engine
+            .state()
+            .containers
+            .values()
+            .filter(|w| w.track.headroom > 0)
+            .count()
+            < 20
+        {
+            assert!(Instant::now() < deadline, "never read");
+            tokio::time::sleep(pass).await;
+        }
+        let settled = backend.usage_reads();
+        // 25 passes and 5 refreshes or more: each pass would read all 20
+        // without the bound, each refresh too.
+        tokio::time::sleep(pass * 25).await;
+        assert_eq!(
+            backend.usage_reads(),
+            settled,
+            "an idle host's filesystems read again"
+        );
+
+        // 1 GiB written, 4 GiB of space at most: short of any trigger
+        // (80% of 10 GiB is 7 GiB away).
+        backend.write(&target, G);
+        tokio::time::sleep(pass * 25).await;
+        assert_eq!(
+            backend.usage_reads(),
+            settled,
+            "read after a write too small to matter"
+        );
+
+        // 6 more: 7 GiB in all, the container at 80%.
+        backend.write(&target, 6 * G);
+        let grown = loop {
+            let rows = backend.running().await.unwrap();
+            let row = rows.iter().find(|r| r.id == target).unwrap();
+            if row.size_bytes() > 10 * G {
+                break row.size_bytes();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not grown: the write was not noticed"
+            );
+            tokio::time::sleep(pass).await;
+        };
+        assert_eq!(grown, 15 * G);
+        let reads = backend.usage_reads() - settled;
+        assert!(
+            (20..60).contains(&reads),
+            "{reads} reads: all 20 again, and a few of the grown one"
         );
     }
 

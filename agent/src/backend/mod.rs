@@ -166,6 +166,15 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// sampler calls it every 250 ms). `None` when it is not mounted.
     fn usage(&self, container: &ContainerStorage) -> Option<Usage>;
 
+    /// An upper bound on the bytes written into this backend's
+    /// filesystems since some fixed moment, never decreasing: the sampler
+    /// leaves a filesystem unread while less has been written since its
+    /// last read than could bring it to its policy's trigger. `None`: no
+    /// such bound, every filesystem is read at every pass.
+    fn written_bound(&self) -> Option<u64> {
+        None
+    }
+
     /// The pool's use now, re-read from the kernel alone on top of `last`
     /// (from [`StorageBackend::inspect_pool`]), which keeps what costs a
     /// Docker round trip or a process: the sampler calls it every 250 ms

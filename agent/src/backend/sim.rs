@@ -40,6 +40,10 @@ struct SimState {
     /// policies); it stops when the filesystem is full, as ENOSPC would.
     fill_rate: u64,
     last_fill: std::time::Instant,
+    /// Bytes the simulated writers wrote: the host's write counter.
+    written: u64,
+    /// `usage` calls: what the sampler's reads cost.
+    usage_reads: u64,
 }
 
 impl SimState {
@@ -57,6 +61,7 @@ impl SimState {
             let n = wrote.min(room);
             c.used += n;
             self.pool_used += n;
+            self.written += n;
         }
     }
 }
@@ -79,6 +84,8 @@ impl SimBackend {
                 pool_used,
                 fill_rate: 0,
                 last_fill: std::time::Instant::now(),
+                written: 0,
+                usage_reads: 0,
             })),
             pool_margin_percent,
         }
@@ -88,6 +95,23 @@ impl SimBackend {
     pub fn with_fill_rate(self, bytes_per_second: u64) -> Self {
         self.state.lock().expect("sim state poisoned").fill_rate = bytes_per_second;
         self
+    }
+
+    /// Container `id` writes `bytes` now (up to full).
+    pub fn write(&self, id: &str, bytes: u64) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(c) = state.containers.iter_mut().find(|c| c.id == id) {
+            let n = bytes.min(c.sizes.fs.unwrap_or(0).saturating_sub(c.used));
+            c.used += n;
+            state.pool_used += n;
+            state.written += n;
+        }
+    }
+
+    /// How many times a container's filesystem use was read.
+    pub fn usage_reads(&self) -> u64 {
+        self.lock().usage_reads
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -219,7 +243,8 @@ impl StorageBackend for SimBackend {
     }
 
     fn usage(&self, container: &ContainerStorage) -> Option<crate::backend::Usage> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.usage_reads += 1;
         let c = state
             .containers
             .iter()
@@ -232,6 +257,10 @@ impl StorageBackend for SimBackend {
             inodes_total: 1 << 20,
             inodes_used: 1000,
         })
+    }
+
+    fn written_bound(&self) -> Option<u64> {
+        Some(self.lock().written)
     }
 
     async fn inspect(

@@ -774,6 +774,35 @@ pub fn idle(policy: &Policy, obs: &Observation) -> bool {
     !autogrow_off(&obs.labels) && trigger(policy, obs).is_none()
 }
 
+/// How many bytes written into the filesystem `obs` saw could make one of
+/// the policy's triggers fire, at the least: while less than that has been
+/// written, [`trigger`] cannot have changed its answer, and the sampler
+/// need not read the filesystem again (it bounds what was written with the
+/// host's write counters). 0 where no such bound holds: a trigger fires
+/// now, a fill rate is measured (the rate-aware trigger moves with time,
+/// not bytes), or an inodes trigger is set (files cost inodes, not
+/// written bytes). `u64::MAX` when no trigger is set.
+pub fn write_headroom(policy: &Policy, obs: &Observation) -> u64 {
+    let t = policy.trigger.unwrap_or_default();
+    if trigger(policy, obs).is_some()
+        || t.inodes_percent > 0.0
+        || (t.horizon_seconds > 0 && obs.fill_rate != 0.0)
+    {
+        return 0;
+    }
+    let mut room = u64::MAX;
+    if t.used_percent > 0.0 {
+        // Writing moves bytes from avail to used; their sum stays.
+        let total = obs.used_bytes.saturating_add(obs.avail_bytes);
+        let at = (total as f64 * t.used_percent / 100.0).floor() as u64;
+        room = room.min(at.saturating_sub(obs.used_bytes));
+    }
+    if t.free_bytes > 0 {
+        room = room.min(obs.avail_bytes.saturating_sub(t.free_bytes));
+    }
+    room
+}
+
 /// The one decision: given a container policy, what the agent sees, when
 /// the policy last grew this container and the time, what to do.
 pub fn decide(

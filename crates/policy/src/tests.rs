@@ -322,6 +322,72 @@ fn decisions() {
     }
 }
 
+/// The sampler leaves a filesystem unread while less than
+/// `write_headroom` bytes can have been written into it: for that to be
+/// safe, no write short of the headroom may make a trigger fire, and it is
+/// tight (the next bytes do), so a read is not put off longer than needed.
+#[test]
+fn write_headroom_is_the_least_write_that_fires() {
+    let policies = [
+        ("80%", spec(|_| {})),
+        (
+            "1G free",
+            spec(|s| {
+                s.at = None;
+                s.free = Some("1G".into());
+            }),
+        ),
+        ("both", spec(|s| s.free = Some("3G".into()))),
+        ("99.5%", spec(|s| s.at = Some("99.5%".into()))),
+    ];
+    let write = |o: &Observation, x: u64| Observation {
+        used_bytes: o.used_bytes + x,
+        avail_bytes: o.avail_bytes - x,
+        ..o.clone()
+    };
+    for (what, p) in &policies {
+        for (size, used) in [(4 * G, 0), (4 * G, G + 7), (10 * G, 5 * G), (G / 2, 3 * M)] {
+            let o = obs(size, used);
+            let room = write_headroom(p, &o);
+            if trigger(p, &o).is_some() {
+                assert_eq!(room, 0, "{what} on {size}/{used}: fires now");
+                continue;
+            }
+            assert!(
+                room > 0 && room < u64::MAX,
+                "{what} on {size}/{used}: {room}"
+            );
+            assert!(
+                trigger(p, &write(&o, room - 1)).is_none(),
+                "{what} on {size}/{used}: fired before its headroom {room}"
+            );
+            assert!(
+                trigger(p, &write(&o, room + 1)).is_some(),
+                "{what} on {size}/{used}: headroom {room} is not tight"
+            );
+        }
+    }
+    // Where bytes written do not bound it: sample at every pass.
+    let at = spec(|_| {});
+    assert_eq!(write_headroom(&at, &obs(G, 900 * M)), 0, "fires now");
+    let inodes = spec(|s| s.inodes = Some("90%".into()));
+    assert_eq!(write_headroom(&inodes, &obs(G, 0)), 0, "inodes trigger");
+    let rated = spec(|s| s.horizon = Some("20s".into()));
+    let mut filling = obs(G, 0);
+    filling.fill_rate = 1.0;
+    assert_eq!(
+        write_headroom(&rated, &filling),
+        0,
+        "a fill rate, rate-aware"
+    );
+    filling.fill_rate = 0.0;
+    assert_eq!(
+        write_headroom(&rated, &filling),
+        858_993_459,
+        "not filling: 80% of 1 GiB"
+    );
+}
+
 #[test]
 fn skip_messages_carry_the_numbers() {
     let p = spec(|_| {});

@@ -446,6 +446,11 @@ impl StorageBackend for ThinBackend {
         fs::usage(Path::new(&container.mountpoint)).ok()
     }
 
+    fn written_bound(&self) -> Option<u64> {
+        // The host's counters: every container's writes are among them.
+        crate::sys::vmstat::written_bound().ok()
+    }
+
     async fn inspect(
         &self,
         container: Option<&ContainerRef>,
