@@ -47,6 +47,11 @@ impl DeviceRecord {
         self.number("size")
     }
 
+    /// Whether Docker marked the device deleted (deferred deletion).
+    pub fn deleted(&self) -> bool {
+        self.fields.get("deleted").and_then(Value::as_bool) == Some(true)
+    }
+
     /// The thin device id.
     pub fn device_id(&self) -> Result<u64, MetadataError> {
         self.number("device_id")

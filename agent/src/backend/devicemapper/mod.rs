@@ -63,6 +63,7 @@ pub(crate) struct Inner {
     pub(crate) locks: LockTable,
     pub(crate) rows: RowCache,
     pub(crate) seen: seen::Seen,
+    pub(crate) provisioned: metadata::Provisioned,
 }
 
 /// How a container is read: alone, or as one row of a list.
@@ -116,6 +117,7 @@ impl ThinBackend {
                 locks: Default::default(),
                 rows: Default::default(),
                 seen,
+                provisioned: Default::default(),
             }),
         })
     }
@@ -572,29 +574,6 @@ impl ThinBackend {
 
     /// Sum of the sizes of the pool's thin devices, from Docker's metadata.
     fn virtual_bytes(&self, info: &DaemonInfo) -> u64 {
-        let dir = info.root_dir.join("devicemapper/metadata");
-        let mut virtual_bytes = 0u64;
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with('.')
-                || file == "transaction-metadata"
-                || file == "deviceset-metadata"
-            {
-                continue;
-            }
-            let Ok(text) = std::fs::read(entry.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if v.get("deleted").and_then(serde_json::Value::as_bool) != Some(true) {
-                virtual_bytes += v
-                    .get("size")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
-            }
-        }
-        virtual_bytes
+        self.inner.provisioned.sum(&info.root_dir)
     }
 }
