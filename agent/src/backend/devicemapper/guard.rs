@@ -161,15 +161,16 @@ impl ThinBackend {
     pub async fn sweep(&self) -> Result<(), AgentError> {
         let info = self.inner.docker.info().await?;
         let mut ids = self.inner.guard.held_ids();
+        // Every device's persisted size in one look (re-read only when
+        // Docker's metadata changed), not a file read per container.
+        let recorded = self.inner.provisioned.sizes(&info.root_dir);
         for view in self.inner.docker.known().await? {
             if view.driver != "devicemapper" {
                 continue;
             }
-            let persisted = view.mount_id(&info.root_dir).and_then(|m| {
-                crate::backend::devicemapper::metadata::DeviceMetadata::new(&info.root_dir, &m)
-                    .size()
-                    .ok()
-            });
+            let persisted = view
+                .mount_id(&info.root_dir)
+                .and_then(|m| recorded.by_device.get(&m).copied());
             if persisted.is_some_and(|p| Some(p) != view.docker_size) {
                 ids.push(view.id);
             }

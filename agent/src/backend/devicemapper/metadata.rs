@@ -8,9 +8,10 @@
 //! when it loads), fsync, rename, fsync of the directory. Every other field
 //! is kept exactly, in its order.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use roomy_formats::docker_metadata::DeviceRecord;
@@ -71,52 +72,69 @@ impl DeviceMetadata {
     }
 }
 
-/// The sum of the pool's thin devices' sizes (the pool's "virtual"
-/// bytes), from every metadata file, read again only when the directory
-/// changed. Reading 400 files every refresh was most of an idle agent's
-/// CPU on a host of 200 containers (bench-host's perf); Docker and Roomy
-/// both change a file by renaming a new one over it, and devices come and
-/// go as files, so each change moves the directory's mtime.
+/// Every live device's recorded size, from Docker's metadata directory,
+/// read again only when the directory changed: the pool's "virtual" bytes
+/// (their sum, every refresh) and the guard's look at each container's
+/// persisted size (every sweep). Reading 400 files each time was most of
+/// an idle agent's CPU on a host of 200 containers (bench-host's perf).
+/// Docker and Roomy both change a file by renaming a new one over it, and
+/// devices come and go as files, so each change moves the directory's
+/// mtime.
 #[derive(Debug, Default)]
 pub struct Provisioned {
-    /// The directory's mtime and the sum read under it.
-    last: Mutex<Option<(SystemTime, u64)>>,
+    /// The directory's mtime and what was read under it.
+    last: Mutex<Option<(SystemTime, Arc<Sizes>)>>,
+}
+
+/// What one read of the directory found.
+#[derive(Debug, Default)]
+pub struct Sizes {
+    /// Size by device (file) name; devices marked deleted are left out.
+    pub by_device: HashMap<String, u64>,
+    /// Their sum.
+    pub sum: u64,
 }
 
 /// Timestamps are taken from a coarse clock: a change within the same tick
-/// as the one seen leaves the mtime as it was. A sum is kept only when its
+/// as the one seen leaves the mtime as it was. A read is kept only when its
 /// mtime is older than this, so no later change can share it.
 const SETTLED: Duration = Duration::from_secs(1);
 
 impl Provisioned {
-    /// The sum under `data_root`'s `devicemapper/metadata`.
-    pub fn sum(&self, data_root: &Path) -> u64 {
+    /// The sizes under `data_root`'s `devicemapper/metadata`.
+    pub fn sizes(&self, data_root: &Path) -> Arc<Sizes> {
         let dir = data_root.join("devicemapper/metadata");
         let mtime = fs::metadata(&dir).and_then(|m| m.modified()).ok();
-        let last = *self.last.lock().expect("provisioned cache poisoned");
-        if let (Some(now), Some((seen, sum))) = (mtime, last) {
+        let last = self
+            .last
+            .lock()
+            .expect("provisioned cache poisoned")
+            .clone();
+        if let (Some(now), Some((seen, sizes))) = (mtime, last) {
             if now == seen {
-                return sum;
+                return sizes;
             }
         }
-        let sum = read_sum(&dir);
+        let sizes = Arc::new(read_sizes(&dir));
         let settled = mtime.filter(|m| {
             SystemTime::now()
                 .duration_since(*m)
                 .is_ok_and(|age| age > SETTLED)
         });
-        *self.last.lock().expect("provisioned cache poisoned") = settled.map(|m| (m, sum));
-        sum
+        *self.last.lock().expect("provisioned cache poisoned") =
+            settled.map(|m| (m, sizes.clone()));
+        sizes
     }
 }
 
 /// Every live device's size in `dir`: Docker's bookkeeping files and its
 /// (and Roomy's) dot-prefixed temp files are not devices.
-fn read_sum(dir: &Path) -> u64 {
-    let mut sum = 0u64;
+fn read_sizes(dir: &Path) -> Sizes {
+    let mut sizes = Sizes::default();
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
+        let Ok(file) = entry.file_name().into_string() else {
+            continue;
+        };
         if file.starts_with('.') || file == "transaction-metadata" || file == "deviceset-metadata" {
             continue;
         }
@@ -126,11 +144,12 @@ fn read_sum(dir: &Path) -> u64 {
         let Ok(record) = DeviceRecord::parse(&text) else {
             continue;
         };
-        if !record.deleted() {
-            sum = sum.saturating_add(record.size().unwrap_or(0));
+        if let (false, Ok(size)) = (record.deleted(), record.size()) {
+            sizes.sum = sizes.sum.saturating_add(size);
+            sizes.by_device.insert(file, size);
         }
     }
-    sum
+    sizes
 }
 
 #[cfg(test)]
@@ -227,22 +246,29 @@ mod tests {
         };
         let p = Provisioned::default();
         settle();
-        assert_eq!(p.sum(root.path()), 2 << 30, "one live device of 2 GiB");
+        assert_eq!(
+            p.sizes(root.path()).sum,
+            2 << 30,
+            "one live device of 2 GiB"
+        );
+        let by_device = &p.sizes(root.path()).by_device;
+        assert_eq!(by_device.len(), 1, "{by_device:?}");
+        assert_eq!(by_device["abc"], 2 << 30);
 
         // Changed in place, the directory as it was: the settled sum holds
         // (this is the read the cache saves).
         fs::write(meta.path(), DOCKER.replace("2147483648", "1")).unwrap();
         settle();
-        assert_eq!(p.sum(root.path()), 2 << 30);
+        assert_eq!(p.sizes(root.path()).sum, 2 << 30);
 
         // A rewrite as Docker and Roomy do it (rename over) is seen.
         meta.set_size(3 << 30).unwrap();
-        assert_eq!(p.sum(root.path()), 3 << 30);
+        assert_eq!(p.sizes(root.path()).sum, 3 << 30);
         // Its mtime is recent: not kept, read again each time until settled.
         fs::write(dir.join("new"), DOCKER).unwrap();
-        assert_eq!(p.sum(root.path()), (3 << 30) + (2 << 30));
+        assert_eq!(p.sizes(root.path()).sum, (3 << 30) + (2 << 30));
         fs::remove_file(dir.join("new")).unwrap();
         settle();
-        assert_eq!(p.sum(root.path()), 3 << 30, "a device gone");
+        assert_eq!(p.sizes(root.path()).sum, 3 << 30, "a device gone");
     }
 }

@@ -574,6 +574,6 @@ impl ThinBackend {
 
     /// Sum of the sizes of the pool's thin devices, from Docker's metadata.
     fn virtual_bytes(&self, info: &DaemonInfo) -> u64 {
-        self.inner.provisioned.sum(&info.root_dir)
+        self.inner.provisioned.sizes(&info.root_dir).sum
     }
 }
