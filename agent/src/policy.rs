@@ -1213,11 +1213,11 @@ mod tests {
             tokio::time::sleep(pass).await;
         };
         assert_eq!(grown, 15 * G);
+        // Every filesystem read again: the write could have filled any.
+        // (No upper bound: the grown one is read at every pass while its
+        // use moves, however long this check takes to run.)
         let reads = backend.usage_reads() - settled;
-        assert!(
-            (20..60).contains(&reads),
-            "{reads} reads: all 20 again, and a few of the grown one"
-        );
+        assert!(reads >= 20, "{reads} reads after the write: not all 20");
     }
 
     /// The sim backend, with `running()` answering the rows it read first
