@@ -8,7 +8,7 @@
 //! (`roomy_policy::decide`) what to do. A filesystem is left unread at a
 //! pass while the host has written too little since its last read to bring
 //! it to its trigger (`Track::due`), up to `Cadence::idle`: on an idle host
-//! the statvfs calls, most of the agent's CPU, drop eightfold. Growth runs in its own task,
+//! the statvfs calls drop eightfold. Growth runs in its own task,
 //! through the same backend call as a manual resize, one per container at a
 //! time. Every action and every change of skip reason is an event.
 

@@ -56,13 +56,20 @@ impl SimState {
             return;
         }
         let wrote = (self.fill_rate as f64 * dt) as u64;
-        for c in self.containers.iter_mut().filter(|c| c.running) {
-            let room = c.sizes.fs.unwrap_or(0).saturating_sub(c.used);
-            let n = wrote.min(room);
-            c.used += n;
-            self.pool_used += n;
-            self.written += n;
+        for i in 0..self.containers.len() {
+            if self.containers[i].running {
+                self.write(i, wrote);
+            }
         }
+    }
+
+    /// Container `i` writes `bytes`, up to full, as ENOSPC would stop it.
+    fn write(&mut self, i: usize, bytes: u64) {
+        let c = &mut self.containers[i];
+        let n = bytes.min(c.sizes.fs.unwrap_or(0).saturating_sub(c.used));
+        c.used += n;
+        self.pool_used += n;
+        self.written += n;
     }
 }
 
@@ -100,12 +107,8 @@ impl SimBackend {
     /// Container `id` writes `bytes` now (up to full).
     pub fn write(&self, id: &str, bytes: u64) {
         let mut state = self.lock();
-        let state = &mut *state;
-        if let Some(c) = state.containers.iter_mut().find(|c| c.id == id) {
-            let n = bytes.min(c.sizes.fs.unwrap_or(0).saturating_sub(c.used));
-            c.used += n;
-            state.pool_used += n;
-            state.written += n;
+        if let Some(i) = state.containers.iter().position(|c| c.id == id) {
+            state.write(i, bytes);
         }
     }
 
