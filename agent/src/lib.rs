@@ -10,6 +10,7 @@ pub mod docker;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+pub mod inventory;
 pub mod journal;
 pub mod metrics;
 pub mod policy;

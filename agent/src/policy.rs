@@ -1240,6 +1240,9 @@ mod tests {
         fn usage(&self, c: &ContainerStorage) -> Option<Usage> {
             self.sim.usage(c)
         }
+        fn change_count(&self) -> u64 {
+            self.sim.change_count()
+        }
         async fn inspect(
             &self,
             c: Option<&ContainerRef>,

@@ -11,7 +11,7 @@ use roomy_proto::v1::agent_server::Agent;
 use roomy_proto::v1::{
     GrowPoolRequest, GrowPoolResponse, InspectPoolRequest, InspectRequest, InspectResponse,
     PoolStatus, RepairAction, RepairRequest, RepairResponse, ResizeAction, ResizeRequest,
-    ResizeResponse,
+    ResizeResponse, WatchInventoryRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -144,11 +144,27 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
             "" => None,
             name => Some(ContainerRef::parse(name)?),
         };
+        let generation = self.backend.change_count();
         let mut containers = self.backend.inspect(selector.as_ref()).await?;
-        for c in &mut containers {
-            c.fill_rate_bytes_per_second = self.engine.fill_rate(&c.id).unwrap_or(0.0);
-        }
-        Ok(Response::new(InspectResponse { containers }))
+        crate::inventory::fill_rates(&self.engine, &mut containers);
+        Ok(Response::new(InspectResponse {
+            containers,
+            generation,
+        }))
+    }
+
+    type WatchInventoryStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<InspectResponse, Status>> + Send>>;
+
+    async fn watch_inventory(
+        &self,
+        request: Request<WatchInventoryRequest>,
+    ) -> Result<Response<Self::WatchInventoryStream>, Status> {
+        let pacing = crate::inventory::Pacing::from_request(request.get_ref());
+        let rx = crate::inventory::spawn(self.backend.clone(), self.engine.clone(), pacing);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn resize(
@@ -176,6 +192,8 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
             to_bytes,
             message: outcome.message,
             container: Some(outcome.container),
+            // Read after the resize ended: lists with this count show it.
+            generation: self.backend.change_count(),
         }))
     }
 
@@ -245,6 +263,7 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
             action: action as i32,
             message: outcome.message,
             container: Some(outcome.container),
+            generation: self.backend.change_count(),
         }))
     }
 }

@@ -91,6 +91,11 @@ enum Command {
         /// Order rows: full (soonest full first), used, size, rate, name.
         #[arg(long, value_enum)]
         sort: Option<top::SortKey>,
+        /// Fleet mode: ask every agent now. Without it the controller
+        /// answers from the lists the agents keep current (a change within
+        /// a second, use within about 10 s of writes).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Who fills next: every container and pool with use, fill rate, time
     /// to full (up to its policy's cap) and the policy that applies,
@@ -640,10 +645,12 @@ fn tls_target(
 }
 
 /// Every container of the fleet (or one host, or the one agent), with the
-/// hosts that did not answer.
+/// hosts that did not answer; `fresh`: asked of every agent now, not from
+/// the controller's kept lists.
 async fn containers(
     conn: &mut Conn,
     host: Option<String>,
+    fresh: bool,
 ) -> Result<(Vec<(String, ContainerStorage)>, Vec<HostError>), Failure> {
     Ok(match conn {
         Conn::Agent(c) => {
@@ -655,6 +662,7 @@ async fn containers(
             let reply = c
                 .list_containers(ListContainersRequest {
                     host: host.unwrap_or_default(),
+                    fresh,
                 })
                 .await?
                 .into_inner();
@@ -688,6 +696,7 @@ async fn pools(
             let reply = c
                 .list_pools(ListContainersRequest {
                     host: host.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -716,8 +725,8 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
     let json = cli.output == Format::Json;
     match (cli.command, conn) {
         (Command::Ls { host: Some(_), .. }, Conn::Agent(_)) => return Err(fleet_only("ls HOST")),
-        (Command::Ls { host, sort }, mut conn) => {
-            let (mut rows, errors) = containers(&mut conn, host).await?;
+        (Command::Ls { host, sort, fresh }, mut conn) => {
+            let (mut rows, errors) = containers(&mut conn, host, fresh).await?;
             if let Some(key) = sort {
                 // Only time to full needs the policies (their caps).
                 let policies = if key == top::SortKey::Full {
@@ -742,7 +751,8 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
             use std::io::IsTerminal;
             let refresh = !(once || json || !std::io::stdout().is_terminal());
             loop {
-                let (mut rows, errors) = containers(&mut conn, host.clone()).await?;
+                // A live view: every agent's figures of now.
+                let (mut rows, errors) = containers(&mut conn, host.clone(), true).await?;
                 let (pools, pool_errors) = pools(&mut conn, host.clone()).await?;
                 let policies = policies(&mut conn).await?;
                 top::sort(&mut rows, sort, &policies);
@@ -853,6 +863,7 @@ async fn dispatch(cli: Cli, conn: Conn) -> Result<(), Failure> {
                 let reply = c
                     .list_pools(ListContainersRequest {
                         host: host.unwrap_or_default(),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod distribute;
 pub mod error;
+pub mod inventory;
 pub mod leader;
 pub mod metrics;
 pub mod policy;

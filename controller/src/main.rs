@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use roomy_controller::config::{Config, StoreChoice};
 use roomy_controller::distribute::Distributor;
+use roomy_controller::inventory::Inventory;
 use roomy_controller::leader::Leadership;
 use roomy_controller::metrics::ControllerMetrics;
 use roomy_controller::registry::{Registry, TlsConnector};
@@ -125,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
         leadership.clone(),
     )?;
     distributor.spawn();
+    // Every controller, leading or not, answers `ls` from the agents' lists.
+    let inventory = Inventory::new(registry.clone(), Default::default());
+    inventory.spawn();
     if let Some(etcd) = &etcd_store {
         etcd.watch_events(distributor.event_sender());
     }
@@ -142,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             metrics.clone(),
             registry.clone(),
             distributor.clone(),
+            inventory.clone(),
             webhooks.clone(),
         );
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
@@ -173,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         registry,
         store,
         distributor,
+        inventory,
         metrics,
         roles,
         Duration::from_millis(config.agent_call_timeout_ms.max(1)),

@@ -7,6 +7,7 @@ use roomy_metrics::{CounterVec, Exposition, Kind};
 use roomy_proto::v1::HostState;
 
 use crate::distribute::Distributor;
+use crate::inventory::Inventory;
 use crate::registry::Registry;
 use crate::webhook::Webhooks;
 
@@ -66,6 +67,7 @@ pub fn render(
     metrics: &ControllerMetrics,
     registry: &Registry,
     distributor: &Distributor,
+    inventory: &Inventory,
     webhooks: &Webhooks,
 ) -> String {
     let mut out = Exposition::new();
@@ -106,6 +108,18 @@ pub fn render(
             "roomy_host_sync_connected",
             &[("host", &h.name)],
             f64::from(u8::from(on)),
+        );
+    }
+    out.family(
+        "roomy_host_inventory_streaming",
+        Kind::Gauge,
+        "1 while the host's container list is kept current by its agent's stream (ls answers from it).",
+    );
+    for h in &hosts {
+        out.sample(
+            "roomy_host_inventory_streaming",
+            &[("host", &h.name)],
+            f64::from(u8::from(inventory.streaming(&h.name))),
         );
     }
     out.family(
@@ -159,7 +173,8 @@ pub fn renderer(
     metrics: Arc<ControllerMetrics>,
     registry: Arc<Registry>,
     distributor: Arc<Distributor>,
+    inventory: Arc<Inventory>,
     webhooks: Webhooks,
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
-    Arc::new(move || render(&metrics, &registry, &distributor, &webhooks))
+    Arc::new(move || render(&metrics, &registry, &distributor, &inventory, &webhooks))
 }

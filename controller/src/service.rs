@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::now_ms;
 use crate::distribute::Distributor;
 use crate::error::ControllerError;
+use crate::inventory::Inventory;
 use crate::metrics::ControllerMetrics;
 use crate::registry::Registry;
 use crate::roles::{Role, Roles};
@@ -32,6 +33,7 @@ pub struct ControllerService {
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
     distributor: Arc<Distributor>,
+    inventory: Arc<Inventory>,
     metrics: Arc<ControllerMetrics>,
     roles: Roles,
     /// Bound on one routed call (a resize of a large filesystem takes a while).
@@ -74,6 +76,7 @@ impl ControllerService {
         registry: Arc<Registry>,
         store: Arc<dyn Store>,
         distributor: Arc<Distributor>,
+        inventory: Arc<Inventory>,
         metrics: Arc<ControllerMetrics>,
         roles: Roles,
         call_timeout: std::time::Duration,
@@ -82,6 +85,7 @@ impl ControllerService {
             registry,
             store,
             distributor,
+            inventory,
             metrics,
             roles,
             call_timeout,
@@ -152,15 +156,30 @@ impl ControllerService {
         F: Fn(roomy_proto::v1::agent_client::AgentClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let names = if host.is_empty() {
-            self.registry.names()
-        } else {
-            self.registry.client(&host)?;
-            vec![host]
-        };
+        let names = self.hosts_named(host)?;
+        Ok(self.ask(&names, f).await)
+    }
+
+    /// Every registered host, or only `host` (empty: all), which must be
+    /// registered.
+    fn hosts_named(&self, host: String) -> Result<Vec<String>, ControllerError> {
+        if host.is_empty() {
+            return Ok(self.registry.names());
+        }
+        self.registry.client(&host)?;
+        Ok(vec![host])
+    }
+
+    /// Ask `names` at once: the answers, and an error row for each host
+    /// that did not answer in time or refused.
+    async fn ask<T, F, Fut>(&self, names: &[String], f: F) -> (Vec<(String, T)>, Vec<HostError>)
+    where
+        F: Fn(roomy_proto::v1::agent_client::AgentClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
         let mut answers = Vec::new();
         let mut errors = Vec::new();
-        for (host, answer) in self.registry.fan_out(&names, f).await {
+        for (host, answer) in self.registry.fan_out(names, f).await {
             match answer {
                 Ok(value) => answers.push((host, value)),
                 Err(status) => errors.push(HostError {
@@ -170,7 +189,7 @@ impl ControllerService {
                 }),
             }
         }
-        Ok((answers, errors))
+        (answers, errors)
     }
 
     /// When a policy last grew `target` on `host`, from the stored events.
@@ -465,23 +484,36 @@ impl Controller for ControllerService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         self.authorize(&request, Role::Viewer, "ls", "")?;
+        let ListContainersRequest { host, fresh } = request.into_inner();
+        let names = self.hosts_named(host)?;
+        // Kept lists where they are current; the other hosts are asked.
+        let (mut kept, ask) = if fresh {
+            (Default::default(), names.clone())
+        } else {
+            self.inventory.split(&names)
+        };
         let (answers, errors) = self
-            .ask_hosts(request.into_inner().host, |mut client| async move {
+            .ask(&ask, |mut client| async move {
                 client
                     .inspect(InspectRequest::default())
                     .await
                     .map(Response::into_inner)
             })
-            .await?;
-        let rows = answers
-            .into_iter()
-            .flat_map(|(host, inspect)| {
-                inspect.containers.into_iter().map(move |c| HostContainer {
+            .await;
+        for (host, answer) in answers {
+            self.inventory.offer(&host, &answer);
+            kept.insert(host, Arc::new(answer.containers));
+        }
+        // In the registry's order, as when every host was asked.
+        let mut rows = Vec::with_capacity(kept.values().map(|l| l.len()).sum());
+        for host in &names {
+            for c in kept.get(host).into_iter().flat_map(|l| l.iter()) {
+                rows.push(HostContainer {
                     host: host.clone(),
-                    container: Some(c),
-                })
-            })
-            .collect();
+                    container: Some(c.clone()),
+                });
+            }
+        }
         Ok(Response::new(ListContainersResponse { rows, errors }))
     }
 
@@ -514,10 +546,13 @@ impl Controller for ControllerService {
         let result = async {
             let target = parse_target(&target)?;
             let container = target.container.clone();
-            self.call_agent(&target.host, |mut c| async move {
-                c.resize(ResizeRequest { container, size }).await
-            })
-            .await
+            let reply = self
+                .call_agent(&target.host, |mut c| async move {
+                    c.resize(ResizeRequest { container, size }).await
+                })
+                .await?;
+            self.inventory.changed(&target.host, reply.generation);
+            Ok(reply)
         }
         .await;
         match &result {
@@ -543,10 +578,13 @@ impl Controller for ControllerService {
         let result = async {
             let target = parse_target(&text)?;
             let container = target.container.clone();
-            self.call_agent(&target.host, |mut c| async move {
-                c.repair(RepairRequest { container }).await
-            })
-            .await
+            let reply = self
+                .call_agent(&target.host, |mut c| async move {
+                    c.repair(RepairRequest { container }).await
+                })
+                .await?;
+            self.inventory.changed(&target.host, reply.generation);
+            Ok::<_, ControllerError>(reply)
         }
         .await;
         match &result {

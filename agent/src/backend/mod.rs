@@ -175,6 +175,14 @@ pub trait StorageBackend: Send + Sync + 'static {
         None
     }
 
+    /// A count that moves whenever something this backend knows of may
+    /// have changed a container's row other than its use: a Docker event
+    /// (created, started, stopped, renamed, removed), an ended resize or
+    /// repair. Never decreases within the process. The inventory stream
+    /// lists the containers again when it moved; use it follows through
+    /// [`StorageBackend::written_bound`].
+    fn change_count(&self) -> u64;
+
     /// The pool's use now, re-read from the kernel alone on top of `last`
     /// (from [`StorageBackend::inspect_pool`]), which keeps what costs a
     /// Docker round trip or a process: the sampler calls it every 250 ms

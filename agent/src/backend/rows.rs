@@ -130,6 +130,11 @@ impl RowCache {
         self.state().rows.retain(|id, _| ids.contains(id.as_str()));
     }
 
+    /// How many resizes and repairs ended since the cache was made.
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
     /// A resize or repair of `id` ended: its row is read again next time,
     /// and no pass under way keeps what it read.
     pub fn changed(&self, id: &str) {

@@ -44,6 +44,8 @@ struct SimState {
     written: u64,
     /// `usage` calls: what the sampler's reads cost.
     usage_reads: u64,
+    /// Resizes and repairs that changed something: the host's change count.
+    changes: u64,
 }
 
 impl SimState {
@@ -93,6 +95,7 @@ impl SimBackend {
                 last_fill: std::time::Instant::now(),
                 written: 0,
                 usage_reads: 0,
+                changes: 0,
             })),
             pool_margin_percent,
         }
@@ -266,6 +269,10 @@ impl StorageBackend for SimBackend {
         Some(self.lock().written)
     }
 
+    fn change_count(&self) -> u64 {
+        self.lock().changes
+    }
+
     async fn inspect(
         &self,
         container: Option<&ContainerRef>,
@@ -323,7 +330,7 @@ impl StorageBackend for SimBackend {
             persisted: target,
             fs: Some(target),
         };
-        Ok(ResizeOutcome {
+        let outcome = ResizeOutcome {
             action: GrowAction::Grown {
                 from: current,
                 to: target,
@@ -340,7 +347,9 @@ impl StorageBackend for SimBackend {
                 }
             ),
             container: Self::describe(c),
-        })
+        };
+        state.changes += 1;
+        Ok(outcome)
     }
 
     async fn inspect_pool(&self) -> Result<PoolStatus, AgentError> {
@@ -385,7 +394,7 @@ impl StorageBackend for SimBackend {
         let target = c.sizes.current();
         c.sizes.table = Some(target);
         c.sizes.persisted = target;
-        Ok(RepairOutcome {
+        let outcome = RepairOutcome {
             repaired: true,
             message: format!(
                 "repaired {}: device active at {}",
@@ -393,7 +402,9 @@ impl StorageBackend for SimBackend {
                 format_bytes(target)
             ),
             container: Self::describe(c),
-        })
+        };
+        state.changes += 1;
+        Ok(outcome)
     }
 }
 

@@ -97,6 +97,9 @@ struct State {
     views: HashMap<String, ContainerView>,
     dirty: HashSet<String>,
     info: Option<DaemonInfo>,
+    /// Events that may change a container's row, and stream breaks, ever:
+    /// the inventory stream sends a new list when this moved.
+    changes: u64,
 }
 
 /// The views and daemon facts, with what events said since.
@@ -202,6 +205,13 @@ impl ViewCache {
             s.views.remove(id);
         }
         s.dirty.insert(id.to_string());
+        s.changes += 1;
+    }
+
+    /// How many events that may change a container's row arrived, and
+    /// breaks of the stream happened, since the cache was made.
+    pub fn changes(&self) -> u64 {
+        self.state().changes
     }
 
     /// The event stream ended: forget everything.
@@ -212,6 +222,7 @@ impl ViewCache {
         s.views.clear();
         s.dirty.clear();
         s.info = None;
+        s.changes += 1;
     }
 
     /// The daemon's facts, if read in this epoch.

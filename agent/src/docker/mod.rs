@@ -172,6 +172,12 @@ impl DockerClient {
         Ok(DockerClient { docker, cache })
     }
 
+    /// A count that moves with every Docker event that may change a
+    /// container's row (and every restart of dockerd's event stream).
+    pub fn changes(&self) -> u64 {
+        self.cache.changes()
+    }
+
     /// Daemon facts: asked once per dockerd (they change only when it
     /// restarts, which the cache sees).
     pub async fn info(&self) -> Result<DaemonInfo, AgentError> {

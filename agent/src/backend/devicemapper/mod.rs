@@ -453,6 +453,11 @@ impl StorageBackend for ThinBackend {
         crate::sys::vmstat::written_bound().ok()
     }
 
+    fn change_count(&self) -> u64 {
+        // Both counters only grow, so their sum does.
+        self.inner.docker.changes() + self.inner.rows.generation()
+    }
+
     async fn inspect(
         &self,
         container: Option<&ContainerRef>,

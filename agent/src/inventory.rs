@@ -1,0 +1,276 @@
+//! The inventory stream (`WatchInventory`): this host's container list,
+//! sent to a controller at once and again when it changes.
+//!
+//! Why: a controller answering `roomyctl ls` by asking every agent makes
+//! one call per host per `ls`; at 10,000 hosts that is seconds of CPU on
+//! the controller and the agents for every listing. With the list kept
+//! current by its agent, the controller answers from memory.
+//!
+//! What "changes" means, cheaply:
+//! 1. The backend's change count ([`StorageBackend::change_count`]) moved:
+//!    a Docker event, an ended resize or repair. The list is read again at
+//!    the next tick (every `min_interval`, 1 s by default).
+//! 2. Use moves with writes, which no event announces. The host's write
+//!    counter ([`StorageBackend::written_bound`]) says whether anything was
+//!    written: the list is read again after `usage_interval` (10 s) once
+//!    16 MiB were written, after six of those once anything was. An idle
+//!    host's list is never read again: its agent pays for nothing.
+//! 3. A list equal to the one sent last is not sent again.
+//!
+//! Each list carries the change count read before it was read, so that the
+//! controller can tell it from an older one (`InspectResponse.generation`).
+
+use std::time::{Duration, Instant};
+
+use roomy_proto::v1::{ContainerStorage, InspectResponse, WatchInventoryRequest};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::backend::StorageBackend;
+use crate::error::AgentError;
+use crate::policy::Engine;
+
+/// Written bytes that make use worth reading again after one usage
+/// interval.
+const WRITTEN_ENOUGH: u64 = 16 << 20;
+
+/// With less written, use is read again after this many usage intervals.
+const SLOW_FACTOR: u32 = 6;
+
+/// How often the stream looks, and reads use again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The shortest time between two lists, and the tick.
+    pub min_interval: Duration,
+    /// Use is read again this long after the last list when enough was
+    /// written.
+    pub usage_interval: Duration,
+}
+
+impl Pacing {
+    /// The request's pacing; zeros are the defaults. A tick under 100 ms
+    /// is raised to it: a controller cannot make the agent spin.
+    pub fn from_request(r: &WatchInventoryRequest) -> Self {
+        let ms =
+            |v: u32, default: u64| Duration::from_millis(if v == 0 { default } else { v.into() });
+        Pacing {
+            min_interval: ms(r.min_interval_ms, 1000).max(Duration::from_millis(100)),
+            usage_interval: ms(r.usage_interval_ms, 10_000),
+        }
+    }
+}
+
+/// What the last list was read at.
+#[derive(Debug, Clone)]
+struct LastRead {
+    changes: u64,
+    written: Option<u64>,
+    at: Instant,
+}
+
+impl LastRead {
+    /// Whether the list is to be read again now.
+    fn due(&self, changes: u64, written: Option<u64>, now: Instant, pacing: Pacing) -> bool {
+        if changes != self.changes {
+            return true;
+        }
+        let age = now.saturating_duration_since(self.at);
+        match (written, self.written) {
+            (Some(now_w), Some(then_w)) => {
+                let moved = now_w.saturating_sub(then_w);
+                (moved >= WRITTEN_ENOUGH && age >= pacing.usage_interval)
+                    || (moved > 0 && age >= pacing.usage_interval * SLOW_FACTOR)
+            }
+            // No write counter: use may have moved at any time.
+            _ => age >= pacing.usage_interval,
+        }
+    }
+}
+
+/// Every container with its fill rate, and the change count read before.
+async fn list_all<B: StorageBackend + Clone>(
+    backend: &B,
+    engine: &Engine<B>,
+) -> Result<InspectResponse, AgentError> {
+    let generation = backend.change_count();
+    let mut containers = backend.inspect(None).await?;
+    fill_rates(engine, &mut containers);
+    Ok(InspectResponse {
+        containers,
+        generation,
+    })
+}
+
+/// The policy engine's fill rate of each container (0 where it has none).
+pub fn fill_rates<B: StorageBackend + Clone>(
+    engine: &Engine<B>,
+    containers: &mut [ContainerStorage],
+) {
+    for c in containers {
+        c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
+    }
+}
+
+/// Start one stream: lists go to the returned receiver until it is
+/// dropped (the controller went away) or a list fails (the error is sent,
+/// then the stream ends; the controller opens a new one).
+pub fn spawn<B: StorageBackend + Clone>(
+    backend: B,
+    engine: Engine<B>,
+    pacing: Pacing,
+) -> mpsc::Receiver<Result<InspectResponse, Status>> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut last: Option<LastRead> = None;
+        let mut sent: Option<Vec<ContainerStorage>> = None;
+        loop {
+            let changes = backend.change_count();
+            let written = backend.written_bound();
+            let now = Instant::now();
+            if last
+                .as_ref()
+                .is_none_or(|l| l.due(changes, written, now, pacing))
+            {
+                match list_all(&backend, &engine).await {
+                    Ok(list) => {
+                        last = Some(LastRead {
+                            changes: list.generation,
+                            written,
+                            at: now,
+                        });
+                        if sent.as_ref() != Some(&list.containers) {
+                            sent = Some(list.containers.clone());
+                            if tx.send(Ok(list)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pacing.min_interval) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sim::SimBackend;
+    use crate::events::EventLog;
+    use crate::metrics::AgentMetrics;
+    use crate::policy::Cadence;
+    use crate::sync::PolicyStore;
+    use std::sync::Arc;
+
+    const PACE: Pacing = Pacing {
+        min_interval: Duration::from_millis(100),
+        usage_interval: Duration::from_secs(1),
+    };
+
+    #[test]
+    fn a_list_is_due_when_something_changed_or_enough_was_written() {
+        let t0 = Instant::now();
+        let last = LastRead {
+            changes: 5,
+            written: Some(1000),
+            at: t0,
+        };
+        let after = |ms| t0 + Duration::from_millis(ms);
+        // Nothing moved: never, however long.
+        assert!(!last.due(5, Some(1000), after(3_600_000), PACE));
+        // A change: at once.
+        assert!(last.due(6, Some(1000), after(0), PACE));
+        // Enough written: after one usage interval, not before.
+        let lots = Some(1000 + WRITTEN_ENOUGH);
+        assert!(!last.due(5, lots, after(999), PACE));
+        assert!(last.due(5, lots, after(1000), PACE));
+        // A little written: only after six.
+        assert!(!last.due(5, Some(1001), after(5999), PACE));
+        assert!(last.due(5, Some(1001), after(6000), PACE));
+        // No write counter: every usage interval.
+        let blind = LastRead {
+            written: None,
+            ..last
+        };
+        assert!(!blind.due(5, None, after(999), PACE));
+        assert!(blind.due(5, None, after(1000), PACE));
+    }
+
+    #[test]
+    fn a_request_cannot_make_the_agent_spin() {
+        let p = Pacing::from_request(&WatchInventoryRequest {
+            min_interval_ms: 1,
+            usage_interval_ms: 0,
+        });
+        assert_eq!(p.min_interval, Duration::from_millis(100));
+        assert_eq!(p.usage_interval, Duration::from_secs(10));
+    }
+
+    fn engine(sim: &SimBackend, dir: &std::path::Path) -> Engine<SimBackend> {
+        Engine::new(
+            sim.clone(),
+            Arc::new(PolicyStore::open(dir).unwrap()),
+            Arc::new(EventLog::open(dir).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence::default(),
+        )
+    }
+
+    /// What a controller sees: the list at once; nothing more while the
+    /// host is idle; a resize's new size within a tick, with a higher
+    /// generation than the list before it.
+    #[tokio::test]
+    async fn the_list_comes_at_once_then_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBackend::demo("h", 3);
+        let mut rx = spawn(sim.clone(), engine(&sim, dir.path()), PACE);
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(first.containers.len(), 3);
+        // Idle: 10 ticks and nothing.
+        let quiet = tokio::time::timeout(Duration::from_millis(1000), rx.recv()).await;
+        assert!(quiet.is_err(), "an idle host sent {quiet:?}");
+        let (c, size) = crate::service::parse_resize("c1", "+1G").unwrap();
+        let grown = sim.resize(&c, size).await.unwrap().container.fs_size_bytes;
+        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the resize was not sent")
+            .unwrap()
+            .unwrap();
+        assert!(next.generation > first.generation);
+        let c1 = next.containers.iter().find(|c| c.name == "c1").unwrap();
+        assert_eq!(c1.fs_size_bytes, grown);
+    }
+
+    /// Writes move use: the list is read again after the usage interval
+    /// and shows the new use.
+    #[tokio::test]
+    async fn writes_bring_a_new_list_after_the_usage_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBackend::demo("h", 2);
+        let mut rx = spawn(sim.clone(), engine(&sim, dir.path()), PACE);
+        let first = rx.recv().await.unwrap().unwrap();
+        let c0 = first
+            .containers
+            .iter()
+            .find(|c| c.name == "c0")
+            .unwrap()
+            .clone();
+        sim.write(&c0.id, 100 << 20);
+        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the write's use was not sent")
+            .unwrap()
+            .unwrap();
+        let now = next.containers.iter().find(|c| c.name == "c0").unwrap();
+        assert_eq!(now.fs_used_bytes, c0.fs_used_bytes + (100 << 20));
+        assert_eq!(next.generation, first.generation, "a write is not a change");
+    }
+}
