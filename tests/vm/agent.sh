@@ -489,10 +489,16 @@ s10_through_the_controller() {
     AGENT_ARGS=()
     run_box s10
     sum=$(write_data s10)
-    C ls vmhost
-    check "s10 controller lists the VM's containers" grep -Eq "^vmhost +s10 +running .*2 GiB +xfs" <<<"$OUT"
+    C ls vmhost --fresh
+    check "s10 controller lists the VM's containers (--fresh: the agent asked now)" grep -Eq "^vmhost +s10 +running .*2 GiB +xfs" <<<"$OUT"
+    # Plain ls answers from the list the agent keeps current in the
+    # controller: s10's Docker events moved the backend's change count.
+    check "s10 and from the agent's kept list" \
+        wait_until 30 'C ls vmhost; grep -Eq "^vmhost +s10 +running .*2 GiB +xfs" <<<"$OUT"'
     C resize vmhost/s10 4G
     check "s10 resize through the controller exit 0" test "$RC" -eq 0
+    C ls vmhost
+    check "s10 the next ls shows 4 GiB" grep -Eq "^vmhost +s10 +running .*4 GiB +xfs" <<<"$OUT"
     check "s10 df 4G" df_near "$(df_bytes s10)" $((4 * GiB))
     check "s10 data intact" test "$(data_sum s10)" = "$sum"
     check "s10 metadata 4G" test "$(meta_bytes s10)" -eq $((4 * GiB))
