@@ -16,6 +16,9 @@
 //!    16 MiB were written, after six of those once anything was. An idle
 //!    host's list is never read again: its agent pays for nothing.
 //! 3. A list equal to the one sent last is not sent again.
+//! 4. After a list that took `t` to read, the next is read no sooner than
+//!    50 `t` later: a host whose containers come and go all the time pays
+//!    at most a 50th of a core per stream for its lists.
 //!
 //! Each list carries the change count read before it was read, so that the
 //! controller can tell it from an older one (`InspectResponse.generation`).
@@ -36,6 +39,17 @@ const WRITTEN_ENOUGH: u64 = 16 << 20;
 
 /// With less written, use is read again after this many usage intervals.
 const SLOW_FACTOR: u32 = 6;
+
+/// After a list that took `t` to read, the next waits at least this many
+/// `t`: on a host whose containers come and go all the time, and where a
+/// list is slow (hundreds of containers, an emulated machine), reading
+/// lists takes at most a 50th of a core per stream.
+const DUTY: u32 = 50;
+
+/// How long to wait after a list that took `took` before looking again.
+fn pause_after(took: Duration, pacing: Pacing) -> Duration {
+    pacing.min_interval.max(took * DUTY)
+}
 
 /// How often the stream looks, and reads use again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,11 +141,14 @@ pub fn spawn<B: StorageBackend + Clone>(
             let changes = backend.change_count();
             let written = backend.written_bound();
             let now = Instant::now();
+            let mut pause = pacing.min_interval;
             if last
                 .as_ref()
                 .is_none_or(|l| l.due(changes, written, now, pacing))
             {
-                match list_all(&backend, &engine).await {
+                let listed = list_all(&backend, &engine).await;
+                pause = pause_after(now.elapsed(), pacing);
+                match listed {
                     Ok(list) => {
                         last = Some(LastRead {
                             changes: list.generation,
@@ -152,7 +169,7 @@ pub fn spawn<B: StorageBackend + Clone>(
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(pacing.min_interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = tx.closed() => return,
             }
         }
@@ -202,6 +219,15 @@ mod tests {
         };
         assert!(!blind.due(5, None, after(999), PACE));
         assert!(blind.due(5, None, after(1000), PACE));
+    }
+
+    #[test]
+    fn slow_lists_are_read_less_often() {
+        let ms = Duration::from_millis;
+        // A quick list (the sim, a small host): the tick.
+        assert_eq!(pause_after(ms(2), PACE), ms(100));
+        // 300 ms for a list (200 containers under emulation): 15 s.
+        assert_eq!(pause_after(ms(300), PACE), ms(15_000));
     }
 
     #[test]
