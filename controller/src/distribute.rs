@@ -31,10 +31,6 @@ use crate::registry::Registry;
 use crate::store::{AuditRecord, Store};
 use crate::webhook::Webhooks;
 
-/// Backoff between attempts to reopen a link.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
 /// Events stored at most per transaction (and acknowledged at once).
 const INGEST_BATCH: usize = 512;
 
@@ -198,20 +194,14 @@ impl Distributor {
     }
 
     async fn link(self: Arc<Self>, host: String, connected: Arc<AtomicBool>) {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let result = self.session(&host, &connected).await;
-            connected.store(false, Ordering::Relaxed);
-            match result {
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(status) => {
-                    tracing::debug!(%host, "sync link: {}", status.message());
-                    self.registry.observe(&host, Err(&status));
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        crate::reopen::forever(
+            &self.registry,
+            &host,
+            "sync link",
+            || self.session(&host, &connected),
+            || connected.store(false, Ordering::Relaxed),
+        )
+        .await;
     }
 
     /// One stream, until it breaks.

@@ -31,10 +31,6 @@ use tonic::Status;
 
 use crate::registry::Registry;
 
-/// Backoff between attempts to reopen a stream.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Default)]
 struct Entry {
     /// The last list, while the stream that keeps it current is open.
@@ -170,22 +166,18 @@ impl Inventory {
     }
 
     async fn follow(self: Arc<Self>, host: String) {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let result = self.session(&host).await;
+        crate::reopen::forever(
+            &self.registry,
+            &host,
+            "inventory stream",
+            || self.session(&host),
             // The list is no longer kept current, nor are the counts of a
             // restarted agent comparable with the old ones.
-            self.entries().remove(&host);
-            match result {
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(status) => {
-                    tracing::debug!(%host, "inventory stream: {}", status.message());
-                    self.registry.observe(&host, Err(&status));
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+            || {
+                self.entries().remove(&host);
+            },
+        )
+        .await;
     }
 
     /// One stream, until it ends.

@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod reopen;
 pub mod retention;
 pub mod roles;
 pub mod service;
