@@ -29,7 +29,7 @@ use roomy_proto::v1::{ContainerStorage, InspectResponse, WatchInventoryRequest};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::backend::StorageBackend;
+use crate::backend::{ContainerRef, StorageBackend};
 use crate::error::AgentError;
 use crate::policy::Engine;
 
@@ -101,28 +101,23 @@ impl LastRead {
     }
 }
 
-/// Every container with its fill rate, and the change count read before.
-async fn list_all<B: StorageBackend + Clone>(
+/// The containers (all, or the one `container` names) with their fill
+/// rates, and the change count read before them: what `Inspect` answers
+/// and what the stream sends.
+pub async fn list<B: StorageBackend + Clone>(
     backend: &B,
     engine: &Engine<B>,
+    container: Option<&ContainerRef>,
 ) -> Result<InspectResponse, AgentError> {
     let generation = backend.change_count();
-    let mut containers = backend.inspect(None).await?;
-    fill_rates(engine, &mut containers);
+    let mut containers = backend.inspect(container).await?;
+    for c in &mut containers {
+        c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
+    }
     Ok(InspectResponse {
         containers,
         generation,
     })
-}
-
-/// The policy engine's fill rate of each container (0 where it has none).
-pub fn fill_rates<B: StorageBackend + Clone>(
-    engine: &Engine<B>,
-    containers: &mut [ContainerStorage],
-) {
-    for c in containers {
-        c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
-    }
 }
 
 /// Start one stream: lists go to the returned receiver until it is
@@ -146,7 +141,7 @@ pub fn spawn<B: StorageBackend + Clone>(
                 .as_ref()
                 .is_none_or(|l| l.due(changes, written, now, pacing))
             {
-                let listed = list_all(&backend, &engine).await;
+                let listed = list(&backend, &engine, None).await;
                 pause = pause_after(now.elapsed(), pacing);
                 match listed {
                     Ok(list) => {
@@ -240,6 +235,18 @@ mod tests {
         assert_eq!(p.usage_interval, Duration::from_secs(10));
     }
 
+    /// The stream's next list, within 10 s, or `what` did not arrive.
+    async fn next(
+        rx: &mut mpsc::Receiver<Result<InspectResponse, Status>>,
+        what: &str,
+    ) -> InspectResponse {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} was not sent"))
+            .unwrap()
+            .unwrap()
+    }
+
     fn engine(sim: &SimBackend, dir: &std::path::Path) -> Engine<SimBackend> {
         Engine::new(
             sim.clone(),
@@ -265,11 +272,7 @@ mod tests {
         assert!(quiet.is_err(), "an idle host sent {quiet:?}");
         let (c, size) = crate::service::parse_resize("c1", "+1G").unwrap();
         let grown = sim.resize(&c, size).await.unwrap().container.fs_size_bytes;
-        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the resize was not sent")
-            .unwrap()
-            .unwrap();
+        let next = next(&mut rx, "the resize").await;
         assert!(next.generation > first.generation);
         let c1 = next.containers.iter().find(|c| c.name == "c1").unwrap();
         assert_eq!(c1.fs_size_bytes, grown);
@@ -290,11 +293,7 @@ mod tests {
             .unwrap()
             .clone();
         sim.write(&c0.id, 100 << 20);
-        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the write's use was not sent")
-            .unwrap()
-            .unwrap();
+        let next = next(&mut rx, "the write's use").await;
         let now = next.containers.iter().find(|c| c.name == "c0").unwrap();
         assert_eq!(now.fs_used_bytes, c0.fs_used_bytes + (100 << 20));
         assert_eq!(next.generation, first.generation, "a write is not a change");

@@ -144,13 +144,8 @@ impl<B: StorageBackend + Clone> Agent for AgentService<B> {
             "" => None,
             name => Some(ContainerRef::parse(name)?),
         };
-        let generation = self.backend.change_count();
-        let mut containers = self.backend.inspect(selector.as_ref()).await?;
-        crate::inventory::fill_rates(&self.engine, &mut containers);
-        Ok(Response::new(InspectResponse {
-            containers,
-            generation,
-        }))
+        let list = crate::inventory::list(&self.backend, &self.engine, selector.as_ref()).await?;
+        Ok(Response::new(list))
     }
 
     type WatchInventoryStream =
