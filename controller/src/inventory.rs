@@ -42,11 +42,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// Keep `list` unless the one kept is newer.
-    fn offer(&mut self, list: InspectResponse) {
-        if self.list.is_none() || list.generation >= self.generation {
-            self.generation = list.generation;
-            self.list = Some(Arc::new(list.containers));
+    /// Keep `list`, read at `generation`, unless the one kept is newer.
+    fn offer(&mut self, generation: u64, list: Arc<Vec<ContainerStorage>>) {
+        if self.list.is_none() || generation >= self.generation {
+            self.generation = generation;
+            self.list = Some(list);
         }
     }
 
@@ -104,13 +104,16 @@ impl Inventory {
     }
 
     /// An answer asked of `host` directly: kept when its stream is open and
-    /// nothing newer is kept.
-    pub fn offer(&self, host: &str, list: &InspectResponse) {
+    /// nothing newer is kept. Returns its containers, shared with the kept
+    /// list rather than copied.
+    pub fn offer(&self, host: &str, answer: InspectResponse) -> Arc<Vec<ContainerStorage>> {
+        let list = Arc::new(answer.containers);
         if let Some(entry) = self.entries().get_mut(host) {
             if entry.list.is_some() {
-                entry.offer(list.clone());
+                entry.offer(answer.generation, list.clone());
             }
         }
+        list
     }
 
     /// A resize or repair routed here ended at the agent's `generation`.
@@ -189,7 +192,7 @@ impl Inventory {
             self.entries()
                 .entry(host.to_string())
                 .or_default()
-                .offer(list);
+                .offer(list.generation, Arc::new(list.containers));
             if std::mem::take(&mut first) {
                 self.registry.observe(host, Ok(()));
             }
@@ -202,17 +205,16 @@ impl Inventory {
 mod tests {
     use super::*;
 
-    fn list(generation: u64, names: &[&str]) -> InspectResponse {
-        InspectResponse {
-            containers: names
-                .iter()
-                .map(|n| ContainerStorage {
-                    name: n.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            generation,
-        }
+    /// `e` is offered a list of containers `names`, read at `generation`.
+    fn offer(e: &mut Entry, generation: u64, names: &[&str]) {
+        let list = names
+            .iter()
+            .map(|n| ContainerStorage {
+                name: n.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        e.offer(generation, Arc::new(list));
     }
 
     fn names(e: &Entry) -> Vec<String> {
@@ -224,23 +226,23 @@ mod tests {
     #[test]
     fn an_older_list_does_not_replace_a_newer_one() {
         let mut e = Entry::default();
-        e.offer(list(3, &["a"]));
-        e.offer(list(5, &["a", "b"]));
+        offer(&mut e, 3, &["a"]);
+        offer(&mut e, 5, &["a", "b"]);
         // Still on its way in the stream when a direct answer came.
-        e.offer(list(4, &["a"]));
+        offer(&mut e, 4, &["a"]);
         assert_eq!(names(&e), ["a", "b"]);
         // The same count again: the later read wins (use moved).
-        e.offer(list(5, &["a", "b", "c"]));
+        offer(&mut e, 5, &["a", "b", "c"]);
         assert_eq!(names(&e), ["a", "b", "c"]);
     }
 
     #[test]
     fn a_routed_change_hides_the_list_until_one_shows_it() {
         let mut e = Entry::default();
-        e.offer(list(3, &["a"]));
+        offer(&mut e, 3, &["a"]);
         e.needed = 4;
         assert!(e.current().is_none());
-        e.offer(list(4, &["a", "grown"]));
+        offer(&mut e, 4, &["a", "grown"]);
         assert_eq!(names(&e), ["a", "grown"]);
     }
 }

@@ -501,8 +501,8 @@ impl Controller for ControllerService {
             })
             .await;
         for (host, answer) in answers {
-            self.inventory.offer(&host, &answer);
-            kept.insert(host, Arc::new(answer.containers));
+            let list = self.inventory.offer(&host, answer);
+            kept.insert(host, list);
         }
         // In the registry's order, as when every host was asked.
         let mut rows = Vec::with_capacity(kept.values().map(|l| l.len()).sum());
