@@ -13,31 +13,25 @@
 //! hosts and policies from the store each second, so what one controller
 //! changes reaches the leader, and a new leader starts from the store.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use roomy_proto::v1::{sync_request, Event, EventKind, Policy, PolicySet, SyncRequest};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 use crate::metrics::ControllerMetrics;
 use crate::registry::Registry;
+use crate::reopen::PerHost;
 use crate::store::{AuditRecord, Store};
 use crate::webhook::Webhooks;
 
 /// Events stored at most per transaction (and acknowledged at once).
 const INGEST_BATCH: usize = 512;
-
-struct Link {
-    task: JoinHandle<()>,
-    connected: Arc<AtomicBool>,
-}
 
 /// The links to every agent.
 pub struct Distributor {
@@ -48,7 +42,8 @@ pub struct Distributor {
     webhooks: Webhooks,
     metrics: Arc<ControllerMetrics>,
     leadership: Leadership,
-    links: Mutex<HashMap<String, Link>>,
+    /// Each host's link task, and whether its stream is open.
+    links: PerHost<Arc<AtomicBool>>,
 }
 
 impl Distributor {
@@ -69,7 +64,7 @@ impl Distributor {
             webhooks,
             metrics,
             leadership,
-            links: Mutex::new(HashMap::new()),
+            links: PerHost::default(),
         }))
     }
 
@@ -111,10 +106,8 @@ impl Distributor {
     /// Whether the link to `host` is open now.
     pub fn connected(&self, host: &str) -> bool {
         self.links
-            .lock()
-            .expect("links poisoned")
-            .get(host)
-            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
+            .with(host, |connected| connected.load(Ordering::Relaxed))
+            .unwrap_or(false)
     }
 
     /// Keep one link per registered host while leading, for good.
@@ -154,43 +147,23 @@ impl Distributor {
 
     /// Not leading: the agents' streams are the leader's.
     fn stop_links(&self) {
-        let mut links = self.links.lock().expect("links poisoned");
-        if !links.is_empty() {
-            tracing::info!(
-                links = links.len(),
-                "not leading: closing the agents' sync links"
-            );
-        }
-        for (_, link) in links.drain() {
-            link.task.abort();
+        let links = self.links.stop_all();
+        if links > 0 {
+            tracing::info!(links, "not leading: closing the agents' sync links");
         }
     }
 
     /// Start links for new hosts, stop those of removed ones.
     fn reconcile(self: &Arc<Self>) {
-        let names = self.registry.names();
-        // A set: this runs every second, and a scan of the list per link
-        // was 10^8 string compares a second at 10,000 hosts.
-        let registered: std::collections::HashSet<&str> =
-            names.iter().map(String::as_str).collect();
-        let mut links = self.links.lock().expect("links poisoned");
-        links.retain(|host, link| {
-            let keep = registered.contains(host.as_str());
-            if !keep {
-                link.task.abort();
-            }
-            keep
-        });
-        for host in names {
-            if links.contains_key(&host) {
-                continue;
-            }
+        self.links.reconcile(&self.registry.names(), |host| {
             let connected = Arc::new(AtomicBool::new(false));
             let this = self.clone();
-            let (h, c) = (host.clone(), connected.clone());
-            let task = tokio::spawn(async move { this.link(h, c).await });
-            links.insert(host, Link { task, connected });
-        }
+            let (h, c) = (host.to_string(), connected.clone());
+            (
+                tokio::spawn(async move { this.link(h, c).await }),
+                connected,
+            )
+        });
     }
 
     async fn link(self: Arc<Self>, host: String, connected: Arc<AtomicBool>) {

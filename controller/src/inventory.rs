@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use roomy_proto::v1::{ContainerStorage, InspectResponse, WatchInventoryRequest};
-use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::registry::Registry;
+use crate::reopen::PerHost;
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -62,7 +62,7 @@ pub struct Inventory {
     registry: Arc<Registry>,
     pacing: WatchInventoryRequest,
     entries: Mutex<HashMap<String, Entry>>,
-    streams: Mutex<HashMap<String, JoinHandle<()>>>,
+    streams: PerHost<()>,
 }
 
 impl Inventory {
@@ -73,7 +73,7 @@ impl Inventory {
             registry,
             pacing,
             entries: Mutex::new(HashMap::new()),
-            streams: Mutex::new(HashMap::new()),
+            streams: PerHost::default(),
         })
     }
 
@@ -141,31 +141,18 @@ impl Inventory {
         });
     }
 
-    /// Start streams for new hosts, stop those of removed ones.
+    /// Start streams for new hosts, stop those of removed ones (and drop
+    /// their lists).
     fn reconcile(self: &Arc<Self>) {
         let names = self.registry.names();
         let registered: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        streams.retain(|host, task| {
-            let keep = registered.contains(host.as_str());
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
         self.entries()
             .retain(|host, _| registered.contains(host.as_str()));
-        for host in &names {
-            if streams.contains_key(host) {
-                continue;
-            }
+        self.streams.reconcile(&names, |host| {
             let this = self.clone();
-            let h = host.clone();
-            streams.insert(
-                host.clone(),
-                tokio::spawn(async move { this.follow(h).await }),
-            );
-        }
+            let h = host.to_string();
+            (tokio::spawn(async move { this.follow(h).await }), ())
+        });
     }
 
     async fn follow(self: Arc<Self>, host: String) {
