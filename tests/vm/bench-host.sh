@@ -30,6 +30,8 @@ WINDOW=${ROOMY_BENCH_WINDOW:-60}
 REPORT=$ROOMY_VM_OUT/bench-host.txt
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# user and system ticks apart: which side the idle agent's time is on
+usys() { awk '{print $14, $15}' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 # ms of CMD..., median of 5 (lib.sh's timed)
 median_ms() {
@@ -72,9 +74,10 @@ window() { # LABEL
     local a0 d0 a1 d1 before after
     local log=$LAB/$NAME/agent.log from
     from=$(wc -l <"$log")
-    a0=$(ticks "$agent") d0=$(ticks "$dockerd")
+    local u0 u1
+    a0=$(ticks "$agent") d0=$(ticks "$dockerd") u0=$(usys "$agent")
     sleep "$WINDOW"
-    a1=$(ticks "$agent") d1=$(ticks "$dockerd")
+    a1=$(ticks "$agent") d1=$(ticks "$dockerd") u1=$(usys "$agent")
     tail -n +"$((from + 1))" "$log" | grep ' refreshed ' >"$LAB/refreshes" || true
     before=$(active)
     local ls_ms ps_ms
@@ -82,7 +85,7 @@ window() { # LABEL
     ps_ms=$(median_ms docker_ps)
     after=$(active)
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
-    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l)"
+    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l); of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
     say "  $1: $(wc -l <"$LAB/refreshes") refreshes, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
     say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
@@ -91,9 +94,14 @@ window idle
 # does not weigh on its figure: perf (the host's, which this guest runs
 # over) at 199 Hz for 30 s, the top of the flat profile in the report.
 if command -v perf >/dev/null; then
-    perf record -q -e cpu-clock -F 199 -g -p "$agent" -o "$LAB/perf.data" -- sleep 30 >/dev/null 2>&1
+    perf record -q -e cpu-clock -F 199 --call-graph dwarf -p "$agent" -o "$LAB/perf.data" -- sleep 30 >/dev/null 2>&1
     perf report -i "$LAB/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -25 >"$ROOMY_VM_OUT/agent-perf.txt"
+        grep -E '^ +[0-9.]+%' | head -40 >"$ROOMY_VM_OUT/agent-perf.txt"
+    perf report -i "$LAB/perf.data" --no-children --sort comm --stdio 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10 >"$ROOMY_VM_OUT/agent-perf-threads.txt"
+    # With the agent's own frames, for finding who calls the top ones.
+    perf report -i "$LAB/perf.data" --children --sort symbol --stdio 2>/dev/null |
+        head -3000 >"$ROOMY_VM_OUT/agent-perf-calls.txt"
     say "  idle: where the agent's CPU goes (perf, 30 s; whole list in agent-perf.txt):"
     head -8 "$ROOMY_VM_OUT/agent-perf.txt" | sed 's/^/    /' | tee -a "$REPORT"
 fi
