@@ -8,7 +8,7 @@ pub mod cache;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bollard::models::{ContainerInspectResponse, EventMessage};
@@ -86,7 +86,25 @@ pub struct ContainerView {
     pub storage_size: Option<String>,
     /// Docker labels: policy selectors and overrides read them.
     pub labels: HashMap<String, String>,
+    /// `mount_id`'s answer once read.
+    pub mount_id_memo: MountIdMemo,
 }
+
+/// A view's layer mount id, read once: it is fixed for the container's
+/// life, and reading its file for every view at every guard sweep was 40
+/// file opens a second on a host with 200 containers. The clones of one
+/// view (the event-fed cache hands out clones) share it; a view read again
+/// starts empty. Not part of a view's equality.
+#[derive(Debug, Clone, Default)]
+pub struct MountIdMemo(Arc<OnceLock<(PathBuf, Option<String>)>>);
+
+impl PartialEq for MountIdMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MountIdMemo {}
 
 impl ContainerView {
     /// Build from `docker inspect`.
@@ -127,12 +145,24 @@ impl ContainerView {
                 .as_ref()
                 .and_then(|c| c.labels.clone())
                 .unwrap_or_default(),
+            mount_id_memo: MountIdMemo::default(),
         }
     }
 
     /// The layer's mount id: the hash Docker ends the device name with and
     /// names the metadata file after (F3).
     pub fn mount_id(&self, root: &Path) -> Option<String> {
+        if let Some((r, id)) = self.mount_id_memo.0.get() {
+            if r == root {
+                return id.clone();
+            }
+        }
+        let id = self.read_mount_id(root);
+        let _ = self.mount_id_memo.0.set((root.to_path_buf(), id.clone()));
+        id
+    }
+
+    fn read_mount_id(&self, root: &Path) -> Option<String> {
         let file = root
             .join("image/devicemapper/layerdb/mounts")
             .join(&self.id)
@@ -406,13 +436,21 @@ mod tests {
             docker_size: Some(2 << 30),
             ..Default::default()
         };
+        let fresh = |c: &ContainerView| ContainerView {
+            mount_id_memo: MountIdMemo::default(),
+            ..c.clone()
+        };
         assert_eq!(c.mount_id(root.path()).as_deref(), Some("abcdef"));
         let dir = root.path().join("image/devicemapper/layerdb/mounts/cid");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mount-id"), "fromfile").unwrap();
+        // Read once per view: the clones of this one keep its answer.
+        assert_eq!(c.clone().mount_id(root.path()).as_deref(), Some("abcdef"));
+        c = fresh(&c);
         assert_eq!(c.mount_id(root.path()).as_deref(), Some("fromfile"));
         c.id = "other".into();
         c.device_name = None;
+        c = fresh(&c);
         assert_eq!(c.mount_id(root.path()), None);
     }
 }
