@@ -8,6 +8,8 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use devicemapper::Device;
 use roomy_formats::mountinfo;
@@ -149,27 +151,66 @@ pub fn mountpoint_of(dev: Device) -> Option<PathBuf> {
 /// own device, and a device the snapshot misses, or that moved since, is
 /// looked up afresh; so a list never takes a stopped container's old mount
 /// point for its own.
+///
+/// The refresh goes further and reuses the table of its last pass
+/// ([`Mounts::reuse`]): the kernel formatting 400 mount lines every 2 s was
+/// a tenth of the idle agent's CPU under emulation, and the checked hints
+/// make an old table as safe as a new one. The first miss of such a pass
+/// reads the table again, once, so that a burst of new containers costs one
+/// read, not one each.
 #[derive(Debug, Default)]
 pub struct Mounts {
-    text: String,
+    text: Mutex<Arc<str>>,
+    /// The table may be older than this list: the first miss re-reads it.
+    stale: AtomicBool,
+}
+
+fn mount_table() -> Arc<str> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .into()
 }
 
 impl Mounts {
     /// The mount table now (empty if unreadable: every lookup is fresh).
     pub fn read() -> Self {
         Mounts {
-            text: std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            text: Mutex::new(mount_table()),
+            stale: AtomicBool::new(false),
         }
+    }
+
+    /// A table read for an earlier list (`text` of its [`Mounts`]).
+    pub fn reuse(text: Arc<str>) -> Self {
+        Mounts {
+            text: Mutex::new(text),
+            stale: AtomicBool::new(true),
+        }
+    }
+
+    /// The table as this list has it now, for the next to reuse.
+    pub fn text(&self) -> Arc<str> {
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Where `dev` is mounted, as [`mountpoint_of`].
     pub fn mountpoint_of(&self, dev: Device) -> Option<PathBuf> {
         use std::os::unix::fs::MetadataExt;
         let want = nix::sys::stat::makedev(dev.major.into(), dev.minor.into());
-        match find_mount(&self.text, dev) {
-            Some(p) if std::fs::metadata(&p).is_ok_and(|m| m.dev() == want) => Some(p),
-            _ => mountpoint_of(dev),
+        let checked = |text: &str| {
+            find_mount(text, dev).filter(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == want))
+        };
+        if let Some(p) = checked(&self.text()) {
+            return Some(p);
         }
+        if self.stale.swap(false, Ordering::Relaxed) {
+            let fresh = mount_table();
+            *self.text.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+            if let Some(p) = checked(&fresh) {
+                return Some(p);
+            }
+        }
+        mountpoint_of(dev)
     }
 }
 
@@ -462,17 +503,40 @@ mod tests {
             minor: nix::sys::stat::minor(raw) as u32,
         };
         let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
+        let table = |text: String, stale: bool| Mounts {
+            text: Mutex::new(text.into()),
+            stale: AtomicBool::new(stale),
+        };
         // Right: taken as it is.
-        let right = Mounts { text: line("/") };
+        let right = table(line("/"), false);
         assert_eq!(right.mountpoint_of(dev), Some(PathBuf::from("/")));
         // Stale (that path is another filesystem now): looked up afresh.
-        let stale = Mounts {
-            text: line("/proc"),
-        };
+        let stale = table(line("/proc"), false);
         assert_eq!(stale.mountpoint_of(dev), mountpoint_of(dev));
         assert_ne!(stale.mountpoint_of(dev), Some(PathBuf::from("/proc")));
         // Missing: looked up afresh.
         assert_eq!(Mounts::default().mountpoint_of(dev), mountpoint_of(dev));
+    }
+
+    #[test]
+    fn a_reused_mount_table_is_read_again_once_at_its_first_miss() {
+        use std::os::unix::fs::MetadataExt;
+        let raw = std::fs::metadata("/").unwrap().dev();
+        let dev = Device {
+            major: nix::sys::stat::major(raw) as u32,
+            minor: nix::sys::stat::minor(raw) as u32,
+        };
+        let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
+        // Its answers hold: the old table is kept as it is.
+        let right = Mounts::reuse(line("/").into());
+        assert_eq!(right.mountpoint_of(dev), Some(PathBuf::from("/")));
+        assert_eq!(&*right.text(), line("/"));
+        // A miss: the table now, kept for the rest of the list and the next.
+        let moved = Mounts::reuse(line("/proc").into());
+        assert_eq!(moved.mountpoint_of(dev), mountpoint_of(dev));
+        let now = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(moved.text().lines().count(), now.lines().count());
+        assert!(!moved.stale.load(Ordering::Relaxed), "read again once only");
     }
 
     /// Real superblocks from the real mkfs tools, on image files (no root).

@@ -64,6 +64,9 @@ pub(crate) struct Inner {
     pub(crate) rows: RowCache,
     pub(crate) seen: seen::Seen,
     pub(crate) provisioned: metadata::Provisioned,
+    /// The mount table the refresh's last pass used, for the next
+    /// ([`fs::Mounts::reuse`]).
+    pub(crate) refresh_mounts: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 /// How a container is read: alone, or as one row of a list.
@@ -118,6 +121,7 @@ impl ThinBackend {
                 rows: Default::default(),
                 seen,
                 provisioned: Default::default(),
+                refresh_mounts: Default::default(),
             }),
         })
     }
@@ -389,16 +393,29 @@ impl ThinBackend {
         info: &DaemonInfo,
         read: FsRead,
     ) -> Result<ContainerStorage, AgentError> {
+        let (this, info) = (self.clone(), info.clone());
+        shared::on_blocking_thread(move || this.row(&view, &info, &read)).await
+    }
+
+    /// One container's row, read on the calling (blocking) thread.
+    fn row(
+        &self,
+        view: &ContainerView,
+        info: &DaemonInfo,
+        read: &FsRead,
+    ) -> Result<ContainerStorage, AgentError> {
         if view.driver != "devicemapper" || view.device_name.is_none() {
-            return Ok(unmanaged(&view, "devicemapper"));
+            return Ok(unmanaged(view, "devicemapper"));
         }
-        let this = self.clone();
-        let info2 = info.clone();
-        let obs = shared::on_blocking_thread(move || {
-            this.observe_with(&view, &info2, read).map(|o| (this, o))
-        })
-        .await?;
-        Ok(obs.0.describe(&obs.1, info))
+        let obs = self.observe_with(view, info, read.clone())?;
+        Ok(self.describe(&obs, info))
+    }
+
+    fn refresh_mounts(&self) -> std::sync::MutexGuard<'_, Option<Arc<str>>> {
+        self.inner
+            .refresh_mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Private mount point for growing a stopped container's filesystem.
@@ -428,15 +445,30 @@ impl StorageBackend for ThinBackend {
             return Ok(out);
         }
         // The mount table only when a row must be read (as overlay2's
-        // backing read): most refreshes reuse every row.
-        let read = FsRead::list();
-        for view in unread {
-            // A container that stops or vanishes mid-read is simply left
-            // out until the next refresh.
-            if let Ok(row) = self.inspect_one(view.clone(), &info, read.clone()).await {
-                rows.put(&pass, view, &row);
-                out.push(row);
-            }
+        // backing read), and the last pass's while its answers hold.
+        let kept = self.refresh_mounts().clone();
+        let mounts = Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse));
+        let read = FsRead::Recorded(mounts.clone());
+        // Every row in one trip to the blocking pool, not one each: each
+        // trip is two thread wake-ups, and under emulation those showed.
+        let views: Vec<ContainerView> = unread.into_iter().cloned().collect();
+        let this = self.clone();
+        let read_rows = shared::on_blocking_thread(move || {
+            Ok(views
+                .into_iter()
+                // A container that stops or vanishes mid-read is simply
+                // left out until the next refresh.
+                .filter_map(|view| {
+                    let row = this.row(&view, &info, &read).ok()?;
+                    Some((view, row))
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        *self.refresh_mounts() = Some(mounts.text());
+        for (view, row) in read_rows {
+            rows.put(&pass, &view, &row);
+            out.push(row);
         }
         Ok(out)
     }
