@@ -160,52 +160,74 @@ pub fn mountpoint_of(dev: Device) -> Option<PathBuf> {
 /// read, not one each.
 #[derive(Debug, Default)]
 pub struct Mounts {
-    text: Mutex<Arc<str>>,
+    points: Mutex<Arc<MountPoints>>,
     /// The table may be older than this list: the first miss re-reads it.
     stale: AtomicBool,
 }
 
-fn mount_table() -> Arc<str> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .into()
+/// One mount table, indexed by device (`major:minor`): a lookup per row
+/// scanning its 400 lines showed in the profile too.
+#[derive(Debug, Default)]
+pub struct MountPoints(std::collections::HashMap<String, PathBuf>);
+
+impl MountPoints {
+    fn parse(text: &str) -> Self {
+        MountPoints(mountinfo::first_points(text))
+    }
+
+    fn now() -> Arc<Self> {
+        Arc::new(Self::parse(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ))
+    }
+
+    fn get(&self, dev: Device) -> Option<&PathBuf> {
+        self.0.get(&format!("{}:{}", dev.major, dev.minor))
+    }
 }
 
 impl Mounts {
     /// The mount table now (empty if unreadable: every lookup is fresh).
     pub fn read() -> Self {
         Mounts {
-            text: Mutex::new(mount_table()),
+            points: Mutex::new(MountPoints::now()),
             stale: AtomicBool::new(false),
         }
     }
 
-    /// A table read for an earlier list (`text` of its [`Mounts`]).
-    pub fn reuse(text: Arc<str>) -> Self {
+    /// A table read for an earlier list ([`points`](Self::points) of its
+    /// [`Mounts`]).
+    pub fn reuse(points: Arc<MountPoints>) -> Self {
         Mounts {
-            text: Mutex::new(text),
+            points: Mutex::new(points),
             stale: AtomicBool::new(true),
         }
     }
 
     /// The table as this list has it now, for the next to reuse.
-    pub fn text(&self) -> Arc<str> {
-        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn points(&self) -> Arc<MountPoints> {
+        self.points
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Where `dev` is mounted, as [`mountpoint_of`].
     pub fn mountpoint_of(&self, dev: Device) -> Option<PathBuf> {
         use std::os::unix::fs::MetadataExt;
         let want = nix::sys::stat::makedev(dev.major.into(), dev.minor.into());
-        let checked = |text: &str| {
-            find_mount(text, dev).filter(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == want))
+        let checked = |points: &MountPoints| {
+            points
+                .get(dev)
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == want))
+                .cloned()
         };
-        if let Some(p) = checked(&self.text()) {
+        if let Some(p) = checked(&self.points()) {
             return Some(p);
         }
         if self.stale.swap(false, Ordering::Relaxed) {
-            let fresh = mount_table();
-            *self.text.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+            let fresh = MountPoints::now();
+            *self.points.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
             if let Some(p) = checked(&fresh) {
                 return Some(p);
             }
@@ -504,7 +526,7 @@ mod tests {
         };
         let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
         let table = |text: String, stale: bool| Mounts {
-            text: Mutex::new(text.into()),
+            points: Mutex::new(Arc::new(MountPoints::parse(&text))),
             stale: AtomicBool::new(stale),
         };
         // Right: taken as it is.
@@ -528,14 +550,15 @@ mod tests {
         };
         let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
         // Its answers hold: the old table is kept as it is.
-        let right = Mounts::reuse(line("/").into());
+        let old = Arc::new(MountPoints::parse(&line("/")));
+        let right = Mounts::reuse(old.clone());
         assert_eq!(right.mountpoint_of(dev), Some(PathBuf::from("/")));
-        assert_eq!(&*right.text(), line("/"));
+        assert!(Arc::ptr_eq(&right.points(), &old), "kept as it was");
         // A miss: the table now, kept for the rest of the list and the next.
-        let moved = Mounts::reuse(line("/proc").into());
+        let moved = Mounts::reuse(Arc::new(MountPoints::parse(&line("/proc"))));
         assert_eq!(moved.mountpoint_of(dev), mountpoint_of(dev));
         let now = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert_eq!(moved.text().lines().count(), now.lines().count());
+        assert_eq!(moved.points().0, mountinfo::first_points(&now));
         assert!(!moved.stale.load(Ordering::Relaxed), "read again once only");
     }
 

@@ -66,7 +66,7 @@ pub(crate) struct Inner {
     pub(crate) provisioned: metadata::Provisioned,
     /// The mount table the refresh's last pass used, for the next
     /// ([`fs::Mounts::reuse`]).
-    pub(crate) refresh_mounts: std::sync::Mutex<Option<Arc<str>>>,
+    pub(crate) refresh_mounts: std::sync::Mutex<Option<Arc<fs::MountPoints>>>,
 }
 
 /// How a container is read: alone, or as one row of a list.
@@ -411,7 +411,7 @@ impl ThinBackend {
         Ok(self.describe(&obs, info))
     }
 
-    fn refresh_mounts(&self) -> std::sync::MutexGuard<'_, Option<Arc<str>>> {
+    fn refresh_mounts(&self) -> std::sync::MutexGuard<'_, Option<Arc<fs::MountPoints>>> {
         self.inner
             .refresh_mounts
             .lock()
@@ -465,7 +465,7 @@ impl StorageBackend for ThinBackend {
                 .collect::<Vec<_>>())
         })
         .await?;
-        *self.refresh_mounts() = Some(mounts.text());
+        *self.refresh_mounts() = Some(mounts.points());
         for (view, row) in read_rows {
             rows.put(&pass, &view, &row);
             out.push(row);
