@@ -91,7 +91,7 @@ fn fires_within(policy: &Policy, obs: &mut roomy_policy::Observation, within: Du
 }
 
 /// Put a statvfs reading on a container's row.
-fn put_usage(c: &mut ContainerStorage, u: Usage) {
+pub(crate) fn put_usage(c: &mut ContainerStorage, u: Usage) {
     c.fs_total_bytes = u.total;
     c.fs_used_bytes = u.used;
     c.fs_avail_bytes = u.avail;
