@@ -99,8 +99,9 @@ if command -v perf >/dev/null; then
         grep -E '^ +[0-9.]+%' | head -40 >"$ROOMY_VM_OUT/agent-perf.txt"
     perf report -i "$LAB/perf.data" --no-children --sort comm --stdio 2>/dev/null |
         grep -E '^ +[0-9.]+%' | head -10 >"$ROOMY_VM_OUT/agent-perf-threads.txt"
-    # With the agent's own frames, for finding who calls the top ones.
-    perf report -i "$LAB/perf.data" --children --sort symbol --stdio 2>/dev/null |
+    # Each symbol with the call chains that led to it (dwarf unwinding:
+    # the release build keeps no frame pointers).
+    perf report -i "$LAB/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
         head -3000 >"$ROOMY_VM_OUT/agent-perf-calls.txt"
     say "  idle: where the agent's CPU goes (perf, 30 s; whole list in agent-perf.txt):"
     head -8 "$ROOMY_VM_OUT/agent-perf.txt" | sed 's/^/    /' | tee -a "$REPORT"
