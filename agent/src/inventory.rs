@@ -16,8 +16,10 @@
 //!    were written, after six of those once anything was. Only use: the
 //!    list last sent, each row's use read again (a statvfs or a quotactl
 //!    each, [`StorageBackend::usage`]) and its fill rate now; what else a
-//!    row says changes with the change count. An idle host's list is never
-//!    read again: its agent pays for nothing.
+//!    row says changes with the change count, and a whole list is read at
+//!    least every 5 minutes while anything is written (a change made by
+//!    hand). An idle host's list is never read again: its agent pays for
+//!    nothing.
 //! 3. A list equal to the one sent last is not sent again.
 //! 4. After a list that took `t` to read, the next is read no sooner than
 //!    50 `t` later: a host whose containers come and go all the time pays
@@ -42,6 +44,12 @@ const WRITTEN_ENOUGH: u64 = 16 << 20;
 
 /// With less written, use is read again after this many usage intervals.
 const SLOW_FACTOR: u32 = 6;
+
+/// Between changes, only use is read again, except once this long after
+/// the last whole list: what no change count announces and use alone does
+/// not show (a filesystem grown by hand) shows within it on a host that
+/// writes.
+const WHOLE_EVERY: Duration = Duration::from_secs(300);
 
 /// After a list that took `t` to read, the next waits at least this many
 /// `t`: on a host whose containers come and go all the time, and where a
@@ -162,6 +170,8 @@ pub fn spawn<B: StorageBackend + Clone>(
     tokio::spawn(async move {
         let mut last: Option<LastRead> = None;
         let mut sent: Option<Vec<ContainerStorage>> = None;
+        // When the last whole list was read (not only use).
+        let mut whole_at: Option<Instant> = None;
         loop {
             let changes = backend.change_count();
             let written = backend.written_bound();
@@ -173,10 +183,16 @@ pub fn spawn<B: StorageBackend + Clone>(
             {
                 // Nothing but writes since the last list: its rows' use.
                 let listed = match (&last, &sent) {
-                    (Some(l), Some(rows)) if l.changes == changes => {
+                    (Some(l), Some(rows))
+                        if l.changes == changes
+                            && whole_at.is_some_and(|t| now.duration_since(t) < WHOLE_EVERY) =>
+                    {
                         Ok(with_use_now(&backend, &engine, rows, changes))
                     }
-                    _ => list(&backend, &engine, None).await,
+                    _ => {
+                        whole_at = Some(now);
+                        list(&backend, &engine, None).await
+                    }
                 };
                 pause = pause_after(now.elapsed(), pacing);
                 match listed {

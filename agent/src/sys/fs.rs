@@ -516,15 +516,22 @@ mod tests {
         assert!(mounted_kind(Path::new("/no/such/dir")).is_err());
     }
 
-    #[test]
-    fn a_mounts_snapshot_is_checked_against_the_mount_point() {
+    /// The device of `/`, and a mount table line saying it is at `point`.
+    fn root_device() -> (Device, impl Fn(&str) -> String) {
         use std::os::unix::fs::MetadataExt;
         let raw = std::fs::metadata("/").unwrap().dev();
         let dev = Device {
             major: nix::sys::stat::major(raw) as u32,
             minor: nix::sys::stat::minor(raw) as u32,
         };
-        let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
+        let line =
+            move |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
+        (dev, line)
+    }
+
+    #[test]
+    fn a_mounts_snapshot_is_checked_against_the_mount_point() {
+        let (dev, line) = root_device();
         let table = |text: String, stale: bool| Mounts {
             points: Mutex::new(Arc::new(MountPoints::parse(&text))),
             stale: AtomicBool::new(stale),
@@ -542,13 +549,7 @@ mod tests {
 
     #[test]
     fn a_reused_mount_table_is_read_again_once_at_its_first_miss() {
-        use std::os::unix::fs::MetadataExt;
-        let raw = std::fs::metadata("/").unwrap().dev();
-        let dev = Device {
-            major: nix::sys::stat::major(raw) as u32,
-            minor: nix::sys::stat::minor(raw) as u32,
-        };
-        let line = |point: &str| format!("1 0 {}:{} / {point} rw - x x rw\n", dev.major, dev.minor);
+        let (dev, line) = root_device();
         // Its answers hold: the old table is kept as it is.
         let old = Arc::new(MountPoints::parse(&line("/")));
         let right = Mounts::reuse(old.clone());
