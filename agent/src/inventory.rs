@@ -123,12 +123,17 @@ pub async fn list<B: StorageBackend + Clone>(
     let generation = backend.change_count();
     let mut containers = backend.inspect(container).await?;
     for c in &mut containers {
-        c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
+        put_fill_rate(engine, c);
     }
     Ok(InspectResponse {
         containers,
         generation,
     })
+}
+
+/// The policy engine's fill rate on a row (0 where it has none).
+fn put_fill_rate<B: StorageBackend + Clone>(engine: &Engine<B>, c: &mut ContainerStorage) {
+    c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
 }
 
 /// `rows` as last sent, with each container's use and fill rate of now:
@@ -148,7 +153,7 @@ fn with_use_now<B: StorageBackend + Clone>(
             if let Some(u) = backend.usage(&c) {
                 crate::policy::put_usage(&mut c, u);
             }
-            c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
+            put_fill_rate(engine, &mut c);
             c
         })
         .collect();
