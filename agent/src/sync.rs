@@ -4,9 +4,8 @@
 //! on-disk buffer until acknowledged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use roomy_policy::validate;
@@ -81,13 +80,19 @@ impl PolicyStore {
     pub fn current(&self) -> Arc<PolicySet> {
         self.current.borrow().clone()
     }
+
+    /// Told of each set adopted after this call.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySet>> {
+        self.current.subscribe()
+    }
 }
 
 /// Serves Sync streams; one at a time (a new stream ends the old one).
 pub struct SyncHub {
     policies: Arc<PolicyStore>,
     events: Arc<EventLog>,
-    generation: AtomicU64,
+    /// Bumped by each new stream; the older one's sender sees it and ends.
+    generation: watch::Sender<u64>,
     connected: AtomicBool,
 }
 
@@ -97,7 +102,7 @@ impl SyncHub {
         SyncHub {
             policies,
             events,
-            generation: AtomicU64::new(0),
+            generation: watch::Sender::new(0),
             connected: AtomicBool::new(false),
         }
     }
@@ -107,17 +112,31 @@ impl SyncHub {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// A new stream: the older one's sender ends. Its generation.
+    fn begin(&self) -> u64 {
+        let mut generation = 0;
+        self.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        self.connected.store(true, Ordering::Relaxed);
+        generation
+    }
+
+    /// Whether `generation` is the newest stream.
+    fn current(&self, generation: u64) -> bool {
+        *self.generation.borrow() == generation
+    }
+
     /// Run one stream: read policy sets and acks from `inbound`, send
     /// pending events on the returned channel, oldest first.
     pub fn session(
         self: &Arc<Self>,
         mut inbound: Streaming<SyncRequest>,
     ) -> mpsc::Receiver<Result<Event, Status>> {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.connected.store(true, Ordering::Relaxed);
+        let generation = self.begin();
         let (tx, rx) = mpsc::channel(64);
         let hub = self.clone();
-        let current = move |hub: &SyncHub| hub.generation.load(Ordering::SeqCst) == generation;
         tokio::spawn(async move {
             // An older stream's reader runs until the controller closes it;
             // what it still delivers (a policy set, an ack) is harmless.
@@ -136,40 +155,108 @@ impl SyncHub {
                     Ok(None) | Err(_) => break,
                 }
             }
-            if current(&hub) {
+            if hub.current(generation) {
                 hub.connected.store(false, Ordering::Relaxed);
             }
         });
-        let hub = self.clone();
-        tokio::spawn(async move {
-            let mut latest = hub.events.subscribe();
-            // Everything unacknowledged goes again on a new stream: the
-            // controller keeps (host, seq) unique, so nothing doubles.
-            let mut sent = 0;
-            while current(&hub) && !tx.is_closed() {
-                latest.borrow_and_update();
-                // In batches, so a long backlog is neither copied whole nor
-                // held under the buffer's lock.
-                let batch = hub.events.after(sent, SEND_BATCH);
-                let more = batch.len() == SEND_BATCH;
-                for event in batch {
-                    sent = event.seq;
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                if more {
-                    continue;
-                }
-                tokio::select! {
-                    _ = latest.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                    // Ending the stream lets the server's graceful stop finish.
-                    _ = roomy_daemon::signal::shutdown() => return,
+        tokio::spawn(self.clone().send_events(generation, tx));
+        rx
+    }
+
+    /// Send the buffer's events on `tx` until a newer stream begins, the
+    /// stream closes, or the agent stops.
+    async fn send_events(
+        self: Arc<Self>,
+        generation: u64,
+        tx: mpsc::Sender<Result<Event, Status>>,
+    ) {
+        let mut latest = self.events.subscribe();
+        let mut superseded = self.generation.subscribe();
+        // Everything unacknowledged goes again on a new stream: the
+        // controller keeps (host, seq) unique, so nothing doubles.
+        let mut sent = 0;
+        loop {
+            // Marked seen before looking: what changes from here on wakes
+            // the wait below.
+            latest.borrow_and_update();
+            superseded.borrow_and_update();
+            if !self.current(generation) || tx.is_closed() {
+                return;
+            }
+            // In batches, so a long backlog is neither copied whole nor
+            // held under the buffer's lock.
+            let batch = self.events.after(sent, SEND_BATCH);
+            let more = batch.len() == SEND_BATCH;
+            for event in batch {
+                sent = event.seq;
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
                 }
             }
-        });
-        rx
+            if more {
+                continue;
+            }
+            tokio::select! {
+                // Nothing to poll for: a new event or a newer stream wakes
+                // this one (a timer here woke every idle agent each second).
+                Ok(()) = latest.changed() => {}
+                Ok(()) = superseded.changed() => {}
+                _ = tx.closed() => return,
+                // Ending the stream lets the server's graceful stop finish.
+                _ = roomy_daemon::signal::shutdown() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn event(n: u64) -> Event {
+        Event {
+            message: format!("event {n}"),
+            ..Default::default()
+        }
+    }
+
+    /// Events reach the stream as they are appended, and a newer stream
+    /// ends the older one at once: no timer polls for either (one used to
+    /// wake every idle agent each second, and ended an old stream only at
+    /// its next tick).
+    #[tokio::test]
+    async fn events_flow_and_a_newer_stream_ends_the_older_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Arc::new(EventLog::open(dir.path()).unwrap());
+        let hub = Arc::new(SyncHub::new(
+            Arc::new(PolicyStore::open(dir.path()).unwrap()),
+            events.clone(),
+        ));
+        events.append(event(1)).unwrap();
+        let (tx, mut old) = mpsc::channel(64);
+        tokio::spawn(hub.clone().send_events(hub.begin(), tx));
+        async fn within(d: u64, rx: &mut mpsc::Receiver<Result<Event, Status>>) -> Option<Event> {
+            let got = tokio::time::timeout(Duration::from_millis(d), rx.recv());
+            got.await.expect("nothing in time").map(|e| e.unwrap())
+        }
+        assert_eq!(within(2000, &mut old).await.unwrap().message, "event 1");
+        // Let the sender settle into its wait, then append.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        events.append(event(2)).unwrap();
+        assert_eq!(within(500, &mut old).await.unwrap().message, "event 2");
+
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newer = hub.begin();
+        // Within half a second: ended, not polled for.
+        assert!(
+            within(500, &mut old).await.is_none(),
+            "the old stream sent more"
+        );
+        // The newer one sends everything unacknowledged again.
+        let (tx, mut new) = mpsc::channel(64);
+        tokio::spawn(hub.clone().send_events(newer, tx));
+        assert_eq!(new.recv().await.unwrap().unwrap().message, "event 1");
+        assert!(hub.connected());
     }
 }
