@@ -41,6 +41,13 @@ const NOTE_AGAIN: Duration = Duration::from_secs(300);
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Without policies, refresh only for the metrics.
 const IDLE_REFRESH: Duration = Duration::from_secs(15);
+/// With nothing changed (no Docker event, no resize ended), the refresh
+/// lists the containers this often, or at its own cadence if slower: the
+/// rows the backend keeps expire on their own clock (`ROW_TTL`), and what
+/// someone changed by hand shows when they do. Listing 200 containers
+/// every 2 s to find nothing new was a fifth of the idle agent's work
+/// under emulation (copies of every row and view, a map rebuilt).
+const LIST_EVERY: Duration = Duration::from_secs(10);
 /// Bytes of a filesystem's space one byte written can take, at most, for
 /// the sampler's bound: XFS's speculative preallocation past the end of a
 /// growing file reserves up to as much again as the file holds, and
@@ -219,11 +226,12 @@ impl Watched {
 
     /// The same container listed again as `c`: its history, and, while
     /// its name and labels stay the same, its label map and policy choice.
-    fn relisted(self, c: ContainerStorage, seen: Instant) -> Self {
+    fn relist(&mut self, c: ContainerStorage, seen: Instant) {
         if c.name == self.c.name && c.labels == self.c.labels {
-            Watched { c, seen, ..self }
+            self.c = c;
+            self.seen = seen;
         } else {
-            Watched::new(c, self.track, seen)
+            *self = Watched::new(c, std::mem::take(&mut self.track), seen);
         }
     }
 
@@ -259,6 +267,9 @@ struct State {
     /// The pool's mode at the last refresh, for health events.
     pool_mode: Option<String>,
     refreshed_at: Option<Instant>,
+    /// The backend's change count read just before the last listing that
+    /// succeeded, and when.
+    listed: Option<(u64, Instant)>,
 }
 
 /// The engine. Cheap to clone.
@@ -420,21 +431,32 @@ impl<B: StorageBackend + Clone> Engine<B> {
     }
 
     async fn refresh_loop(self) {
+        let mut adopted = self.inner.policies.subscribe();
         loop {
+            // Seen before it is read: a set adopted from here on wakes
+            // the wait below.
+            adopted.borrow_and_update();
             let busy = !self.inner.policies.current().policies.is_empty();
             let wait = if busy {
                 self.inner.cadence.refresh
             } else {
                 IDLE_REFRESH
             };
-            let due = self
+            let left = self
                 .state()
                 .refreshed_at
-                .is_none_or(|t| t.elapsed() >= wait);
-            if due {
+                .map_or(Duration::ZERO, |t| wait.saturating_sub(t.elapsed()));
+            if left.is_zero() {
                 self.refresh().await;
             }
-            tokio::time::sleep(self.inner.cadence.refresh.min(Duration::from_secs(1))).await;
+            // Until the next refresh is due, or a new policy set, whose
+            // cadence may be shorter (an idle host waits 15 s): no wake-up
+            // in between.
+            let pause = if left.is_zero() { wait } else { left };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                Ok(()) = adopted.changed() => {}
+            }
         }
     }
 
@@ -442,15 +464,33 @@ impl<B: StorageBackend + Clone> Engine<B> {
         self.inner.events.dir().join("pool.mode")
     }
 
-    /// Re-read the running containers and the pool; run pool policies.
+    /// Re-read the pool, and the running containers when something may
+    /// have changed them (`LIST_EVERY`); run pool policies.
     async fn refresh(&self) {
         let t0 = Instant::now();
-        let listed = self.inner.backend.running().await;
+        let changes = self.inner.backend.change_count();
+        let list_every = self.inner.cadence.refresh.max(LIST_EVERY);
+        // Without policies no sampler reads use, and this refresh (every
+        // `IDLE_REFRESH`) is what brings the metrics today's: it lists.
+        let enforcing = !self.inner.policies.current().policies.is_empty();
+        let list = !enforcing
+            || self
+                .state()
+                .listed
+                .is_none_or(|(c, at)| c != changes || t0.duration_since(at) >= list_every);
+        let listed = if list {
+            Some(self.inner.backend.running().await)
+        } else {
+            None
+        };
         let t1 = Instant::now();
         let pool = self.inner.backend.inspect_pool().await.ok();
         // Where a refresh's time goes (bench-host reads these).
         tracing::debug!(
-            containers = listed.as_ref().map_or(0, Vec::len),
+            containers = listed
+                .as_ref()
+                .map_or(0, |l| l.as_ref().map_or(0, Vec::len)),
+            listed = list,
             list_ms = (t1 - t0).as_millis() as u64,
             pool_ms = t1.elapsed().as_millis() as u64,
             "refreshed"
@@ -459,46 +499,47 @@ impl<B: StorageBackend + Clone> Engine<B> {
         {
             let mut state = self.state();
             state.refreshed_at = Some(Instant::now());
-            if let Ok(list) = listed {
+            if let Some(Ok(list)) = listed {
+                state.listed = Some((changes, t0));
                 let now = Instant::now();
-                let mut old = std::mem::take(&mut state.containers);
                 // The sampler reads each filesystem at least every `idle`
                 // while it enforces policies: its figures are fresh enough.
                 let recent = self.inner.cadence.idle * 2;
+                // In place: rebuilding the map each time cost fresh pages
+                // (its table outgrew each allocation again).
                 for mut c in list {
-                    let old = old.remove(&c.id);
-                    match &old {
-                        Some(w)
+                    match state.containers.get_mut(&c.id) {
+                        Some(w) => {
                             if w.track
                                 .read_at
-                                .is_some_and(|t| now.duration_since(t) < recent) =>
-                        {
-                            put_usage(&mut c, usage_of(&w.c));
+                                .is_some_and(|t| now.duration_since(t) < recent)
+                            {
+                                put_usage(&mut c, usage_of(&w.c));
+                            } else if let Some(u) = self.inner.backend.usage(&c) {
+                                // A row the backend kept from an earlier
+                                // refresh has that refresh's use: the
+                                // metrics want today's, and without
+                                // policies no sampler refreshes it.
+                                put_usage(&mut c, u);
+                            }
+                            w.relist(c, now);
                         }
-                        // A row the backend kept from an earlier refresh
-                        // has that refresh's use: the metrics want today's,
-                        // and without policies no sampler refreshes it.
-                        _ => {
+                        None => {
                             if let Some(u) = self.inner.backend.usage(&c) {
                                 put_usage(&mut c, u);
                             }
+                            let w = Watched::new(c, Track::default(), now);
+                            state.containers.insert(w.c.id.clone(), w);
                         }
                     }
-                    let watched = match old {
-                        Some(w) => w.relisted(c, now),
-                        None => Watched::new(c, Track::default(), now),
-                    };
-                    state.containers.insert(watched.c.id.clone(), watched);
                 }
                 // A container missing from one listing (a read that failed
                 // mid-way) keeps its history for a while, so that its
                 // cooldown and noted skips hold; a grow in flight keeps it
                 // until it reports.
-                for (id, w) in old {
-                    if w.track.busy || now.duration_since(w.seen) < FORGET_AFTER {
-                        state.containers.insert(id, w);
-                    }
-                }
+                state
+                    .containers
+                    .retain(|_, w| w.track.busy || now.duration_since(w.seen) < FORGET_AFTER);
             }
             if let Some(p) = &pool {
                 state.pool_track.sample(Instant::now(), p.data_used_bytes);
@@ -1227,10 +1268,13 @@ mod tests {
     struct KeptRows {
         sim: SimBackend,
         kept: Arc<tokio::sync::Mutex<Option<Vec<ContainerStorage>>>>,
+        /// Calls of `running`.
+        lists: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl StorageBackend for KeptRows {
         async fn running(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
             let mut kept = self.kept.lock().await;
             if kept.is_none() {
                 *kept = Some(self.sim.running().await?);
@@ -1285,6 +1329,7 @@ mod tests {
         let backend = KeptRows {
             sim,
             kept: Default::default(),
+            lists: Default::default(),
         };
         let engine = Engine::new(
             backend,
@@ -1311,6 +1356,48 @@ mod tests {
             second > first + (100 << 20),
             "use went from {first} to {second} bytes"
         );
+    }
+
+    /// Under policies, the refresh lists the containers again only when
+    /// the backend's change count moved (a Docker event, a resize ended)
+    /// or `LIST_EVERY` passed: each listing copies every row.
+    #[tokio::test]
+    async fn the_refresh_lists_again_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBackend::new(vec![writer("d")], 1000 * G, 10);
+        let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = KeptRows {
+            sim: sim.clone(),
+            kept: Default::default(),
+            lists: lists.clone(),
+        };
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        let engine = Engine::new(
+            backend,
+            policies.clone(),
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence::default(),
+        );
+        let listed = || lists.load(Ordering::Relaxed);
+        // No policies: every refresh lists (it alone reads use then).
+        engine.refresh().await;
+        engine.refresh().await;
+        assert_eq!(listed(), 2);
+        policies
+            .replace(grow_at_80(PolicyKind::Container, "*"))
+            .unwrap();
+        engine.refresh().await;
+        assert_eq!(listed(), 2, "nothing changed: not listed");
+        assert_eq!(engine.state().containers.len(), 1, "the row is kept");
+        let d = ContainerRef::parse(&"d".repeat(64)).unwrap();
+        sim.resize(&d, SizeRequest::Absolute(ByteSize(200 * G)))
+            .await
+            .unwrap();
+        engine.refresh().await;
+        assert_eq!(listed(), 3, "a resize ended: listed");
+        engine.refresh().await;
+        assert_eq!(listed(), 3);
     }
 
     /// The policy in force is chosen once per policy set, not per sample:
