@@ -130,13 +130,26 @@ enum Backend {
     Sim,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     roomy_daemon::init_logging();
     let args = Args::parse();
     if args.man {
         return Ok(roomy_daemon::print_man_page(Args::command())?);
     }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One host's agent: one worker. Its kernel work runs on the blocking
+    // pool anyway, and with a second worker a timer's wake-up can also
+    // wake the idle sibling to look for work (a futex and two context
+    // switches, which under emulation showed in the idle agent's profile).
+    // Simulated fleets keep a worker per core: they serve thousands of
+    // hosts from one process.
+    if args.backend != Backend::Sim {
+        runtime.worker_threads(1);
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let tls = match (&args.listen, &args.tls_cert, &args.tls_key, &args.tls_ca) {
         (None, ..) => None,
         (Some(_), Some(cert), Some(key), Some(ca)) => {
