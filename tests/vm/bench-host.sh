@@ -33,6 +33,10 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # user and system ticks apart: which side the idle agent's time is on
 usys() { awk '{print $14, $15}' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+# Context switches of all the process's threads so far: each is a thread
+# put to sleep or woken, which under emulation costs a clock read and a
+# page-table switch.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {n += $2} END {print n + 0}'; }
 # ms of CMD..., median of 5 (lib.sh's timed)
 median_ms() {
     local i
@@ -74,19 +78,23 @@ window() { # LABEL
     local a0 d0 a1 d1 before after
     local log=$LAB/$NAME/agent.log from
     from=$(wc -l <"$log")
-    local u0 u1
-    a0=$(ticks "$agent") d0=$(ticks "$dockerd") u0=$(usys "$agent")
+    local u0 u1 s0 s1
+    a0=$(ticks "$agent") d0=$(ticks "$dockerd") u0=$(usys "$agent") s0=$(switches "$agent")
     sleep "$WINDOW"
-    a1=$(ticks "$agent") d1=$(ticks "$dockerd") u1=$(usys "$agent")
-    tail -n +"$((from + 1))" "$log" | grep ' refreshed ' >"$LAB/refreshes" || true
+    a1=$(ticks "$agent") d1=$(ticks "$dockerd") u1=$(usys "$agent") s1=$(switches "$agent")
+    local refreshes
+    refreshes=$(tail -n +"$((from + 1))" "$log" | grep -c ' refreshed ' || true)
+    # The listing's time, over the refreshes that listed (an older agent
+    # lists at each one and does not say so).
+    tail -n +"$((from + 1))" "$log" | grep ' refreshed ' | grep -v 'listed=false' >"$LAB/refreshes" || true
     before=$(active)
     local ls_ms ps_ms
     ls_ms=$(median_ms roomy_ls)
     ps_ms=$(median_ms docker_ps)
     after=$(active)
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
-    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l); of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
-    say "  $1: $(wc -l <"$LAB/refreshes") refreshes, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
+    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v a="$s0" -v b="$s1" -v w="$WINDOW" 'BEGIN {printf "%.1f", (b - a) / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
+    say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
     say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
 window idle
@@ -105,6 +113,13 @@ if command -v perf >/dev/null; then
         head -3000 >"$ROOMY_VM_OUT/agent-perf-calls.txt"
     say "  idle: where the agent's CPU goes (perf, 30 s; whole list in agent-perf.txt):"
     head -8 "$ROOMY_VM_OUT/agent-perf.txt" | sed 's/^/    /' | tee -a "$REPORT"
+fi
+# Which syscalls the idle agent makes, and how many: under emulation each
+# is a page-table switch, and the count is what the code controls.
+if command -v strace >/dev/null; then
+    timeout -s INT 20 strace -c -f -p "$agent" -o "$ROOMY_VM_OUT/agent-syscalls.txt" >/dev/null 2>&1 || true
+    say "  idle: syscalls in 20 s under strace (whole table in agent-syscalls.txt): $(awk '$NF == "total" {print $4}' "$ROOMY_VM_OUT/agent-syscalls.txt")"
+    grep -E '^ +[0-9.]+ ' "$ROOMY_VM_OUT/agent-syscalls.txt" | sort -k4 -n -r | head -8 | sed 's/^/    /' | tee -a "$REPORT"
 fi
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
