@@ -749,7 +749,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                     next_full = now + cadence.sample;
                 }
             }
-            for grow in self.sample(full) {
+            for grow in self.sample(full, now.into_std()) {
                 let this = self.clone();
                 tokio::spawn(async move { this.grow(grow).await });
             }
@@ -774,7 +774,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
 
     /// One pass: statvfs, rate, decision, over every running container
     /// (`full`) or only those filling into their trigger (hot).
-    fn sample(&self, full: bool) -> Vec<Grow> {
+    fn sample(&self, full: bool, now: Instant) -> Vec<Grow> {
         // Most hot ticks: nothing is hot, and the tick costs one load.
         if !full && !self.inner.any_hot.load(Ordering::Relaxed) {
             return Vec::new();
@@ -784,8 +784,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
         if set.policies.is_empty() {
             return Vec::new();
         }
-        let now = Instant::now();
-        let now_ms = now_ms();
+        // The loop's clock reading: under emulation every read is a
+        // syscall and an emulated timer access, so a pass takes one.
         let written = self.inner.backend.written_bound();
         let idle_read = self.inner.cadence.idle;
         let mut grows = Vec::new();
@@ -841,7 +841,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 continue;
             }
             t.hot = false;
-            let d = decide(policy, &obs, t.last_grow_ms, now_ms);
+            // The wall clock only here, where a policy is past idle.
+            let d = decide(policy, &obs, t.last_grow_ms, now_ms());
             w.labels = std::mem::take(&mut obs.labels);
             match d.verdict {
                 Verdict::Idle => t.fired_at = None,
@@ -1419,11 +1420,11 @@ mod tests {
         engine.refresh().await;
         policies.replace(for_containers("other*")).unwrap();
         assert!(
-            engine.sample(true).is_empty(),
+            engine.sample(true, Instant::now()).is_empty(),
             "grown under a policy for others"
         );
         policies.replace(for_containers("writ*")).unwrap();
-        let grows = engine.sample(true);
+        let grows = engine.sample(true, Instant::now());
         assert_eq!(grows.len(), 1, "not grown under its own policy");
         assert_eq!(grows[0].to, 150 * G);
         // Back to a policy for others: no second decision, busy or not.
@@ -1437,7 +1438,7 @@ mod tests {
             .busy = false;
         policies.replace(for_containers("other*")).unwrap();
         assert!(
-            engine.sample(true).is_empty(),
+            engine.sample(true, Instant::now()).is_empty(),
             "a replaced policy still in force"
         );
     }
