@@ -105,8 +105,10 @@ struct Args {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     idle_read_interval_ms: u64,
 
-    /// Milliseconds between re-reads of the container list and the pool
-    /// while policies are in force.
+    /// Milliseconds between re-reads of the pool while policies are in
+    /// force; the container list is re-read then too when Docker or a
+    /// resize changed something, and at least every 10 s (or this, if
+    /// longer).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     refresh_interval_ms: u64,
 

@@ -14,8 +14,9 @@
 //! resize or repair of it ended since it was read, (3) it is younger than
 //! its time to live, 20 to 40 s spread by id so that rows read together
 //! do not all expire together: what someone changes by hand (xfs_growfs,
-//! dmsetup) shows within that. `ls` and single-container reads never use
-//! these rows.
+//! dmsetup) shows within that, plus up to the engine's listing period
+//! (10 s while nothing else changes). `ls` and single-container reads
+//! never use these rows.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
