@@ -425,7 +425,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
             duration_ms: duration.map_or(0, |d| d.as_millis() as u64),
             ..Default::default()
         };
-        if let Err(e) = self.inner.events.append(event) {
+        // The append syncs to disk: off the one worker's back.
+        if let Err(e) = crate::backend::shared::off_the_worker(|| self.inner.events.append(event)) {
             tracing::error!("event not buffered: {e}");
         }
     }

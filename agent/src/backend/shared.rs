@@ -188,6 +188,19 @@ where
         .map_err(|e| AgentError::Internal(format!("storage work stopped: {e}")))?
 }
 
+/// Runs short blocking work (an fsync) where it is called, but lets the
+/// runtime's other tasks go on meanwhile (`block_in_place`): a real host's
+/// agent has one worker thread, and an fsync on a disk saturated by
+/// writers takes seconds. On a current-thread runtime (unit tests), or
+/// off the runtime, it simply runs.
+pub fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// The rows of `inspect`: the one container asked for (its error is the
 /// call's), or every container, where one that cannot be read becomes a row
 /// saying why instead of hiding the others. Sorted by name. `row` is the
@@ -495,5 +508,51 @@ mod tests {
             ..settled
         };
         assert_eq!(health(&unknown, false).0, Health::Ok);
+    }
+}
+
+#[cfg(test)]
+mod off_the_worker_tests {
+    use super::off_the_worker;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// With one worker, a task ticking beside blocking work still ticks.
+    #[test]
+    fn other_tasks_go_on_during_the_blocking_work() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ticks = Arc::new(AtomicU64::new(0));
+            let t = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    t.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let before = ticks.load(Ordering::Relaxed);
+            let during = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    off_the_worker(|| std::thread::sleep(Duration::from_millis(500)));
+                    ticks.load(Ordering::Relaxed)
+                }
+            })
+            .await
+            .unwrap();
+            assert!(
+                during >= before + 5,
+                "the ticker ticked {} times in 500 ms of blocking work",
+                during - before
+            );
+        });
+        // Off a runtime: it just runs.
+        assert_eq!(off_the_worker(|| 7), 7);
     }
 }
