@@ -13,6 +13,7 @@ use roomy_proto::v1::{sync_request, Event, PolicySet, SyncRequest};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use crate::backend::shared::off_the_worker;
 use crate::error::AgentError;
 use crate::events::EventLog;
 use crate::sys::atomic::write_atomically;
@@ -143,10 +144,11 @@ impl SyncHub {
             loop {
                 match inbound.message().await {
                     Ok(Some(SyncRequest { msg: Some(m) })) => {
-                        let done = match m {
+                        // Both may sync to disk: off the one worker's back.
+                        let done = off_the_worker(|| match m {
                             sync_request::Msg::Policies(set) => hub.policies.replace(set),
                             sync_request::Msg::Ack(seq) => hub.events.ack(seq),
-                        };
+                        });
                         if let Err(e) = done {
                             tracing::error!("sync: {e}");
                         }
