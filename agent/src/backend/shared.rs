@@ -341,6 +341,7 @@ impl LockTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     const G: u64 = 1 << 30;
 
@@ -509,14 +510,6 @@ mod tests {
         };
         assert_eq!(health(&unknown, false).0, Health::Ok);
     }
-}
-
-#[cfg(test)]
-mod off_the_worker_tests {
-    use super::off_the_worker;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
 
     /// With one worker, a task ticking beside blocking work still ticks.
     #[test]
@@ -527,20 +520,20 @@ mod off_the_worker_tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let ticks = Arc::new(AtomicU64::new(0));
+            let ticks = std::sync::Arc::new(AtomicU64::new(0));
             let t = ticks.clone();
             tokio::spawn(async move {
                 loop {
                     t.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             });
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             let before = ticks.load(Ordering::Relaxed);
             let during = tokio::spawn({
                 let ticks = ticks.clone();
                 async move {
-                    off_the_worker(|| std::thread::sleep(Duration::from_millis(500)));
+                    off_the_worker(|| std::thread::sleep(std::time::Duration::from_millis(500)));
                     ticks.load(Ordering::Relaxed)
                 }
             })
