@@ -120,6 +120,46 @@ if command -v strace >/dev/null; then
     timeout -s INT 20 strace -c -f -p "$agent" -o "$ROOMY_VM_OUT/agent-syscalls.txt" >/dev/null 2>&1 || true
     say "  idle: syscalls in 20 s under strace (whole table in agent-syscalls.txt): $(awk '$NF == "total" {print $4}' "$ROOMY_VM_OUT/agent-syscalls.txt")"
     grep -E '^ +[0-9.]+ ' "$ROOMY_VM_OUT/agent-syscalls.txt" | sort -k4 -n -r | head -8 | sed 's/^/    /' | tee -a "$REPORT"
+    # Who makes the two most frequent ones: each call with its stack, for
+    # 10 s, counted by the first frames inside the agent's own code.
+    timeout -s INT 10 strace -f -k -e trace=clock_gettime,statfs -p "$agent" -o "$LAB/stacks.txt" >/dev/null 2>&1 || true
+    python3 - "$LAB/stacks.txt" >"$ROOMY_VM_OUT/agent-syscall-stacks.txt" <<'EOF' || true
+import collections, re, sys
+counts = collections.Counter()
+call, frames = None, []
+def demangle(sym):
+    # Rust's legacy mangling (_ZN 6policy 4tick 17h<hash> E), enough to read.
+    if not sym.startswith("_ZN"):
+        return sym
+    parts, i = [], 3
+    while i < len(sym) and sym[i].isdigit():
+        j = i
+        while sym[j].isdigit():
+            j += 1
+        n = int(sym[i:j])
+        parts.append(sym[j:j + n])
+        i = j + n
+    if parts and re.fullmatch(r"h[0-9a-f]{16}", parts[-1]):
+        parts.pop()
+    return "::".join(parts).replace("$LT$", "<").replace("$GT$", ">").replace("$u20$", " ").replace("..", "::")
+def flush():
+    if call:
+        ours = [f for f in frames if "roomy" in f or "tokio" in f][:4]
+        counts[(call, " <- ".join(ours) or "?")] += 1
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"^\d+\s+(\w+)\(", line)
+    if m:
+        flush()
+        call, frames = m.group(1), []
+    elif line.lstrip().startswith(">"):
+        f = re.search(r"\(([^)+]+)", line)
+        frames.append(demangle(f.group(1)) if f else line.strip())
+flush()
+for (c, where), n in counts.most_common(25):
+    print(f"{n:6d} {c:14s} {where}")
+EOF
+    say "  idle: clock_gettime and statfs in 10 s by caller (agent-syscall-stacks.txt):"
+    head -8 "$ROOMY_VM_OUT/agent-syscall-stacks.txt" | cut -c1-220 | sed 's/^/    /' | tee -a "$REPORT"
 fi
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
