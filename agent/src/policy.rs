@@ -982,6 +982,36 @@ impl<B: StorageBackend + Clone> Engine<B> {
         }
     }
 
+    /// Puts on each row its fill rate (0 where the sampler does not watch
+    /// it) and, where the sampler read its filesystem within its idle
+    /// bound (`Cadence::idle`), that read's use; says which rows got one.
+    ///
+    /// Why: under policies the sampler reads every filesystem at least
+    /// that often anyway, so the inventory stream reading use again (a
+    /// statvfs per row, 200 on a busy host) would read it twice.
+    pub fn put_recent_use(&self, rows: &mut [ContainerStorage]) -> Vec<bool> {
+        let since = Instant::now().checked_sub(self.inner.cadence.idle);
+        let state = self.state();
+        rows.iter_mut()
+            .map(|c| {
+                let Some(w) = state.containers.get(&c.id) else {
+                    c.fill_rate_bytes_per_second = 0.0;
+                    return false;
+                };
+                c.fill_rate_bytes_per_second = w.track.rate;
+                let recent = match (w.track.read_at, since) {
+                    (Some(at), Some(since)) => at >= since,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if recent {
+                    put_usage(c, usage_of(&w.c));
+                }
+                recent
+            })
+            .collect()
+    }
+
     /// The fill rate the sampler measured for a container, if it watches it.
     pub fn fill_rate(&self, id: &str) -> Option<f64> {
         self.state().containers.get(id).map(|w| w.track.rate)
@@ -1400,6 +1430,38 @@ mod tests {
         assert_eq!(listed(), 3, "a resize ended: listed");
         engine.refresh().await;
         assert_eq!(listed(), 3);
+    }
+
+    /// The inventory stream's use-only list takes what the sampler read
+    /// within its idle bound instead of reading each filesystem again; a
+    /// row it has not read that recently is read.
+    #[tokio::test]
+    async fn the_inventory_takes_the_samplers_recent_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBackend::new(vec![ten_gib("a", G), ten_gib("b", 2 * G)], 1000 * G, 10);
+        let cadence = Cadence {
+            idle: Duration::from_millis(300),
+            ..Cadence::default()
+        };
+        let engine = grows_at_80(&sim, dir.path(), cadence);
+        engine.refresh().await;
+        assert!(engine.sample(true, Instant::now()).is_empty());
+        let mut rows = sim.inspect(None).await.unwrap();
+        for c in &mut rows {
+            c.fs_used_bytes = 0;
+        }
+        let reads = sim.usage_reads();
+        let list = crate::inventory::with_use_now(&sim, &engine, &rows, 0);
+        assert_eq!(sim.usage_reads(), reads, "read again though just sampled");
+        let used: Vec<u64> = list.containers.iter().map(|c| c.fs_used_bytes).collect();
+        let mut want: Vec<u64> = vec![G, 2 * G];
+        want.sort();
+        let mut got = used.clone();
+        got.sort();
+        assert_eq!(got, want, "the sampler's use on the rows");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        crate::inventory::with_use_now(&sim, &engine, &rows, 0);
+        assert_eq!(sim.usage_reads(), reads + 2, "past the idle bound: read");
     }
 
     /// The policy in force is chosen once per policy set, not per sample:
