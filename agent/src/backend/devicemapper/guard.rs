@@ -11,12 +11,19 @@
 //!   is not blocked by an open fd); if it is gone (the agent was down, or
 //!   deferred removal is off) the guard activates it again.
 //!
-//! It acts on Docker's container events and on a periodic sweep.
+//! It acts on Docker's container events and on a periodic sweep. The
+//! sweep is the net for what events miss (a gap in the event stream, a
+//! teardown slower than the second look after an event); it leaves alone a
+//! container whose last reconcile found it steady while Docker's view of
+//! it stays the same, for up to `SETTLED_RECHECK`. Re-reading every pending
+//! container every 5 s was a `docker inspect` and a dozen device reads
+//! each: on a host where policies had grown 200 containers (all pending
+//! until dockerd restarts), 40 inspects a second for nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -25,10 +32,17 @@ use crate::backend::shared;
 use crate::docker::{ContainerView, DaemonInfo};
 use crate::error::AgentError;
 
+/// How long the sweep leaves a steady container to events while its view
+/// is the same; then it looks again (a device removed by hand).
+const SETTLED_RECHECK: Duration = Duration::from_secs(300);
+
 /// Devices held open, by container id.
 #[derive(Default)]
 pub struct Guard {
     held: Mutex<HashMap<String, (String, File)>>,
+    /// Containers whose last reconcile left them steady: the view it was
+    /// made for, and when.
+    settled: Mutex<HashMap<String, (ContainerView, Instant)>>,
 }
 
 impl Guard {
@@ -66,6 +80,36 @@ impl Guard {
         }
     }
 
+    /// Remember how the last reconcile of `view`'s container left it.
+    fn settle(&self, view: &ContainerView, steady: bool, now: Instant) {
+        let mut settled = self.settled.lock().expect("guard poisoned");
+        if steady {
+            settled.insert(view.id.clone(), (view.clone(), now));
+        } else {
+            settled.remove(&view.id);
+        }
+    }
+
+    fn unsettle(&self, container_id: &str) {
+        self.settled
+            .lock()
+            .expect("guard poisoned")
+            .remove(container_id);
+    }
+
+    /// Whether the sweep may leave this container to events: its last
+    /// reconcile found it steady, for this same view, less than
+    /// `SETTLED_RECHECK` ago.
+    fn is_settled(&self, view: &ContainerView, now: Instant) -> bool {
+        self.settled
+            .lock()
+            .expect("guard poisoned")
+            .get(&view.id)
+            .is_some_and(|(v, at)| {
+                v == view && now.saturating_duration_since(*at) < SETTLED_RECHECK
+            })
+    }
+
     /// Container ids currently held.
     pub fn held_ids(&self) -> Vec<String> {
         self.held
@@ -85,8 +129,35 @@ impl ThinBackend {
         view: &ContainerView,
         info: &DaemonInfo,
     ) -> Result<Observed, AgentError> {
-        let (this, view, info) = (self.clone(), view.clone(), info.clone());
-        shared::on_blocking_thread(move || this.reconcile_blocking(&view, &info)).await
+        let (this, v, i) = (self.clone(), view.clone(), info.clone());
+        let result = shared::on_blocking_thread(move || this.reconcile_blocking(&v, &i)).await;
+        match &result {
+            Ok(obs) => self
+                .inner
+                .guard
+                .settle(view, self.steady(obs, info), Instant::now()),
+            Err(_) => self.inner.guard.unsettle(&view.id),
+        }
+        result
+    }
+
+    /// Whether a reconcile left the container where only an event (or a
+    /// hand) can move it: not pending; running with its device held (or
+    /// no deferred removal to guard against); stopped with its device
+    /// active, unmarked and not held. Anything else is mid-way (Docker
+    /// still tearing down) and the next sweep looks again.
+    fn steady(&self, obs: &Observed, info: &DaemonInfo) -> bool {
+        let s = obs.sizes;
+        let pending = s.persisted > s.docker && s.fs.is_none_or(|fs| fs <= s.persisted);
+        if !pending {
+            return true;
+        }
+        let held = self.inner.guard.holds(&obs.view.id);
+        match (obs.view.running, &obs.dev) {
+            (true, Some(_)) => held || !info.deferred_removal,
+            (false, Some(state)) => !state.deferred_remove && !held,
+            _ => false,
+        }
     }
 
     /// Returns the container as it is afterwards: what it read, or read
@@ -150,33 +221,41 @@ impl ThinBackend {
             Ok((view, info)) => self.reconcile_locked(&view, &info).await.map(|_| ()),
             Err(AgentError::NotFound(_)) | Err(AgentError::WrongDriver { .. }) => {
                 self.inner.guard.release(container_id);
+                self.inner.guard.unsettle(container_id);
                 Ok(())
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Sweep every devicemapper container whose size is not settled, plus
-    /// every one the guard holds.
+    /// Sweep every devicemapper container whose size dockerd has not
+    /// adopted, plus every one the guard holds, except those left steady
+    /// by their last reconcile under the same view (see the module doc).
     pub async fn sweep(&self) -> Result<(), AgentError> {
         let info = self.inner.docker.info().await?;
-        let mut ids = self.inner.guard.held_ids();
+        let guard = &self.inner.guard;
+        let mut held: std::collections::HashSet<String> = guard.held_ids().into_iter().collect();
         // Every device's persisted size in one look (re-read only when
         // Docker's metadata changed), not a file read per container.
         let recorded = self.inner.provisioned.sizes(&info.root_dir);
+        let now = Instant::now();
+        let mut ids = Vec::new();
         for view in self.inner.docker.known().await? {
             if view.driver != "devicemapper" {
                 continue;
             }
+            let was_held = held.remove(&view.id);
             let persisted = view
                 .mount_id(&info.root_dir)
                 .and_then(|m| recorded.by_device.get(&m).copied());
-            if persisted.is_some_and(|p| Some(p) != view.docker_size) {
+            let pending = persisted.is_some_and(|p| Some(p) != view.docker_size);
+            if (pending || was_held) && !guard.is_settled(&view, now) {
                 ids.push(view.id);
             }
         }
+        // Held, but Docker no longer knows it: removed.
+        ids.extend(held);
         ids.sort();
-        ids.dedup();
         for id in ids {
             if let Err(e) = self.reconcile(&id).await {
                 tracing::warn!(container = %id, error = %e, "guard could not reconcile");
@@ -230,5 +309,49 @@ impl ThinBackend {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(running: bool) -> ContainerView {
+        ContainerView {
+            id: "a".repeat(64),
+            name: "web".into(),
+            running,
+            driver: "devicemapper".into(),
+            docker_size: Some(10 << 30),
+            ..Default::default()
+        }
+    }
+
+    /// The sweep leaves a steady container to events only while Docker's
+    /// view of it is the one reconciled, and only for so long.
+    #[test]
+    fn a_steady_container_is_left_to_events_while_its_view_holds() {
+        let guard = Guard::default();
+        let t0 = Instant::now();
+        let running = view(true);
+        assert!(!guard.is_settled(&running, t0), "never reconciled");
+        guard.settle(&running, true, t0);
+        assert!(guard.is_settled(&running, t0 + Duration::from_secs(60)));
+        // Stopped (an event the stream missed shows in the cache's view).
+        assert!(!guard.is_settled(&view(false), t0));
+        // dockerd restarted and adopted the size.
+        let adopted = ContainerView {
+            docker_size: Some(20 << 30),
+            ..running.clone()
+        };
+        assert!(!guard.is_settled(&adopted, t0));
+        // Looked at again after the recheck period, however steady.
+        assert!(!guard.is_settled(&running, t0 + SETTLED_RECHECK));
+        // A reconcile that left it mid-way, or failed: swept again.
+        guard.settle(&running, false, t0);
+        assert!(!guard.is_settled(&running, t0));
+        guard.settle(&running, true, t0);
+        guard.unsettle(&running.id);
+        assert!(!guard.is_settled(&running, t0));
     }
 }
