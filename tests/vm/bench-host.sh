@@ -3,7 +3,8 @@
 # scripts/bench-policy.sh with ROOMY_BENCH_ONLY=host, or alone through
 # tests/vm/boot.sh): COUNT running containers (200) and 20 stopped ones on
 # devicemapper, every running one under a policy at the default 250 ms
-# sampling. Over a window idle, then while FILLERS (20) of them write:
+# sampling. Over a window idle, while FILLERS (20) of them write, and idle
+# again once the writers stopped (the grown containers pending):
 # the agent's CPU (% of one core, utime+stime from /proc), RSS, open fds;
 # dockerd's CPU over the same window beside it; `roomyctl ls` of every
 # container on the agent's socket beside `docker ps -a` (the anchor: what
@@ -121,7 +122,8 @@ if command -v strace >/dev/null; then
     say "  idle: syscalls in 20 s under strace (whole table in agent-syscalls.txt): $(awk '$NF == "total" {print $4}' "$ROOMY_VM_OUT/agent-syscalls.txt")"
     grep -E '^ +[0-9.]+ ' "$ROOMY_VM_OUT/agent-syscalls.txt" | sort -k4 -n -r | head -8 | sed 's/^/    /' | tee -a "$REPORT"
     # Who makes the two most frequent ones: each call with its stack, for
-    # 10 s, counted by the first frames inside the agent's own code.
+    # 10 s, counted by its first five frames in the agent's binary (std's
+    # and core's left out: they say how, not who).
     timeout -s INT 10 strace -f -k -e trace=clock_gettime,statfs -p "$agent" -o "$LAB/stacks.txt" >/dev/null 2>&1 || true
     python3 - "$LAB/stacks.txt" >"$ROOMY_VM_OUT/agent-syscall-stacks.txt" <<'EOF' || true
 import collections, re, sys
@@ -144,22 +146,23 @@ def demangle(sym):
     return "::".join(parts).replace("$LT$", "<").replace("$GT$", ">").replace("$u20$", " ").replace("..", "::")
 def flush():
     if call:
-        ours = [f for f in frames if "roomy" in f or "tokio" in f][:4]
+        # The agent binary's frames (not libc's), innermost first.
+        ours = [f for f in frames if f and not f.startswith(("std::", "core::", "alloc::", "<"))][:5] or frames[:5]
         counts[(call, " <- ".join(ours) or "?")] += 1
 for line in open(sys.argv[1], errors="replace"):
     m = re.match(r"^\d+\s+(\w+)\(", line)
     if m:
         flush()
         call, frames = m.group(1), []
-    elif line.lstrip().startswith(">"):
-        f = re.search(r"\(([^)+]+)", line)
-        frames.append(demangle(f.group(1)) if f else line.strip())
+    elif line.lstrip().startswith(">") and "roomy-agent(" in line:
+        f = re.search(r"\(([^)+]*)", line)
+        frames.append(demangle(f.group(1)) if f and f.group(1) else line.split()[-1])
 flush()
 for (c, where), n in counts.most_common(25):
     print(f"{n:6d} {c:14s} {where}")
 EOF
     say "  idle: clock_gettime and statfs in 10 s by caller (agent-syscall-stacks.txt):"
-    head -8 "$ROOMY_VM_OUT/agent-syscall-stacks.txt" | cut -c1-220 | sed 's/^/    /' | tee -a "$REPORT"
+    head -8 "$ROOMY_VM_OUT/agent-syscall-stacks.txt" | cut -c1-300 | sed 's/^/    /' | tee -a "$REPORT"
 fi
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
@@ -182,5 +185,24 @@ done
 window "$FILLERS filling"
 C events --limit 500 -o json
 say "  growths by the policy meanwhile: $(grep -c '"kind":"grown"' <<<"$OUT")"
+# A host where policies have worked for a while: the writers stopped, the
+# grown containers pending (dockerd adopts their size at its next start)
+# and their devices held by the guard. Idle again, this agent and the
+# baseline's.
+for i in $(seq "$FILLERS"); do
+    D exec "c$i" pkill dd >/dev/null 2>&1
+done
+sleep 10
+guarded=$(roomy_ls | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["containers"] if c.get("devicemapper", {}).get("guarded")))')
+window "idle after the growths ($guarded containers pending and guarded)"
+if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
+    cpu=$CPU ls=$LS
+    agent_stop
+    BIN=$ROOMY_BASE_BIN RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
+    agent=$(<"$LAB/$NAME/agent.pid")
+    sleep 10
+    window "idle after the growths, baseline agent"
+    say "  idle after the growths, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms"
+fi
 cp "$LAB/$NAME/agent.log" "$ROOMY_VM_OUT/agent-bench-host.log"
 echo "bench-host: done" >&2
