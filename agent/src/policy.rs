@@ -791,6 +791,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
         let idle_read = self.inner.cadence.idle;
         let mut grows = Vec::new();
         let mut notes = Vec::new();
+        let mut moved = Vec::new();
         let mut any_hot = false;
         let mut state = self.state();
         let pool = state
@@ -809,6 +810,11 @@ impl<B: StorageBackend + Clone> Engine<B> {
             let Some(u) = self.inner.backend.usage(&w.c) else {
                 continue;
             };
+            // Its size moved under no resize of ours (grown by hand): the
+            // row the backend keeps is stale (`StorageBackend::size_moved`).
+            if !w.track.busy && w.c.fs_total_bytes != 0 && u.total != w.c.fs_total_bytes {
+                moved.push(w.c.id.clone());
+            }
             put_usage(&mut w.c, u);
             w.track.read(now, written, u.used);
             w.c.fill_rate_bytes_per_second = w.track.rate;
@@ -879,6 +885,9 @@ impl<B: StorageBackend + Clone> Engine<B> {
             }
         }
         drop(state);
+        for id in moved {
+            self.inner.backend.size_moved(&id);
+        }
         // A hot pass saw every hot container; a full one, every container.
         self.inner.any_hot.store(any_hot, Ordering::Relaxed);
         for (kind, policy, name, id, d) in notes {
@@ -1302,6 +1311,9 @@ mod tests {
         kept: Arc<tokio::sync::Mutex<Option<Vec<ContainerStorage>>>>,
         /// Calls of `running`.
         lists: Arc<std::sync::atomic::AtomicUsize>,
+        /// Calls of `size_moved`, which moves the change count as the
+        /// real backends' do.
+        moved: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl StorageBackend for KeptRows {
@@ -1317,7 +1329,13 @@ mod tests {
             self.sim.usage(c)
         }
         fn change_count(&self) -> u64 {
-            self.sim.change_count()
+            self.sim.change_count() + self.moved.load(Ordering::Relaxed) as u64
+        }
+        fn size_moved(&self, _: &str) {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut kept) = self.kept.try_lock() {
+                *kept = None;
+            }
         }
         async fn inspect(
             &self,
@@ -1362,6 +1380,7 @@ mod tests {
             sim,
             kept: Default::default(),
             lists: Default::default(),
+            moved: Default::default(),
         };
         let engine = Engine::new(
             backend,
@@ -1402,6 +1421,7 @@ mod tests {
             sim: sim.clone(),
             kept: Default::default(),
             lists: lists.clone(),
+            moved: Default::default(),
         };
         let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
         let engine = Engine::new(
@@ -1462,6 +1482,56 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         crate::inventory::with_use_now(&sim, &engine, &rows, 0);
         assert_eq!(sim.usage_reads(), reads + 2, "past the idle bound: read");
+    }
+
+    /// A filesystem grown by hand (no resize of Roomy's, no Docker event)
+    /// shows in the sampler's statvfs: the backend hears that its kept row
+    /// is stale, and the next refresh lists again and sees the new size.
+    #[tokio::test]
+    async fn a_filesystem_grown_by_hand_is_listed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ten_gib("e", G);
+        let sim = SimBackend::new(vec![c.clone()], 1000 * G, 10);
+        let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = KeptRows {
+            sim: sim.clone(),
+            kept: Default::default(),
+            lists: lists.clone(),
+            moved: moved.clone(),
+        };
+        // Every pass reads every filesystem.
+        let cadence = Cadence {
+            idle: Duration::ZERO,
+            ..Cadence::default()
+        };
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        policies
+            .replace(grow_at_80(PolicyKind::Container, "*"))
+            .unwrap();
+        let engine = Engine::new(
+            backend,
+            policies,
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            cadence,
+        );
+        let listed = || lists.load(Ordering::Relaxed);
+        engine.refresh().await;
+        assert!(engine.sample(true, Instant::now()).is_empty());
+        engine.refresh().await;
+        assert_eq!(listed(), 1, "nothing changed: listed once");
+        assert_eq!(moved.load(Ordering::Relaxed), 0, "no size moved yet");
+        sim.grow_by_hand(&c.id, 20 * G);
+        assert!(engine.sample(true, Instant::now()).is_empty());
+        assert_eq!(moved.load(Ordering::Relaxed), 1, "the new size went unseen");
+        engine.refresh().await;
+        assert_eq!(listed(), 2, "not listed again after a grow by hand");
+        let size = engine.state().containers[&c.id].c.size_bytes();
+        assert_eq!(size, 20 * G);
+        // Seen once: the next passes agree with the row.
+        assert!(engine.sample(true, Instant::now()).is_empty());
+        assert_eq!(moved.load(Ordering::Relaxed), 1);
     }
 
     /// The policy in force is chosen once per policy set, not per sample:

@@ -183,6 +183,15 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// [`StorageBackend::written_bound`].
     fn change_count(&self) -> u64;
 
+    /// The policy sampler saw this running container's filesystem size
+    /// (statvfs's total: a filesystem or quota grown by hand) differ from
+    /// its listed row's, with no resize of Roomy's under way: what the
+    /// backend keeps of it is stale. It reads the row again at the next
+    /// listing, and moves [`StorageBackend::change_count`].
+    fn size_moved(&self, container_id: &str) {
+        let _ = container_id;
+    }
+
     /// The pool's use now, re-read from the kernel alone on top of `last`
     /// (from [`StorageBackend::inspect_pool`]), which keeps what costs a
     /// Docker round trip or a process: the sampler calls it every 250 ms

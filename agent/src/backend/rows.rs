@@ -11,12 +11,15 @@
 //! the one figure that moves all the time, the sampler reads on its own.
 //!
 //! A row is reused while (1) its container's view is the same, (2) no
-//! resize or repair of it ended since it was read, (3) it is younger than
-//! its time to live, 20 to 40 s spread by id so that rows read together
-//! do not all expire together: what someone changes by hand (xfs_growfs,
-//! dmsetup) shows within that, plus up to the engine's listing period
-//! (10 s while nothing else changes). `ls` and single-container reads
-//! never use these rows.
+//! resize or repair of it ended since it was read, and no filesystem size
+//! moved under it (the policy sampler's statvfs sees a grow by hand,
+//! `xfs_growfs` or a quota set, within its idle bound and calls
+//! [`RowCache::changed`]), (3) it is younger than its time to live, 2 to 4
+//! minutes spread by id so that rows read together do not all expire
+//! together: what someone changes by hand that no statvfs shows (a dm table
+//! reloaded with `dmsetup`) shows within that. With 20-40 s, re-reading
+//! the expired rows was a fifth of an idle agent's syscalls on a host with
+//! 200 containers. `ls` and single-container reads never use these rows.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -28,7 +31,7 @@ use roomy_proto::v1::ContainerStorage;
 use crate::docker::ContainerView;
 
 /// The shortest time to live; each row adds up to as much again.
-pub const ROW_TTL: Duration = Duration::from_secs(20);
+pub const ROW_TTL: Duration = Duration::from_secs(120);
 
 #[derive(Debug)]
 struct Kept {
@@ -136,8 +139,9 @@ impl RowCache {
         self.state().generation
     }
 
-    /// A resize or repair of `id` ended: its row is read again next time,
-    /// and no pass under way keeps what it read.
+    /// A resize or repair of `id` ended, or its filesystem's size moved:
+    /// its row is read again next time, no pass under way keeps what it
+    /// read, and the change count moves (the inventory lists again).
     pub fn changed(&self, id: &str) {
         let mut s = self.state();
         s.rows.remove(id);

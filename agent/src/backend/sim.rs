@@ -115,6 +115,17 @@ impl SimBackend {
         }
     }
 
+    /// Container `id`'s disk and filesystem grown to `bytes` by hand
+    /// (dmsetup and xfs_growfs): no event, no change count.
+    #[cfg(test)]
+    pub fn grow_by_hand(&self, id: &str, bytes: u64) {
+        let mut state = self.lock();
+        if let Some(c) = state.containers.iter_mut().find(|c| c.id == id) {
+            c.sizes.table = Some(bytes);
+            c.sizes.fs = Some(bytes);
+        }
+    }
+
     /// How many times a container's filesystem use was read.
     pub fn usage_reads(&self) -> u64 {
         self.lock().usage_reads

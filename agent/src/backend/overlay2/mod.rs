@@ -404,6 +404,10 @@ impl StorageBackend for Overlay2Backend {
         self.inner.docker.changes() + self.inner.rows.generation()
     }
 
+    fn size_moved(&self, container_id: &str) {
+        self.inner.rows.changed(container_id);
+    }
+
     async fn inspect(
         &self,
         container: Option<&ContainerRef>,
