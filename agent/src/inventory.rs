@@ -220,7 +220,8 @@ pub fn spawn<B: StorageBackend + Clone>(
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                // With the sampler's passes: no wake-up of its own.
+                _ = engine.beat().sleep(pause) => {}
                 _ = tx.closed() => return,
             }
         }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod beat;
 pub mod docker;
 pub mod error;
 pub mod events;

@@ -252,11 +252,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for line in backend.recover().await {
                 tracing::warn!("{line}");
             }
-            tokio::spawn(
-                backend
-                    .clone()
-                    .run_guard(Duration::from_secs(args.guard_interval.max(1))),
-            );
+            tokio::spawn(backend.clone().run_guard(
+                Duration::from_secs(args.guard_interval.max(1)),
+                roomy_agent::beat::Beat::new(cadence.sample),
+            ));
             serve(backend, args.state_dir.clone(), cadence, listeners).await
         }
     }

@@ -25,6 +25,7 @@ use roomy_proto::{format_bytes, ByteSize};
 
 use crate::backend::shared::needs_repair;
 use crate::backend::{ContainerRef, GrowAction, PoolGrowth, SizeRequest, StorageBackend, Usage};
+use crate::beat::Beat;
 use crate::events::EventLog;
 use crate::metrics::{AgentMetrics, ContainerGauges, Source};
 use crate::sync::PolicyStore;
@@ -291,6 +292,7 @@ struct Inner<B> {
     events: Arc<EventLog>,
     metrics: Arc<AgentMetrics>,
     cadence: Cadence,
+    beat: Beat,
     state: Mutex<State>,
     /// Whether the last pass left a container hot: the hot ticks between
     /// full passes skip everything otherwise.
@@ -368,10 +370,17 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 events,
                 metrics,
                 cadence,
+                beat: Beat::new(cadence.sample),
                 state: Mutex::new(State::default()),
                 any_hot: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// The sampler's passes, on which the agent's other periodic work
+    /// wakes (`beat.rs`).
+    pub fn beat(&self) -> Beat {
+        self.inner.beat
     }
 
     /// Start both loops.
@@ -455,7 +464,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             // in between.
             let pause = if left.is_zero() { wait } else { left };
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = self.inner.beat.sleep(pause) => {}
                 Ok(()) = adopted.changed() => {}
             }
         }
@@ -739,7 +748,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
             .hot
             .min(cadence.sample)
             .max(Duration::from_millis(1));
-        let mut next_full = tokio::time::Instant::now();
+        let beat = self.inner.beat;
+        let mut next_full = beat.at_or_after(tokio::time::Instant::now());
         loop {
             let now = tokio::time::Instant::now();
             let full = now >= next_full;
@@ -747,7 +757,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 // Passes missed (a busy runtime) are skipped, not caught up.
                 next_full += cadence.sample;
                 if next_full <= now {
-                    next_full = now + cadence.sample;
+                    next_full = beat.at_or_after(now + cadence.sample);
                 }
             }
             for grow in self.sample(full, now.into_std()) {

@@ -265,8 +265,9 @@ impl ThinBackend {
     }
 
     /// Run the guard until the process ends: a sweep now and every
-    /// `interval`, and a reconcile on each container start/stop event.
-    pub async fn run_guard(self, interval: Duration) {
+    /// `interval` (on `beat`: with the sampler's passes), and a reconcile
+    /// on each container start/stop event.
+    pub async fn run_guard(self, interval: Duration, beat: crate::beat::Beat) {
         let sweeper = {
             let this = self.clone();
             tokio::spawn(async move {
@@ -274,7 +275,7 @@ impl ThinBackend {
                     if let Err(e) = this.sweep().await {
                         tracing::warn!(error = %e, "guard sweep failed");
                     }
-                    tokio::time::sleep(interval).await;
+                    beat.sleep(interval).await;
                 }
             })
         };
