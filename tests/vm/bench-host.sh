@@ -3,8 +3,9 @@
 # scripts/bench-policy.sh with ROOMY_BENCH_ONLY=host, or alone through
 # tests/vm/boot.sh): COUNT running containers (200) and 20 stopped ones on
 # devicemapper, every running one under a policy at the default 250 ms
-# sampling. Over a window idle, while FILLERS (20) of them write, and idle
-# again once the writers stopped (the grown containers pending):
+# sampling. Over a window idle (each agent started 10 s before it), while
+# FILLERS (20) of them write, and idle again once the writers stopped (the
+# grown containers pending):
 # the agent's CPU (% of one core, utime+stime from /proc), RSS, open fds;
 # dockerd's CPU over the same window beside it; `roomyctl ls` of every
 # container on the agent's socket beside `docker ps -a` (the anchor: what
@@ -34,10 +35,20 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # user and system ticks apart: which side the idle agent's time is on
 usys() { awk '{print $14, $15}' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
-# Context switches of all the process's threads so far: each is a thread
-# put to sleep or woken, which under emulation costs a clock read and a
-# page-table switch.
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {n += $2} END {print n + 0}'; }
+# Context switches of each of the process's threads so far ("tid count"
+# lines): each is a thread put to sleep or woken, which under emulation
+# costs a clock read and a page-table switch. Per thread, so that a
+# blocking-pool thread ending in a window does not take its count along
+# (summed, that made the figure negative).
+switches() {
+    local f
+    for f in /proc/"$1"/task/*/status; do
+        awk -v t="${f%/status}" '/ctxt_switches:/ {n += $2} END {print t, n + 0}' "$f" 2>/dev/null
+    done
+}
+# Switches between two of those snapshots: threads in both by their
+# difference, threads new in the second by their whole count.
+switches_between() { awk 'NR == FNR {a[$1] = $2; next} {d += $2 - a[$1]} END {print d + 0}' <(echo "$1") <(echo "$2"); }
 # ms of CMD..., median of 5 (lib.sh's timed)
 median_ms() {
     local i
@@ -72,6 +83,13 @@ C policy set all --containers 'c*' --at 80% --grow 50% --max 4G
 sleep 10
 rows=$(roomy_ls | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["containers"]))')
 say "  roomyctl ls lists $rows containers"
+# Started afresh, as the baseline's agent is before its window: both idle
+# windows then see an agent 10 s old on the same containers (this one had
+# lived through the 220 starts).
+agent_stop
+RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
+agent=$(<"$LAB/$NAME/agent.pid")
+sleep 10
 
 # Set by window: the agent's CPU (% of one core) and ls's median (ms).
 CPU="" LS=""
@@ -94,7 +112,7 @@ window() { # LABEL
     ps_ms=$(median_ms docker_ps)
     after=$(active)
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
-    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v a="$s0" -v b="$s1" -v w="$WINDOW" 'BEGIN {printf "%.1f", (b - a) / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
+    say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v d="$(switches_between "$s0" "$s1")" -v w="$WINDOW" 'BEGIN {printf "%.1f", d / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
     say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
     say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
@@ -173,11 +191,15 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     agent=$(<"$LAB/$NAME/agent.pid")
     sleep 10
     window "idle, baseline agent ($ROOMY_BASE_BIN)"
-    say "  idle, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms ($(awk -v a="$LS" -v b="$ls" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x faster)"
+    base=$CPU base_ls=$LS
     agent_stop
     RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
     agent=$(<"$LAB/$NAME/agent.pid")
     sleep 10
+    # This agent again after the baseline's (A, B, A): how far the VM
+    # drifts between windows, beside the difference between the agents.
+    window "idle, this agent again"
+    say "  idle, this agent against the baseline: CPU $cpu% and $CPU% (before and after) against $base% ($(awk -v a="$base" -v b="$cpu" -v c="$CPU" 'BEGIN {if (b + c > 0) printf "%.1f", 2 * a / (b + c); else print "-"}')x less), ls $ls ms against $base_ls ms ($(awk -v a="$base_ls" -v b="$ls" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x faster)"
 fi
 for i in $(seq "$FILLERS"); do
     D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
