@@ -223,6 +223,11 @@ pub fn spawn<B: StorageBackend + Clone>(
                 // With the sampler's passes: no wake-up of its own.
                 _ = engine.beat().sleep(pause) => {}
                 _ = tx.closed() => return,
+                // A stopping agent ends the stream, so that the server's
+                // graceful shutdown can finish: held open, every stop of
+                // an agent a controller watched took the whole 10 s grace
+                // and ended by `exit`.
+                _ = roomy_daemon::signal::shutdown() => return,
             }
         }
     });

@@ -244,8 +244,14 @@ as vic audit
 check "refused policy set is audited" grep -q "olga .*policy set .*bad .*InvalidArgument" <<<"$OUT"
 
 echo "=== policies: agents enforce them, with the controller down too"
-# host3's containers fill at 150 MiB/s from now on.
+# host3's containers fill at 150 MiB/s from now on. The stop comes while
+# the controller holds host3's Sync and inventory streams: they end with
+# the agent's stop, which must not wait out its 10 s grace.
+t_stop=$(date +%s%N)
 stop_agent 3
+stop_ms=$((($(date +%s%N) - t_stop) / 1000000))
+check "an agent whose streams a controller holds stops in $stop_ms ms (under 5 s; its grace is 10 s)" test "$stop_ms" -lt 5000
+check "and not by the grace's cut" bash -c "! grep -q 'still busy' '$WORK/agent3.log'"
 start_agent 3 --sim-fill-rate 150M
 as olga policy set grow80 --hosts host3 --at 80% --grow 50% --max 4G --horizon 0 --cooldown 0
 check "operator policy set exit 0" test "$RC" -eq 0
