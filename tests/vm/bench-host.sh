@@ -56,6 +56,14 @@ median_ms() {
     for i in 1 2 3 4 5; do timed "$LAB/runs" "$@" >/dev/null 2>&1 || true; done
     echo $(($(percentile 50 <"$LAB/runs") / 1000))
 }
+# Stop the agent and start it again, from DIR's roomy-agent if given (the
+# baseline's), then give it 10 s: every idle window sees an agent that old.
+restart_agent() { # [DIR]
+    agent_stop
+    BIN=${1:-$BIN} RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
+    agent=$(<"$LAB/$NAME/agent.pid")
+    sleep 10
+}
 roomy_ls() { "$BIN/roomyctl" --agent "unix://$LAB/$NAME/agent.sock" ls -o json; }
 docker_ps() { D ps -a; }
 active() { dmsetup ls --target thin | wc -l; }
@@ -86,10 +94,7 @@ say "  roomyctl ls lists $rows containers"
 # Started afresh, as the baseline's agent is before its window: both idle
 # windows then see an agent 10 s old on the same containers (this one had
 # lived through the 220 starts).
-agent_stop
-RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
-agent=$(<"$LAB/$NAME/agent.pid")
-sleep 10
+restart_agent
 
 # Set by window: the agent's CPU (% of one core) and ls's median (ms).
 CPU="" LS=""
@@ -186,16 +191,10 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
     # The same containers and policy under the older agent, then this one
     # back for the filling window.
-    agent_stop
-    BIN=$ROOMY_BASE_BIN RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
-    agent=$(<"$LAB/$NAME/agent.pid")
-    sleep 10
+    restart_agent "$ROOMY_BASE_BIN"
     window "idle, baseline agent ($ROOMY_BASE_BIN)"
     base=$CPU base_ls=$LS
-    agent_stop
-    RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
-    agent=$(<"$LAB/$NAME/agent.pid")
-    sleep 10
+    restart_agent
     # This agent again after the baseline's (A, B, A): how far the VM
     # drifts between windows, beside the difference between the agents.
     window "idle, this agent again"
@@ -219,10 +218,7 @@ guarded=$(roomy_ls | python3 -c 'import json,sys; print(sum(1 for c in json.load
 window "idle after the growths ($guarded containers pending and guarded)"
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
-    agent_stop
-    BIN=$ROOMY_BASE_BIN RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
-    agent=$(<"$LAB/$NAME/agent.pid")
-    sleep 10
+    restart_agent "$ROOMY_BASE_BIN"
     window "idle after the growths, baseline agent"
     say "  idle after the growths, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms"
 fi
