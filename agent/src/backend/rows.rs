@@ -18,8 +18,10 @@
 //! minutes spread by id so that rows read together do not all expire
 //! together: what someone changes by hand that no statvfs shows (a dm table
 //! reloaded with `dmsetup`) shows within that. With 20-40 s, re-reading
-//! the expired rows was a fifth of an idle agent's syscalls on a host with
-//! 200 containers. `ls` and single-container reads never use these rows.
+//! the expired rows was about a tenth of an idle agent's syscalls on a
+//! host with 200 containers (statx, ioctl, openat and close: about 1,000
+//! in 20 s, 560 after). `ls` and single-container reads never use these
+//! rows.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
