@@ -85,6 +85,13 @@ impl Sizes {
             .max()
             .unwrap_or(0)
     }
+
+    /// Grown and persisted, dockerd not yet holding the new size, and the
+    /// filesystem within what is persisted: what the guard keeps startable
+    /// until dockerd restarts.
+    pub fn pending(&self) -> bool {
+        self.persisted > self.docker && self.fs.is_none_or(|fs| fs <= self.persisted)
+    }
 }
 
 /// The size a request asks for, or why it is refused. Shared by every

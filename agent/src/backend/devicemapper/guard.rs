@@ -147,9 +147,7 @@ impl ThinBackend {
     /// active, unmarked and not held. Anything else is mid-way (Docker
     /// still tearing down) and the next sweep looks again.
     fn steady(&self, obs: &Observed, info: &DaemonInfo) -> bool {
-        let s = obs.sizes;
-        let pending = s.persisted > s.docker && s.fs.is_none_or(|fs| fs <= s.persisted);
-        if !pending {
+        if !obs.sizes.pending() {
             return true;
         }
         let held = self.inner.guard.holds(&obs.view.id);
@@ -170,9 +168,7 @@ impl ThinBackend {
         let guard = &self.inner.guard;
         let dm = &self.inner.dm;
         let obs = self.observe(view, info)?;
-        let s = obs.sizes;
-        let pending = s.persisted > s.docker && s.fs.is_none_or(|fs| fs <= s.persisted);
-        if !pending {
+        if !obs.sizes.pending() {
             guard.release(&view.id);
             return Ok(obs);
         }
@@ -204,10 +200,10 @@ impl ThinBackend {
                 let table = crate::backend::devicemapper::table::ThinTable::new(
                     pool,
                     obs.device_id,
-                    s.persisted,
+                    obs.sizes.persisted,
                 )?;
                 dm.create(&obs.device, &table, false)?;
-                tracing::warn!(container = %view.name, size = s.persisted, "re-activated grown device of a stopped container");
+                tracing::warn!(container = %view.name, size = obs.sizes.persisted, "re-activated grown device of a stopped container");
                 return self.observe(view, info);
             }
         }
