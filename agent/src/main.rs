@@ -254,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             tokio::spawn(backend.clone().run_guard(
                 Duration::from_secs(args.guard_interval.max(1)),
-                roomy_agent::beat::Beat::new(cadence.sample),
+                cadence.beat(),
             ));
             serve(backend, args.state_dir.clone(), cadence, listeners).await
         }

@@ -74,6 +74,14 @@ pub struct Cadence {
     pub idle: Duration,
 }
 
+impl Cadence {
+    /// The sampler's passes, on which the agent's other periodic work
+    /// wakes (`beat.rs`): one beat per sample interval.
+    pub fn beat(&self) -> Beat {
+        Beat::new(self.sample)
+    }
+}
+
 impl Default for Cadence {
     fn default() -> Self {
         Cadence {
@@ -292,7 +300,6 @@ struct Inner<B> {
     events: Arc<EventLog>,
     metrics: Arc<AgentMetrics>,
     cadence: Cadence,
-    beat: Beat,
     state: Mutex<State>,
     /// Whether the last pass left a container hot: the hot ticks between
     /// full passes skip everything otherwise.
@@ -370,7 +377,6 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 events,
                 metrics,
                 cadence,
-                beat: Beat::new(cadence.sample),
                 state: Mutex::new(State::default()),
                 any_hot: AtomicBool::new(false),
             }),
@@ -378,9 +384,9 @@ impl<B: StorageBackend + Clone> Engine<B> {
     }
 
     /// The sampler's passes, on which the agent's other periodic work
-    /// wakes (`beat.rs`).
+    /// wakes (`Cadence::beat`).
     pub fn beat(&self) -> Beat {
-        self.inner.beat
+        self.inner.cadence.beat()
     }
 
     /// Start both loops.
@@ -464,7 +470,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             // in between.
             let pause = if left.is_zero() { wait } else { left };
             tokio::select! {
-                _ = self.inner.beat.sleep(pause) => {}
+                _ = self.beat().sleep(pause) => {}
                 Ok(()) = adopted.changed() => {}
             }
         }
@@ -748,7 +754,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             .hot
             .min(cadence.sample)
             .max(Duration::from_millis(1));
-        let beat = self.inner.beat;
+        let beat = cadence.beat();
         let mut next_full = beat.at_or_after(tokio::time::Instant::now());
         loop {
             let now = tokio::time::Instant::now();
