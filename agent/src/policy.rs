@@ -1489,12 +1489,9 @@ mod tests {
         let reads = sim.usage_reads();
         let list = crate::inventory::with_use_now(&sim, &engine, &rows, 0);
         assert_eq!(sim.usage_reads(), reads, "read again though just sampled");
-        let used: Vec<u64> = list.containers.iter().map(|c| c.fs_used_bytes).collect();
-        let mut want: Vec<u64> = vec![G, 2 * G];
-        want.sort();
-        let mut got = used.clone();
-        got.sort();
-        assert_eq!(got, want, "the sampler's use on the rows");
+        let mut used: Vec<u64> = list.containers.iter().map(|c| c.fs_used_bytes).collect();
+        used.sort();
+        assert_eq!(used, [G, 2 * G], "the sampler's use on the rows");
         tokio::time::sleep(Duration::from_millis(350)).await;
         crate::inventory::with_use_now(&sim, &engine, &rows, 0);
         assert_eq!(sim.usage_reads(), reads + 2, "past the idle bound: read");
