@@ -124,6 +124,13 @@ pool_case() { # LABEL dmeventd|roomy [POLICY-ARG...]
     say "  $label: $(awk '/growths/ {print $2}' "$LAB/$label.sum") growths ($(awk '/ahead/ {print $2}' "$LAB/$label.sum") ahead of the threshold), threshold -> grown $(summary "$LAB/$label.lat")"
     say "  $label: writer ${POOL_WRITE} MiB at $((POOL_WRITE * 1000000 / (t1 - t0))) MiB/s, dd exit $rc, errors $err, pool full for $(awk '/full/ {print $2}' "$LAB/$label.sum") ms, polls $(wc -l <"$LAB/$label.poll")"
     cp "$LAB/$label.poll" "$ROOMY_VM_OUT/pool-$label.poll"
+    if [[ $how == roomy ]]; then
+        # The agent's own part per growth (lvextend and the reads around
+        # it), and what an lvm shell it keeps holds open between commands
+        # (nothing of the pool's: it must not pin a device).
+        grep -o 'grow_ms=[0-9]*' "$LAB/$NAME/agent.log" | cut -d= -f2 >"$LAB/$label.grow"
+        say "  $label: the agent's grow step (decision to pool grown) $(summary "$LAB/$label.grow"); lvm shell: $(for p in $(pgrep -x lvm); do echo "pid $p, RSS $(awk '/VmRSS/ {print $2, $3}' /proc/"$p"/status), holding $(find /proc/"$p"/fd -mindepth 1 -printf '%l ' 2>/dev/null)"; done)"
+    fi
     D rm -f writer >/dev/null
     controller_stop
     agent_stop
@@ -141,10 +148,15 @@ if [[ -z $ONLY || $ONLY == pool ]]; then
     say "== thin pool, direct-lvm $POOL_DATA under a writer of $POOL_WRITE MiB at full speed: lvm2 dmeventd against a Roomy pool policy"
     pool_case dmeventd dmeventd
     pool_case roomy-same roomy --horizon 0
+    # With ROOMY_BASE_BIN: the same case under an older agent, same VM.
+    [[ -z ${ROOMY_BASE_BIN:-} ]] || AGENT_BIN=$ROOMY_BASE_BIN pool_case roomy-same-base roomy --horizon 0
     pool_case roomy-default roomy
     a=$(percentile 50 <"$LAB/dmeventd.lat") b=$(percentile 50 <"$LAB/roomy-same.lat")
     [[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ && $b -gt 0 ]] &&
         say "  median threshold -> grown: dmeventd $a ms, Roomy (same threshold and step) $b ms: $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.1fx", a / b}')"
+    c=$(percentile 50 <"$LAB/roomy-same-base.lat" 2>/dev/null)
+    [[ -n ${ROOMY_BASE_BIN:-} && $c =~ ^[0-9]+$ && $b =~ ^[0-9]+$ && $b -gt 0 ]] &&
+        say "  median threshold -> grown: baseline agent $c ms, this one $b ms: $(awk -v a="$c" -v b="$b" 'BEGIN {printf "%.1fx", a / b}')"
 fi
 [[ -z $ONLY || $ONLY == container ]] || { echo "bench-policy: done" >&2; exit 0; }
 

@@ -399,7 +399,7 @@ check_dmesg() {
 # $LAB/$NAME/agent.sock, state $LAB/$NAME/state), env VAR=VALUE added;
 # wait for its socket. agent_stop: SIGTERM and wait. R ARGS...: roomyctl
 # against it, output in $OUT, exit code in $RC. Needs BIN and NAME; extra
-# agent flags in the array AGENT_ARGS.
+# agent flags in the array AGENT_ARGS; AGENT_BIN: another agent build's dir.
 # shellcheck disable=SC2034 # set by the scripts that source this
 AGENT_ARGS=()
 
@@ -408,7 +408,7 @@ agent_start() {
     local dir=$LAB/$NAME i
     mkdir -p "$dir/state"
     rm -f "$dir/agent.sock"
-    env "$@" RUST_LOG="${RUST_LOG:-info}" "$BIN/roomy-agent" \
+    env "$@" RUST_LOG="${RUST_LOG:-info}" "${AGENT_BIN:-$BIN}/roomy-agent" \
         --socket "$dir/agent.sock" --state-dir "$dir/state" \
         --docker-host "unix://$dir/docker.sock" --guard-interval 2 "${AGENT_ARGS[@]}" \
         </dev/null >>"$dir/agent.log" 2>&1 &
