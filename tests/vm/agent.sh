@@ -762,6 +762,14 @@ p5_metadata_full() {
 
 # P3. direct-lvm: dockerd on an LVM thin pool (on a loop device); the pool
 # grows through LVM's own tools while a container writes (F10).
+# The agent's lvm shell (a child of the agent) exists and has no block
+# device open (a held device would keep LVM or dockerd from removing it).
+lvm_shell_holds_no_device() {
+    local pid fds
+    pid=$(pgrep -x -P "$(<"$LAB/$NAME/agent.pid")" lvm) || { echo "no lvm child of the agent"; return 1; }
+    fds=$(find "/proc/$pid/fd" -mindepth 1 -printf '%l\n')
+    ! grep -E '^/dev/(dm-|loop|mapper/|vd|sd)' <<<"$fds"
+}
 p3_direct_lvm() {
     check "p3 pool is LVM" test "$(pool_field backing)" = lvm
     check "p3 pool names its VG/LV" test "$(pool_field data_file)" = docker/thinpool
@@ -776,6 +784,10 @@ p3_direct_lvm() {
     check "p3 data grew by 1G" test "$(pool_field data_total_bytes)" -eq $((before + GiB))
     check "p3 metadata grew by 32M" test "$(pool_field metadata_total_bytes)" -ge $((meta + (32 << 20)))
     check "p3 lvs agrees" bash -c "lvs --noheadings --units b --nosuffix -o lv_size docker/thinpool | grep -q $((before + GiB))"
+    # The grow ran in the agent's lvm shell (no process per command), and
+    # that shell holds nothing of the pool's open between commands.
+    check "p3 lvm shell used" grep -q "lvm shell started" "$LAB/$NAME/agent.log"
+    check "p3 lvm shell holds no device" lvm_shell_holds_no_device
     box_write_wait p3 /w 600
     check "p3 writer finished without error" box_write_ok p3 /w
     R pool grow --data +100G

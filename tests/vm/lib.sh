@@ -97,6 +97,13 @@ lab_init() {
     # overlays, udevd runs (devicemapper waits on udev cookies): check anyway.
     mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
     [[ -w /run ]] || mount -t tmpfs tmpfs /run
+    # virtme-ng mounts an empty tmpfs on /etc/lvm; a host has lvm2's own
+    # files there (lvm.conf, the command profiles the agent's lvm shell
+    # needs). Under it is the root's /etc/lvm, seen through the writable
+    # /etc overlay: LVM's archives go to the guest's RAM, never to the root.
+    if [[ $(findmnt -n -o FSTYPE /etc/lvm 2>/dev/null) == tmpfs ]]; then
+        umount /etc/lvm || { lab_log "umount of virtme's /etc/lvm failed"; return 1; }
+    fi
     [[ -x /usr/sbin/runc ]] || { lab_log "runc missing"; return 1; }
     lab_log "scratch disk $disk on $LAB ($(df -h --output=size "$LAB" | tail -1 | tr -d ' '))"
 }

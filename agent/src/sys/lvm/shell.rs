@@ -185,7 +185,10 @@ pub fn run(args: &[&str]) -> Result<Answer, ShellError> {
                 State::Running(s)
             }
             Err(why) => {
-                tracing::warn!(%why, "LVM commands run as processes, each paying lvm's start");
+                tracing::warn!(
+                    %why,
+                    "LVM commands run as processes, each paying lvm's start; the shell needs lvm2's command profile lvmdbusd in LVM's profile directory (/etc/lvm/profile)"
+                );
                 State::Unusable
             }
         };
