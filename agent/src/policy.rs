@@ -106,6 +106,31 @@ fn fires_within(policy: &Policy, obs: &mut roomy_policy::Observation, within: Du
     roomy_policy::trigger(policy, obs).is_some()
 }
 
+/// Whether a pool policy idle now would grow the pool once `within` more
+/// of its measured rate is written: the pool is then read at the hot
+/// cadence, so a crossing is acted on within a hot tick instead of up to
+/// a whole pass later (dmeventd hears the kernel's low-water event at once).
+fn pool_fires_within(
+    policy: &Policy,
+    numbers: PoolNumbers,
+    last_grow_ms: Option<i64>,
+    now_ms: i64,
+    within: Duration,
+) -> bool {
+    if numbers.data_rate <= 0.0 {
+        return false;
+    }
+    let ahead = (numbers.data_rate * within.as_secs_f64()) as u64;
+    let later = PoolNumbers {
+        data_used: numbers
+            .data_used
+            .saturating_add(ahead)
+            .min(numbers.data_total),
+        ..numbers
+    };
+    decide_pool(policy, &later, last_grow_ms, now_ms).verdict == Verdict::Grow
+}
+
 /// Put a statvfs reading on a container's row.
 pub(crate) fn put_usage(c: &mut ContainerStorage, u: Usage) {
     c.fs_total_bytes = u.total;
@@ -304,6 +329,9 @@ struct Inner<B> {
     /// Whether the last pass left a container hot: the hot ticks between
     /// full passes skip everything otherwise.
     any_hot: AtomicBool,
+    /// Whether the pool's policy fires within a pass at the pool's rate:
+    /// the pool is then read at the hot cadence too (one status ioctl).
+    pool_hot: AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -379,6 +407,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 cadence,
                 state: Mutex::new(State::default()),
                 any_hot: AtomicBool::new(false),
+                pool_hot: AtomicBool::new(false),
             }),
         }
     }
@@ -615,28 +644,47 @@ impl<B: StorageBackend + Clone> Engine<B> {
     /// load).
     fn sample_pool(&self) -> Option<PoolStatus> {
         let set = self.inner.policies.current();
-        if select(
+        let hits = select(
             &set.policies,
             PolicyKind::Pool,
             &set.host,
             "",
             &HashMap::new(),
-        )
-        .is_empty()
-        {
+        );
+        let Some(policy) = hits.first() else {
+            // No pool policy (any more): nothing to read at the hot cadence.
+            self.inner.pool_hot.store(false, Ordering::Relaxed);
             return None;
-        }
+        };
         let last = {
             let state = self.state();
             if state.pool_track.busy {
                 return None;
             }
-            state.pool.clone()?
+            let Some(last) = state.pool.clone() else {
+                self.inner.pool_hot.store(false, Ordering::Relaxed);
+                return None;
+            };
+            last
         };
         let now = self.inner.backend.pool_usage(&last)?;
-        let mut state = self.state();
-        state.pool_track.sample(Instant::now(), now.data_used_bytes);
-        state.pool = Some(now.clone());
+        let (numbers, last_grow) = {
+            let mut state = self.state();
+            state.pool_track.sample(Instant::now(), now.data_used_bytes);
+            state.pool = Some(now.clone());
+            (
+                PoolNumbers::from_status(&now, state.pool_track.rate),
+                state.pool_track.last_grow_ms,
+            )
+        };
+        // Here, not in the growth's task: the loop decides its next wake
+        // right after this returns. Hot only while idle now: a growth that
+        // fails is retried at full passes, not at every hot tick.
+        let t = now_ms();
+        let hot = numbers.data_rate > 0.0
+            && decide_pool(policy, &numbers, last_grow, t).verdict == Verdict::Idle
+            && pool_fires_within(policy, numbers, last_grow, t, self.inner.cadence.sample);
+        self.inner.pool_hot.store(hot, Ordering::Relaxed);
         Some(now)
     }
 
@@ -770,7 +818,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
                 let this = self.clone();
                 tokio::spawn(async move { this.grow(grow).await });
             }
-            if full {
+            let pool_hot = self.inner.pool_hot.load(Ordering::Relaxed);
+            if full || pool_hot {
                 if let Some(pool) = self.sample_pool() {
                     let this = self.clone();
                     tokio::spawn(async move { this.pool_policies(pool).await });
@@ -780,7 +829,9 @@ impl<B: StorageBackend + Clone> Engine<B> {
             // wakes for the full passes alone, not 20 times a second (each
             // wake-up is a clock read and two context switches, which
             // showed in the idle agent's profile under emulation).
-            let wake = if self.inner.any_hot.load(Ordering::Relaxed) {
+            let wake = if self.inner.any_hot.load(Ordering::Relaxed)
+                || self.inner.pool_hot.load(Ordering::Relaxed)
+            {
                 (now + hot).min(next_full)
             } else {
                 next_full
@@ -1114,6 +1165,25 @@ mod tests {
         c
     }
 
+    /// The full pass the sampler makes first when spawned now, at least
+    /// 200 ms away: passes fall on the process-wide beat (`beat.rs`), not
+    /// on the spawn, so a test that times a crossing between passes starts
+    /// from here, and the bytes already used put the crossing there.
+    fn first_pass(sample: Duration) -> Instant {
+        let beat = Beat::new(sample);
+        beat.at_or_after(tokio::time::Instant::now() + Duration::from_millis(200))
+            .into_std()
+    }
+
+    /// Bytes to start with so that a writer at `rate` bytes a second
+    /// reaches `at` bytes at `crossing`.
+    fn used_for_crossing(at: u64, rate: u64, crossing: Instant) -> u64 {
+        let secs = crossing
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        at - (rate as f64 * secs) as u64
+    }
+
     /// An engine on `backend` under `grow_at_80` for every container.
     fn grows_at_80(
         backend: &SimBackend,
@@ -1205,17 +1275,17 @@ mod tests {
     #[tokio::test]
     async fn a_container_filling_into_its_threshold_is_sampled_at_the_hot_cadence() {
         let dir = tempfile::tempdir().unwrap();
-        let c = ten_gib("d", 6 * G + G / 2);
-        // 1 GiB/s: past 80% (8 GiB) 1.5 s from now, halfway between the
-        // full passes at 1 s and 2 s.
-        let backend = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
-        let crossing = Instant::now() + Duration::from_millis(1500);
         let cadence = Cadence {
             sample: Duration::from_secs(1),
             refresh: Duration::from_secs(60),
             hot: Duration::from_millis(20),
             ..Cadence::default()
         };
+        // 1 GiB/s: past 80% (8 GiB) halfway between the second full pass
+        // (the first with a rate) and the third.
+        let crossing = first_pass(cadence.sample) + Duration::from_millis(1500);
+        let c = ten_gib("d", used_for_crossing(8 * G, G, crossing));
+        let backend = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
         let engine = grows_at_80(&backend, dir.path(), cadence);
         engine.spawn();
         let grown = loop {
@@ -1229,7 +1299,54 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        // Full passes alone notice it at 2 s, 500 ms after the crossing.
+        // Full passes alone notice it at the third, 500 ms after the crossing.
+        let late = grown.saturating_duration_since(crossing);
+        assert!(
+            late < Duration::from_millis(250),
+            "grown {} ms after the crossing",
+            late.as_millis()
+        );
+    }
+
+    /// A pool filling into its policy's threshold is read at the hot
+    /// cadence once it would cross before the next full pass, so its
+    /// growth starts within a hot tick of the crossing.
+    #[tokio::test]
+    async fn a_pool_filling_into_its_threshold_is_sampled_at_the_hot_cadence() {
+        let dir = tempfile::tempdir().unwrap();
+        // One writer in a 10 GiB pool at 1 GiB/s: past 80% (8 GiB) halfway
+        // between the second full pass (the first with a rate) and the
+        // third.
+        let crossing = first_pass(Duration::from_secs(1)) + Duration::from_millis(1500);
+        let mut w = writer("p");
+        w.used = used_for_crossing(8 * G, G, crossing);
+        let backend = SimBackend::new(vec![w], 10 * G, 10).with_fill_rate(G);
+        let policies = Arc::new(PolicyStore::open(dir.path()).unwrap());
+        let engine = Engine::new(
+            backend.clone(),
+            policies.clone(),
+            Arc::new(EventLog::open(dir.path()).unwrap()),
+            Arc::new(AgentMetrics::default()),
+            Cadence {
+                sample: Duration::from_secs(1),
+                refresh: Duration::from_secs(60),
+                hot: Duration::from_millis(20),
+                ..Cadence::default()
+            },
+        );
+        policies.replace(grow_at_80(PolicyKind::Pool, "")).unwrap();
+        engine.spawn();
+        let grown = loop {
+            if backend.inspect_pool().await.unwrap().data_total_bytes > 10 * G {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < crossing + Duration::from_secs(5),
+                "not grown"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Full passes alone notice it at the third, 500 ms after the crossing.
         let late = grown.saturating_duration_since(crossing);
         assert!(
             late < Duration::from_millis(250),
