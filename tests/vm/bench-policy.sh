@@ -124,6 +124,9 @@ pool_case() { # LABEL dmeventd|roomy [POLICY-ARG...]
     say "  $label: $(awk '/growths/ {print $2}' "$LAB/$label.sum") growths ($(awk '/ahead/ {print $2}' "$LAB/$label.sum") ahead of the threshold), threshold -> grown $(summary "$LAB/$label.lat")"
     say "  $label: writer ${POOL_WRITE} MiB at $((POOL_WRITE * 1000000 / (t1 - t0))) MiB/s, dd exit $rc, errors $err, pool full for $(awk '/full/ {print $2}' "$LAB/$label.sum") ms, polls $(wc -l <"$LAB/$label.poll")"
     cp "$LAB/$label.poll" "$ROOMY_VM_OUT/pool-$label.poll"
+    if [[ $how == dmeventd ]]; then
+        say "  $label: dmeventd RSS $(awk '/VmRSS/ {print $2, $3}' "/proc/$(<"$LAB/dmeventd.pid")/status")"
+    fi
     if [[ $how == roomy ]]; then
         # The agent's own part per growth (lvextend and the reads around
         # it), and what an lvm shell it keeps holds open between commands
