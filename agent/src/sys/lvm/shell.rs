@@ -14,6 +14,7 @@
 //! on a channel, never on a half-read pipe.
 
 use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
@@ -58,6 +59,10 @@ impl Session {
             .stdout(Stdio::piped())
             // With the command log on, messages go into the documents.
             .stderr(Stdio::null())
+            // Out of the agent's process group: a Ctrl-C meant for the
+            // agent must not interrupt an lvextend; the agent's exit ends
+            // the shell anyway (EOF on its stdin).
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start lvm: {e}"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
