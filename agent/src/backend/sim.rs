@@ -115,6 +115,16 @@ impl SimBackend {
         }
     }
 
+    /// A container started now, as Docker's `start` event would tell the
+    /// agent: it moves the change count.
+    #[cfg(test)]
+    pub fn start(&self, container: SimContainer) {
+        let mut state = self.lock();
+        state.pool_used += container.used;
+        state.containers.push(container);
+        state.changes += 1;
+    }
+
     /// Container `id`'s disk and filesystem grown to `bytes` by hand
     /// (dmsetup and xfs_growfs): no event, no change count.
     #[cfg(test)]
