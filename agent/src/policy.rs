@@ -13,6 +13,7 @@
 //! time. Every action and every change of skip reason is an event.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Not;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +39,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(3);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The same skip is reported again after this long.
 const NOTE_AGAIN: Duration = Duration::from_secs(300);
+/// How long a container new to the agent is read at every pass
+/// (`Track::young_until`).
+const YOUNG: Duration = Duration::from_secs(30);
 /// A container unlisted this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Without policies, refresh only for the metrics.
@@ -177,6 +181,11 @@ struct Track {
     /// Bytes written that could make the policy fire, as of that read
     /// (`roomy_policy::write_headroom`); 0: read at every pass.
     headroom: u64,
+    /// Listed for the first time after the agent's first listing, until
+    /// then: read at every pass, write counter or not. A container fills
+    /// most often right after it starts (unpacking, preallocating), and a
+    /// `fallocate` moves no write counter: it would wait for `idle`.
+    young_until: Option<Instant>,
 }
 
 impl Track {
@@ -204,6 +213,7 @@ impl Track {
         };
         let since = written.saturating_sub(self.written_at_read);
         self.headroom == 0
+            || self.young_until.is_some_and(|t| now < t)
             || self.rate != 0.0
             || self.hot
             || self.busy
@@ -554,6 +564,7 @@ impl<B: StorageBackend + Clone> Engine<B> {
             let mut state = self.state();
             state.refreshed_at = Some(Instant::now());
             if let Some(Ok(list)) = listed {
+                let first_listing = state.listed.is_none();
                 state.listed = Some((changes, t0));
                 let now = Instant::now();
                 // The sampler reads each filesystem at least every `idle`
@@ -582,7 +593,13 @@ impl<B: StorageBackend + Clone> Engine<B> {
                             if let Some(u) = self.inner.backend.usage(&c) {
                                 put_usage(&mut c, u);
                             }
-                            let w = Watched::new(c, Track::default(), now);
+                            // Not at the first listing: the agent's
+                            // start is not the containers'.
+                            let track = Track {
+                                young_until: first_listing.not().then(|| now + YOUNG),
+                                ..Track::default()
+                            };
+                            let w = Watched::new(c, track, now);
                             state.containers.insert(w.c.id.clone(), w);
                         }
                     }
@@ -1357,6 +1374,42 @@ mod tests {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "a container started between refreshes was not grown"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A container new to the agent that fills without writing (as
+    /// `fallocate` does: no write counter moves) is read at every pass
+    /// while young, not only when `idle` comes round (a minute here).
+    #[tokio::test]
+    async fn a_young_container_filled_without_writes_is_grown_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SimBackend::new(vec![], 1000 * G, 10);
+        let cadence = Cadence {
+            sample: Duration::from_millis(100),
+            refresh: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            hot: Duration::from_millis(20),
+        };
+        let engine = grows_at_80(&backend, dir.path(), cadence);
+        engine.spawn();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = ten_gib("y", G);
+        let id = c.id.clone();
+        backend.start(c);
+        // Listed and read at 10% by now.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let filled = Instant::now();
+        backend.allocate(&id, 8 * G);
+        loop {
+            let rows = backend.running().await.unwrap();
+            if rows[0].size_bytes() > 10 * G {
+                break;
+            }
+            assert!(
+                filled.elapsed() < Duration::from_secs(5),
+                "a young container filled by fallocate was not grown"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -125,6 +125,17 @@ impl SimBackend {
         state.changes += 1;
     }
 
+    /// Container `id` takes `bytes` more without writing them (as
+    /// `fallocate` does): the host's write counter does not move.
+    #[cfg(test)]
+    pub fn allocate(&self, id: &str, bytes: u64) {
+        let mut state = self.lock();
+        if let Some(c) = state.containers.iter_mut().find(|c| c.id == id) {
+            c.used += bytes;
+            state.pool_used += bytes;
+        }
+    }
+
     /// Container `id`'s disk and filesystem grown to `bytes` by hand
     /// (dmsetup and xfs_growfs): no event, no change count.
     #[cfg(test)]
