@@ -1222,6 +1222,30 @@ mod tests {
         at - (rate as f64 * secs) as u64
     }
 
+    /// When the first running container grew past 10 GiB; fails with
+    /// `what` at `deadline`.
+    async fn first_grown(backend: &SimBackend, deadline: Instant, what: &str) -> Instant {
+        loop {
+            let rows = backend.running().await.unwrap();
+            if rows[0].size_bytes() > 10 * G {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A growth at `grown` came within a few hot ticks (20 ms) of the
+    /// crossing: full passes alone notice it at the third, 500 ms after.
+    fn acted_within_hot_ticks(grown: Instant, crossing: Instant) {
+        let late = grown.saturating_duration_since(crossing);
+        assert!(
+            late < Duration::from_millis(250),
+            "grown {} ms after the crossing",
+            late.as_millis()
+        );
+    }
+
     /// An engine on `backend` under `grow_at_80` for every container.
     fn grows_at_80(
         backend: &SimBackend,
@@ -1326,24 +1350,8 @@ mod tests {
         let backend = SimBackend::new(vec![c], 1000 * G, 10).with_fill_rate(G);
         let engine = grows_at_80(&backend, dir.path(), cadence);
         engine.spawn();
-        let grown = loop {
-            let rows = backend.running().await.unwrap();
-            if rows[0].size_bytes() > 10 * G {
-                break Instant::now();
-            }
-            assert!(
-                Instant::now() < crossing + Duration::from_secs(5),
-                "not grown"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        // Full passes alone notice it at the third, 500 ms after the crossing.
-        let late = grown.saturating_duration_since(crossing);
-        assert!(
-            late < Duration::from_millis(250),
-            "grown {} ms after the crossing",
-            late.as_millis()
-        );
+        let grown = first_grown(&backend, crossing + Duration::from_secs(5), "not grown").await;
+        acted_within_hot_ticks(grown, crossing);
     }
 
     /// A container started after the last listing, already past its
@@ -1364,19 +1372,14 @@ mod tests {
         engine.spawn();
         // The first refresh has listed (nothing) by now.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
         backend.start(ten_gib("n", 9 * G));
-        loop {
-            let rows = backend.running().await.unwrap();
-            if rows[0].size_bytes() > 10 * G {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "a container started between refreshes was not grown"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_grown(
+            &backend,
+            deadline,
+            "a container started between refreshes was not grown",
+        )
+        .await;
     }
 
     /// A container new to the agent that fills without writing (as
@@ -1400,19 +1403,14 @@ mod tests {
         backend.start(c);
         // Listed and read at 10% by now.
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let filled = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
         backend.allocate(&id, 8 * G);
-        loop {
-            let rows = backend.running().await.unwrap();
-            if rows[0].size_bytes() > 10 * G {
-                break;
-            }
-            assert!(
-                filled.elapsed() < Duration::from_secs(5),
-                "a young container filled by fallocate was not grown"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_grown(
+            &backend,
+            deadline,
+            "a young container filled by fallocate was not grown",
+        )
+        .await;
     }
 
     /// A pool filling into its policy's threshold is read at the hot
@@ -1453,13 +1451,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        // Full passes alone notice it at the third, 500 ms after the crossing.
-        let late = grown.saturating_duration_since(crossing);
-        assert!(
-            late < Duration::from_millis(250),
-            "grown {} ms after the crossing",
-            late.as_millis()
-        );
+        acted_within_hot_ticks(grown, crossing);
     }
 
     /// On a host that writes nothing, a filesystem is read once, not at
