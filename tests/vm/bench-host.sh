@@ -210,10 +210,19 @@ say "  growths by the policy meanwhile: $(grep -c '"kind":"grown"' <<<"$OUT")"
 # grown containers pending (dockerd adopts their size at its next start)
 # and their devices held by the guard. Idle again, this agent and the
 # baseline's.
-for i in $(seq "$FILLERS"); do
-    D exec "c$i" pkill dd >/dev/null 2>&1
+# All writers at once, from the host (one `docker exec` each took 1-2 s
+# here, and the last ones kept writing, and being grown, into the window
+# below), then until no growth for 10 s: the rate-aware trigger still sees
+# a writer's rate for its 3 s window after it stopped.
+pkill -x dd
+grown_count() { C events --limit 1000 -o json; grep -o '"kind":"grown"' <<<"$OUT" | wc -l; }
+last=$(grown_count) still=0
+for ((i = 0; i < 60 && still < 5; i++)); do
+    sleep 2
+    now=$(grown_count)
+    if [[ $now == "$last" ]]; then still=$((still + 1)); else still=0 last=$now; fi
 done
-sleep 10
+say "  writers stopped; growths settled at $last (no new one for $((still * 2)) s)"
 guarded=$(roomy_ls | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["containers"] if c.get("devicemapper", {}).get("guarded")))')
 window "idle after the growths ($guarded containers pending and guarded)"
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
