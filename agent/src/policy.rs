@@ -707,9 +707,8 @@ impl<B: StorageBackend + Clone> Engine<B> {
         // right after this returns. Hot only while idle now: a growth that
         // fails is retried at full passes, not at every hot tick.
         let t = now_ms();
-        let hot = numbers.data_rate > 0.0
-            && decide_pool(policy, &numbers, last_grow, t).verdict == Verdict::Idle
-            && pool_fires_within(policy, numbers, last_grow, t, self.inner.cadence.sample);
+        let hot = pool_fires_within(policy, numbers, last_grow, t, self.inner.cadence.sample)
+            && decide_pool(policy, &numbers, last_grow, t).verdict == Verdict::Idle;
         self.inner.pool_hot.store(hot, Ordering::Relaxed);
         Some(now)
     }
