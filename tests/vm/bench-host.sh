@@ -7,14 +7,16 @@
 # FILLERS (20) of them write, and idle again once the writers stopped (the
 # grown containers pending):
 # the agent's CPU (% of one core, utime+stime from /proc), RSS, open fds;
-# dockerd's CPU over the same window beside it; `roomyctl ls` of every
+# dockerd's CPU over the same window beside it, and the Docker API calls
+# the agent made in it (dockerd's debug log); `roomyctl ls` of every
 # container on the agent's socket beside `docker ps -a` (the anchor: what
 # an operator runs without Roomy), medians of 5; and the dm devices active
 # before and after the ls runs (stopped containers cost no activation after
 # the first read).
 # With ROOMY_BASE_BIN (a directory holding an older roomy-agent, built by
 # scripts/bench-policy.sh from ROOMY_BENCH_BASELINE=<git rev>), the idle
-# window runs again with that agent on the same containers, and the ratio
+# and after-growth windows run again with that agent on the same
+# containers, each between two of this agent's (A, B, A'), and the ratio
 # is printed: a before/after in one run.
 # Env: ROOMY_BIN, ROOMY_BASE_BIN, ROOMY_BENCH_CONTAINERS (200),
 # ROOMY_BENCH_FILLERS (20), ROOMY_BENCH_WINDOW (seconds, 60).
@@ -60,7 +62,7 @@ median_ms() {
 # baseline's), then give it 10 s: every idle window sees an agent that old.
 restart_agent() { # [DIR]
     agent_stop
-    BIN=${1:-$BIN} RUST_LOG=info,roomy_agent::policy=debug agent_start || exit 1
+    BIN=${1:-$BIN} RUST_LOG=$AGENT_LOG agent_start || exit 1
     agent=$(<"$LAB/$NAME/agent.pid")
     sleep 10
 }
@@ -71,8 +73,9 @@ active() { dmsetup ls --target thin | wc -l; }
 lab_init || exit 1
 ROOMY_BASESIZE=1G dockerd_start "$NAME" xfs || exit 1
 image_import
-# The refresh logs where its time goes at debug.
-RUST_LOG=info,roomy_agent::policy=debug controller_lab "$NAME" || exit 1
+# The refresh and a user's list log where their time goes at debug.
+AGENT_LOG=info,roomy_agent::policy=debug,roomy_agent::backend::shared=debug
+RUST_LOG=$AGENT_LOG controller_lab "$NAME" || exit 1
 agent=$(<"$LAB/$NAME/agent.pid")
 dockerd=$(<"$LAB/$NAME/dockerd.pid.launch")
 
@@ -96,6 +99,21 @@ say "  roomyctl ls lists $rows containers"
 # lived through the 220 starts).
 restart_agent
 
+# dockerd logs every API call at debug: turned on here, by a reload of
+# its config file (SIGHUP, as `systemctl reload docker`), and not for the
+# container starts above. Each window counts the calls made while it
+# sleeps: only the agent talks to dockerd then.
+mkdir -p /etc/docker
+echo '{"debug": true}' >/etc/docker/daemon.json
+kill -HUP "$dockerd"
+api_calls() { grep -c 'msg="Calling ' "$LAB/$NAME/dockerd.log"; }
+# Calls N+1 to M of those, by kind (ids folded), most first.
+api_calls_by() { # N M
+    grep -o 'msg="Calling [A-Z]* [^"?]*' "$LAB/$NAME/dockerd.log" | head -n "$2" | tail -n +"$(($1 + 1))" |
+        sed -E 's/.*Calling //; s|/v1\.[0-9]+||; s/[0-9a-f]{64}/<id>/' | sort | uniq -c | sort -rn |
+        awk '{printf "%s%d %s %s", (NR > 1 ? ", " : ""), $1, $2, $3} END {print ""}'
+}
+
 # Set by window: the agent's CPU (% of one core) and ls's median (ms).
 CPU="" LS=""
 window() { # LABEL
@@ -103,9 +121,12 @@ window() { # LABEL
     local log=$LAB/$NAME/agent.log from
     from=$(wc -l <"$log")
     local u0 u1 s0 s1
+    local k0 k1
+    k0=$(api_calls)
     a0=$(ticks "$agent") d0=$(ticks "$dockerd") u0=$(usys "$agent") s0=$(switches "$agent")
     sleep "$WINDOW"
     a1=$(ticks "$agent") d1=$(ticks "$dockerd") u1=$(usys "$agent") s1=$(switches "$agent")
+    k1=$(api_calls)
     local refreshes
     refreshes=$(tail -n +"$((from + 1))" "$log" | grep -c ' refreshed ' || true)
     # The listing's time, over the refreshes that listed (an older agent
@@ -113,31 +134,39 @@ window() { # LABEL
     tail -n +"$((from + 1))" "$log" | grep ' refreshed ' | grep -v 'listed=false' >"$LAB/refreshes" || true
     before=$(active)
     local ls_ms ps_ms
+    from=$(wc -l <"$log")
     ls_ms=$(median_ms roomy_ls)
+    # The agent's side of those lists: Docker's list, then the rows.
+    tail -n +"$((from + 1))" "$log" | grep ' listed ' >"$LAB/lists" || true
     ps_ms=$(median_ms docker_ps)
     after=$(active)
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
     say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v d="$(switches_between "$s0" "$s1")" -v w="$WINDOW" 'BEGIN {printf "%.1f", d / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
     say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
-    say "  $1: roomyctl ls $ls_ms ms, docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
+    say "  $1: Docker API calls by the agent $((k1 - k0))$( ((k1 > k0)) && echo ": $(api_calls_by "$k0" "$k1" | head -c 300)")"
+    say "  $1: roomyctl ls $ls_ms ms (in the agent: Docker's list $(grep -o 'docker_ms=[0-9]*' "$LAB/lists" | cut -d= -f2 | percentile 50) ms, the rows $(grep -o 'rows_ms=[0-9]*' "$LAB/lists" | cut -d= -f2 | percentile 50) ms), docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
 window idle
-# Where the idle agent's CPU goes, after the window so that the sampling
-# does not weigh on its figure: perf (the host's, which this guest runs
-# over) at 199 Hz for 30 s, the top of the flat profile in the report.
-if command -v perf >/dev/null; then
+# Where the agent's CPU goes, after a window so that the sampling does not
+# weigh on its figure: perf (the host's, which this guest runs over) at
+# 199 Hz for 30 s, the top of the flat profile in the report, and the
+# whole lists in agent-perf-TAG*.txt.
+profile() { # LABEL TAG
+    command -v perf >/dev/null || return 0
+    local out=$ROOMY_VM_OUT/agent-perf-$2
     perf record -q -e cpu-clock -F 199 --call-graph dwarf -p "$agent" -o "$LAB/perf.data" -- sleep 30 >/dev/null 2>&1
     perf report -i "$LAB/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -40 >"$ROOMY_VM_OUT/agent-perf.txt"
+        grep -E '^ +[0-9.]+%' | head -40 >"$out.txt"
     perf report -i "$LAB/perf.data" --no-children --sort comm --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -10 >"$ROOMY_VM_OUT/agent-perf-threads.txt"
+        grep -E '^ +[0-9.]+%' | head -10 >"$out-threads.txt"
     # Each symbol with the call chains that led to it (dwarf unwinding:
     # the release build keeps no frame pointers).
     perf report -i "$LAB/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
-        head -3000 >"$ROOMY_VM_OUT/agent-perf-calls.txt"
-    say "  idle: where the agent's CPU goes (perf, 30 s; whole list in agent-perf.txt):"
-    head -8 "$ROOMY_VM_OUT/agent-perf.txt" | sed 's/^/    /' | tee -a "$REPORT"
-fi
+        head -3000 >"$out-calls.txt"
+    say "  $1: where the agent's CPU goes (perf, 30 s; whole list in $(basename "$out").txt):"
+    head -8 "$out.txt" | sed 's/^/    /' | tee -a "$REPORT"
+}
+profile idle idle
 # Which syscalls the idle agent makes, and how many: under emulation each
 # is a page-table switch, and the count is what the code controls.
 if command -v strace >/dev/null; then
@@ -204,6 +233,8 @@ for i in $(seq "$FILLERS"); do
     D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
 done
 window "$FILLERS filling"
+# The writers are still at it (20 x 1200 MiB take minutes here).
+profile "$FILLERS filling" filling
 C events --limit 500 -o json
 say "  growths by the policy meanwhile: $(grep -c '"kind":"grown"' <<<"$OUT")"
 # A host where policies have worked for a while: the writers stopped, the
@@ -229,7 +260,14 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     cpu=$CPU ls=$LS
     restart_agent "$ROOMY_BASE_BIN"
     window "idle after the growths, baseline agent"
-    say "  idle after the growths, this agent against the baseline: CPU $cpu% against $CPU% ($(awk -v a="$CPU" -v b="$cpu" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x less), ls $ls ms against $LS ms"
+    base=$CPU base_ls=$LS
+    # This agent again, restarted as the baseline's was (A, B, A'): the
+    # first window after the writers also carries what they left behind
+    # (dirty pages written back, dockerd's exec cleanup), and only this
+    # agent's lived through the growths.
+    restart_agent
+    window "idle after the growths, this agent restarted"
+    say "  idle after the growths, this agent against the baseline: CPU $cpu% and $CPU% (the agent that grew them, then restarted) against $base% ($(awk -v a="$base" -v b="$cpu" -v c="$CPU" 'BEGIN {if (b + c > 0) printf "%.1f", 2 * a / (b + c); else print "-"}')x less), ls $ls ms against $base_ls ms"
 fi
 cp "$LAB/$NAME/agent.log" "$ROOMY_VM_OUT/agent-bench-host.log"
 echo "bench-host: done" >&2

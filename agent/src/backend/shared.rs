@@ -221,10 +221,12 @@ where
     F: FnMut(ContainerView) -> Fut,
     Fut: std::future::Future<Output = Result<ContainerStorage, AgentError>>,
 {
+    let t0 = std::time::Instant::now();
     let views = match container {
         Some(query) => vec![docker.container(query.as_str()).await?],
         None => docker.list().await?,
     };
+    let t1 = std::time::Instant::now();
     let mut out = Vec::with_capacity(views.len());
     for view in views {
         let unreadable = ContainerStorage {
@@ -245,6 +247,15 @@ where
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    // Where a user's list spends its time (bench-host reads these).
+    if container.is_none() {
+        tracing::debug!(
+            containers = out.len(),
+            docker_ms = (t1 - t0).as_millis() as u64,
+            rows_ms = t1.elapsed().as_millis() as u64,
+            "listed"
+        );
+    }
     Ok(out)
 }
 
