@@ -16,6 +16,10 @@ fuzz_target!(|text: &str| {
     let under = mountinfo::mounts_under(text, Path::new("/var/lib/roomy/mnt"));
     assert!(under.iter().all(|p| p.starts_with("/var/lib/roomy/mnt")));
     let _ = mountinfo::find_device(text, "253:4");
+    // The one-pass table a list uses answers as the per-device lookup does.
+    for (devno, point) in mountinfo::first_points(text) {
+        assert_eq!(mountinfo::find_device(text, &devno), Some(point));
+    }
     let _ = mountinfo::holding(text, "7:3", Path::new("/var/lib/docker/overlay2"));
     assert!(mountinfo::unescape(text).len() <= text.len());
 });
