@@ -11,6 +11,7 @@
 #      ROOMY_VM_MEMORY (4G), ROOMY_VM_CPUS (2), ROOMY_VM_DISK_SIZE (48G, sparse),
 #      ROOMY_VM_CPU (QEMU's -cpu, default max,erms=off,fsrm=off: see below),
 #      ROOMY_VM_VERBOSE (1: the kernel's messages in the console log),
+#      ROOMY_VM_KEEP_DISK (1: keep the guest's disk image after the run),
 #      ROOMY_VM_TIMEOUT (1500 s; scripts/test.sh sets it from the scenario
 #      groups' budgets). Every ROOMY_* variable set by the caller is
 #      exported to the guest script, plus ROOMY_VM_OUT (the rw shared dir,
@@ -74,6 +75,11 @@ mkdir -p "$out"
 # every group, and their data roots stay on it (16G filled up once the
 # overlay2 groups joined the devicemapper ones: about 30G in all).
 truncate -s "${ROOMY_VM_DISK_SIZE:-48G}" "$disk"
+# A full run writes about 30 GiB into it; with less room than that the
+# guest would stop at the first write that finds none, silently.
+free_gib=$(($(df --output=avail -k "$work" | tail -n 1) / 1048576))
+((free_gib >= 30)) ||
+    echo "boot.sh: warning: only ${free_gib} GiB free under $work, and a full run writes about 30 GiB to its disk; free some (old runs' $work/disk.img, or ROOMY_VM_WORK elsewhere)" >&2
 
 # Guest-side paths: the same as the host's over the host's root; with
 # ROOMY_VM_ROOT, host dirs mounted at /srv/roomy/* (vng's
@@ -196,6 +202,14 @@ for attempt in 1 2; do
     echo "$kernel" >>"$out/boot-retries"
     truncate -s 0 "$disk" && truncate -s "${ROOMY_VM_DISK_SIZE:-48G}" "$disk"
 done
+
+# The disk is the guest's scratch space, tens of GiB of a sparse file
+# after a full run or a bench: gone with the guest (its logs are in $out),
+# unless kept for a look inside (ROOMY_VM_KEEP_DISK=1; then
+# mount -o loop,ro,noload). Kept, three bench runs filled this machine's
+# disk, and QEMU pauses a guest whose disk write finds no space until the
+# watchdog ends it.
+[[ -n ${ROOMY_VM_KEEP_DISK:-} ]] || rm -f "$disk"
 
 if [[ $vng_rc -eq 124 ]]; then
     echo "boot.sh: TIMEOUT after ${timeout_s}s" >&2
