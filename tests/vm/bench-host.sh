@@ -262,7 +262,7 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     window "idle after the growths, baseline agent"
     base=$CPU base_ls=$LS
     # This agent again, restarted as the baseline's was (A, B, A'): the
-    # first window after the writers also carries what they left behind
+    # first window after the writers may carry what they left behind
     # (dirty pages written back, dockerd's exec cleanup), and only this
     # agent's lived through the growths.
     restart_agent
