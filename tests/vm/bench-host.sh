@@ -114,6 +114,9 @@ api_calls_by() { # N M
         awk '{printf "%s%d %s %s", (NR > 1 ? ", " : ""), $1, $2, $3} END {print ""}'
 }
 
+# The median of KEY=N over the log lines in FILE (the agent's debug fields).
+median_field() { grep -o "$1=[0-9]*" "$2" | cut -d= -f2 | percentile 50; }
+
 # Set by window: the agent's CPU (% of one core) and ls's median (ms).
 CPU="" LS=""
 window() { # LABEL
@@ -146,9 +149,9 @@ window() { # LABEL
     after=$(active)
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
     say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v d="$(switches_between "$s0" "$s1")" -v w="$WINDOW" 'BEGIN {printf "%.1f", d / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
-    say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(grep -o 'list_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms listing the running containers, $(grep -o 'pool_ms=[0-9]*' "$LAB/refreshes" | cut -d= -f2 | percentile 50) ms reading the pool"
+    say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(median_field list_ms "$LAB/refreshes") ms listing the running containers, $(median_field pool_ms "$LAB/refreshes") ms reading the pool"
     say "  $1: Docker API calls by the agent $((k1 - k0))$( ((k1 > k0)) && echo ": $(api_calls_by "$k0" "$k1" | head -c 300)")"
-    say "  $1: roomyctl ls $ls_ms ms (in the agent: Docker's list $(grep -o 'docker_ms=[0-9]*' "$LAB/lists" | cut -d= -f2 | percentile 50) ms, the rows $(grep -o 'rows_ms=[0-9]*' "$LAB/lists" | cut -d= -f2 | percentile 50) ms; roomyctl --version alone $start_ms ms), docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
+    say "  $1: roomyctl ls $ls_ms ms (in the agent: Docker's list $(median_field docker_ms "$LAB/lists") ms, the rows $(median_field rows_ms "$LAB/lists") ms; roomyctl --version alone $start_ms ms), docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }
 window idle
 # Where the agent's CPU goes, after a window so that the sampling does not

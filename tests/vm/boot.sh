@@ -79,7 +79,7 @@ truncate -s "${ROOMY_VM_DISK_SIZE:-48G}" "$disk"
 # guest would stop at the first write that finds none, silently.
 free_gib=$(($(df --output=avail -k "$work" | tail -n 1) / 1048576))
 ((free_gib >= 30)) ||
-    echo "boot.sh: warning: only ${free_gib} GiB free under $work, and a full run writes about 30 GiB to its disk; free some (old runs' $work/disk.img, or ROOMY_VM_WORK elsewhere)" >&2
+    echo "boot.sh: warning: only ${free_gib} GiB free under $work, and a full run writes about 30 GiB to its disk; free some (disk images kept with ROOMY_VM_KEEP_DISK), or set ROOMY_VM_WORK to a roomier place" >&2
 
 # Guest-side paths: the same as the host's over the host's root; with
 # ROOMY_VM_ROOT, host dirs mounted at /srv/roomy/* (vng's
