@@ -3,7 +3,10 @@
 //! resize reaches `<step>`, so the real-kernel tier can prove that every
 //! step is safe to crash in. `ROOMY_FAILPOINT=<step>=pause` holds the
 //! resize there for 4 s instead, long enough for a test to cancel its
-//! client and send another. Without the feature this compiles to nothing.
+//! client and send another. `ROOMY_FAILPOINT=events-lost` makes the agent
+//! drop every Docker event it is sent, as dockerd does to a subscriber
+//! that falls behind ([`active`]). Without the feature this compiles to
+//! nothing.
 
 /// How long `<step>=pause` holds a resize.
 #[cfg(feature = "failpoints")]
@@ -26,6 +29,21 @@ pub fn hit(step: &str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = step;
+}
+
+/// Whether the test set `ROOMY_FAILPOINT` to this condition (not a step:
+/// nothing dies or waits).
+#[inline]
+pub fn active(condition: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        std::env::var("ROOMY_FAILPOINT").is_ok_and(|w| w == condition)
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = condition;
+        false
+    }
 }
 
 /// `hit` for a step that stands for waiting rather than kernel work (the

@@ -19,7 +19,7 @@ cd "$(dirname "$0")" || exit 1
 # machine twice as slow still fits: a group that runs out is stuck, not
 # slow.
 GROUPS_TABLE="
-xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs s15_live_restore
+xfs         1900 s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client s14_power_cut_xfs s15_live_restore s16_lost_events
 ext4         650 s4_running_ext4 s4_stopped_ext4 s13_mapper_nodes s14_power_cut_ext4
 nodefer      250 s9_no_deferred_removal
 pool        1100 p2_pool_out_of_space p4_pool_error_mode p5_metadata_full p1_pool_grows_online
@@ -42,11 +42,11 @@ if [[ ${ROOMY_VM_TIER:-} == docker26 ]]; then
     # The 20.10 tier's overlay2 scenarios (o3, o5, o6, o8, o7) run here
     # only when ROOMY_SCENARIOS names them.
     GROUPS_TABLE="
-overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store
+overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store s16_lost_events
 "
     if [[ -n ${ROOMY_SCENARIOS:-} ]]; then
         GROUPS_TABLE="
-overlay    1800 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota c1_containerd_store
+overlay    1800 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota c1_containerd_store s16_lost_events
 autogrow_ov 1300 o7_autogrow
 "
     fi
@@ -193,6 +193,41 @@ s15_live_restore() {
     D rm -f s15 >/dev/null
     dockerd_stop "$NAME" keep-containerd
     eval "dockerd_launch \"\$NAME\" $args" || fail "s15 dockerd back without --live-restore"
+}
+
+# 16. a user's ls shows what was just done in Docker even when the agent's
+# event stream lost it (dockerd drops events for a subscriber that falls
+# behind; the failpoint drops them all): each ls replays dockerd's ring of
+# kept events instead of listing every container with `docker ps -a`.
+s16_lost_events() {
+    local log=$LAB/$NAME/agent.log mark
+    agent_stop
+    RUST_LOG=info,roomy_agent::docker=debug agent_start ROOMY_FAILPOINT=events-lost ||
+        { fail "s16 agent starts deaf to events"; agent_start; return; }
+    mark=$(wc -l <"$log")
+    R ls -o json
+    check "s16 first ls exit 0" test "$RC" -eq 0
+    # No network: the Docker 26 tier runs dockerd with --bridge=none, where
+    # a rename of a container on the default network fails.
+    D run -d --name ev1 --network none roomy/busybox sleep 1d >/dev/null
+    R ls -o json
+    check "s16 a container started a moment ago shows ($(ls_field ev1 state))" test "$(ls_field ev1 state)" = running
+    D rename ev1 ev2
+    R ls -o json
+    check "s16 its new name shows, the old one is gone" test "$(ls_field ev2 state)/$(ls_field ev1 state)" = running/
+    D stop -t 1 ev2 >/dev/null
+    R ls -o json
+    check "s16 stopped: exited ($(ls_field ev2 state))" test "$(ls_field ev2 state)" = exited
+    D rm ev2 >/dev/null
+    R ls -o json
+    check "s16 removed: not listed" test -z "$(ls_field ev2 state)"
+    local replays fallbacks
+    replays=$(tail -n +"$((mark + 1))" "$log" | grep -c "checked the views against dockerd's kept events")
+    fallbacks=$(tail -n +"$((mark + 1))" "$log" | grep -c "checking with its list")
+    check "s16 the four later ls replayed dockerd's events ($replays)" test "$replays" -ge 4
+    check "s16 none fell back to docker ps -a ($fallbacks)" test "$fallbacks" -eq 0
+    agent_stop
+    agent_start || fail "s16 agent back with its events"
 }
 
 # 3 and 4b. a stopped container grows without being started.
@@ -1065,7 +1100,7 @@ group_xfs() {
     agent_start || { fail "group xfs: agent starts"; return 1; }
     scenarios s1_running_xfs s2_survives_restarts s3_stopped_xfs s5_refusals s6_concurrent \
         s7_plain_recipe_repair s8_killed_agent s8b_killed_agent_stopped s10_through_the_controller s11_rm_races_ls s12_cancelled_client \
-        s14_power_cut_xfs s15_live_restore
+        s14_power_cut_xfs s15_live_restore s16_lost_events
     check "xfs: no suspended device or staged table" no_stray_dm_state
     agent_stop
     dockerd_stop xfs

@@ -246,7 +246,7 @@ group_overlay() {
     agent_start || { fail "group overlay: agent starts"; return 1; }
     check "overlay: agent picked the overlay2 backend" grep -q "backend=Overlay2" "$LAB/ov/agent.log"
     scenarios o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows \
-        o4_no_prjquota c1_containerd_store
+        o4_no_prjquota c1_containerd_store s16_lost_events
     agent_stop
     dockerd_stop ov
 }

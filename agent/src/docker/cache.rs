@@ -22,6 +22,17 @@
 //!    forgotten: the next list reads everything from the new dockerd. A
 //!    read that started before the break is returned to its caller but not
 //!    kept (`epoch`).
+//! 5. A user's list must also show what the stream has not delivered (an
+//!    event on its way, or one dockerd dropped: it gives a subscriber
+//!    100 ms to take each). It asks dockerd for the events since the cache
+//!    was last checked ([`ViewCache::replay_from`]), from the ring of its
+//!    last 256 events that dockerd keeps and fills before the call that
+//!    caused the event returns: a few hundred bytes on a quiet host, where
+//!    `docker ps -a` of 200 containers is a list Docker builds and Roomy
+//!    parses every time (in the VM with 20 of them filling, most of a
+//!    user's `ls`). When the ring may have turned over since
+//!    ([`REPLAY_COMPLETE_BELOW`]), the list compares against `docker ps -a`
+//!    instead ([`ViewCache::verify`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, Weak};
@@ -36,6 +47,16 @@ use super::{ContainerView, DaemonInfo};
 /// Every container is read afresh at least this often, in case an event
 /// was lost (dockerd drops events for a subscriber that falls behind).
 pub const FULL_READ_EVERY: Duration = Duration::from_secs(300);
+
+/// A replay of fewer events than this covered everything since it began:
+/// dockerd keeps its last 256 events (moby's `eventsLimit`), so a reply
+/// near that size may have lost its oldest. The margin covers events
+/// stamped after the replay's end, which dockerd keeps but leaves out.
+pub const REPLAY_COMPLETE_BELOW: usize = 192;
+
+/// How far back a replay reaches before the last check: an event stamped
+/// just before a check may enter dockerd's ring just after it was read.
+const REPLAY_OVERLAP_NANOS: i64 = 1_000_000_000;
 
 /// Event actions that change nothing a [`ContainerView`] holds. Docker
 /// appends details to some (`exec_start: sh -c ...`, `health_status:
@@ -100,6 +121,29 @@ struct State {
     /// Events that may change a container's row, and stream breaks, ever:
     /// the inventory stream sends a new list when this moved.
     changes: u64,
+    /// Wall-clock nanoseconds (dockerd's event clock) from which every
+    /// event is either in the views or must be replayed; `None`: not since
+    /// the epoch began.
+    checked_from: Option<i64>,
+}
+
+impl State {
+    /// What an event about `id` changes at once; whether the container
+    /// must be read again.
+    fn apply(&mut self, id: &str, action: &str) -> bool {
+        let word = action.split(':').next().unwrap_or(action).trim();
+        if IGNORED.contains(&word) {
+            return false;
+        }
+        // A destroyed container is read once more too (Docker answers 404,
+        // and the read forgets it): a full read under way when it went has
+        // its old view, and would otherwise keep it until the next one.
+        if word == "destroy" {
+            self.views.remove(id);
+        }
+        self.changes += 1;
+        true
+    }
 }
 
 /// The views and daemon facts, with what events said since.
@@ -186,6 +230,38 @@ impl ViewCache {
             .collect()
     }
 
+    /// Where a replay of dockerd's events must begin for the views to be
+    /// current, if they were checked in this epoch.
+    pub fn replay_from(&self) -> (u64, Option<i64>) {
+        let s = self.state();
+        (s.epoch, s.checked_from)
+    }
+
+    /// The views of `epoch` hold every event before `at` (wall-clock
+    /// nanoseconds; a full read, a replay or a `docker ps -a` check that
+    /// began then): the next replay starts a little before it.
+    pub fn checked(&self, epoch: u64, at: i64) {
+        let mut s = self.state();
+        if s.epoch == epoch {
+            s.checked_from = Some(at.saturating_sub(REPLAY_OVERLAP_NANOS));
+        }
+    }
+
+    /// Apply the container events a replay found (id and action, oldest
+    /// first) and return the containers to read again now. As
+    /// [`ViewCache::on_event`], minus marking them for the next list.
+    pub fn replayed<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<String> {
+        let mut s = self.state();
+        events
+            .into_iter()
+            .filter(|(id, action)| s.apply(id, action))
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
     /// Mark these for the next list again (a read of them failed).
     pub fn redirty(&self, ids: impl IntoIterator<Item = String>) {
         self.state().dirty.extend(ids);
@@ -193,19 +269,10 @@ impl ViewCache {
 
     /// Docker said `action` of container `id`.
     pub fn on_event(&self, id: &str, action: &str) {
-        let word = action.split(':').next().unwrap_or(action).trim();
-        if IGNORED.contains(&word) {
-            return;
-        }
         let mut s = self.state();
-        // A destroyed container is read once more too (Docker answers 404,
-        // and the read forgets it): a full read under way when it went has
-        // its old view, and would otherwise keep it until the next one.
-        if word == "destroy" {
-            s.views.remove(id);
+        if s.apply(id, action) {
+            s.dirty.insert(id.to_string());
         }
-        s.dirty.insert(id.to_string());
-        s.changes += 1;
     }
 
     /// How many events that may change a container's row arrived, and
@@ -222,6 +289,7 @@ impl ViewCache {
         s.views.clear();
         s.dirty.clear();
         s.info = None;
+        s.checked_from = None;
         s.changes += 1;
     }
 
@@ -238,6 +306,13 @@ impl ViewCache {
             s.info = Some(info.clone());
         }
     }
+}
+
+/// Now on dockerd's event clock (the host's wall clock), in nanoseconds.
+pub fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn unix_now() -> u64 {
@@ -262,6 +337,8 @@ pub async fn watch(docker: Docker, cache: Weak<ViewCache>) {
         while let Some(event) = events.next().await {
             let Some(cache) = cache.upgrade() else { return };
             match event {
+                // The real-kernel tier's stand-in for events dockerd dropped.
+                Ok(_) if crate::failpoint::active("events-lost") => {}
                 Ok(event) => {
                     let action = event.action.unwrap_or_default();
                     if let Some(id) = event.actor.and_then(|a| a.id) {
@@ -445,6 +522,41 @@ mod tests {
         assert!(cache
             .verify(&[listed("b", "n-b", "running"), listed("c", "n-c", "exited")])
             .is_empty());
+    }
+
+    #[test]
+    fn a_replay_reads_what_the_stream_lost_and_never_spans_two_dockerds() {
+        let cache = ViewCache::default();
+        let t0 = Instant::now();
+        assert_eq!(cache.replay_from(), (0, None), "never checked: no replay");
+        cache.store_all(0, t0, &[view("a", true), view("b", true)]);
+        cache.checked(0, 5_000_000_000);
+        assert_eq!(
+            cache.replay_from(),
+            (0, Some(4_000_000_000)),
+            "a second before the check"
+        );
+        let before = cache.changes();
+        // Events the stream never delivered: noise, a removal, a new
+        // container, a stop.
+        let read = cache.replayed([
+            ("a", "exec_start: sh -c true"),
+            ("b", "destroy"),
+            ("c", "create"),
+            ("a", "die"),
+        ]);
+        assert_eq!(read, ["b", "c", "a"]);
+        assert_eq!(cache.changes(), before + 3);
+        let answer = cache
+            .store_some(0, vec![("c".into(), Some(view("c", false)))])
+            .unwrap();
+        assert_eq!(ids(&answer), ["a", "c"], "b is gone at once");
+        // dockerd restarted: its ring is another's; a check of the old
+        // epoch landing late changes nothing.
+        cache.on_break();
+        assert_eq!(cache.replay_from(), (1, None));
+        cache.checked(0, 9_000_000_000);
+        assert_eq!(cache.replay_from(), (1, None));
     }
 
     #[test]

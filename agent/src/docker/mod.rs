@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bollard::models::{ContainerInspectResponse, EventMessage};
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 
 use crate::error::AgentError;
+
+/// How long a replay of dockerd's kept events may take before a user's
+/// list checks with `docker ps -a` instead.
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The daemon-wide facts the devicemapper backend needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,14 +287,16 @@ impl DockerClient {
             match self.cache.plan(Instant::now()) {
                 cache::Plan::Everything { epoch } => {
                     let started = Instant::now();
+                    let wall = cache::unix_nanos();
                     let views = self.read_all().await?;
                     self.cache.store_all(epoch, started, &views);
+                    self.cache.checked(epoch, wall);
                     views
                 }
                 cache::Plan::Only { epoch, mut ids } => {
                     if verify {
-                        match self.ps().await {
-                            Ok(listed) => ids.extend(self.cache.verify(&listed)),
+                        match self.changed_since_check(epoch).await {
+                            Ok(changed) => ids.extend(changed),
                             Err(e) => {
                                 self.cache.redirty(ids);
                                 return Err(e);
@@ -318,6 +324,66 @@ impl DockerClient {
             }
         };
         Ok(views.into_iter().filter(|v| all || v.running).collect())
+    }
+
+    /// The containers a user's list reads again because Docker changed them
+    /// since the views were last checked: those dockerd's ring of recent
+    /// events names, or, when the ring cannot vouch for the whole time (it
+    /// turned over, the views were never checked, the replay failed), those
+    /// `docker ps -a` lists otherwise than the views.
+    async fn changed_since_check(&self, epoch: u64) -> Result<Vec<String>, AgentError> {
+        let until = cache::unix_nanos();
+        if let (e, Some(from)) = self.cache.replay_from() {
+            if e == epoch {
+                match self.replay(from, until).await {
+                    Ok(events) if events.len() < cache::REPLAY_COMPLETE_BELOW => {
+                        let ids = self.cache.replayed(events.iter().filter_map(|e| {
+                            if e.typ != Some(EventMessageTypeEnum::CONTAINER) {
+                                return None;
+                            }
+                            let id = e.actor.as_ref()?.id.as_deref()?;
+                            Some((id, e.action.as_deref().unwrap_or_default()))
+                        }));
+                        self.cache.checked(epoch, until);
+                        tracing::debug!(
+                            events = events.len(),
+                            reread = ids.len(),
+                            "checked the views against dockerd's kept events"
+                        );
+                        return Ok(ids);
+                    }
+                    Ok(events) => tracing::debug!(
+                        events = events.len(),
+                        "dockerd's event ring may have turned over: checking with its list"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "replaying dockerd's events failed: checking with its list")
+                    }
+                }
+            }
+        }
+        let listed = self.ps().await?;
+        self.cache.checked(epoch, until);
+        Ok(self.cache.verify(&listed))
+    }
+
+    /// dockerd's kept events stamped from `from` to `until` (nanoseconds),
+    /// oldest first. Bounded in time: dockerd streams live events until
+    /// `until` if its clock is behind the agent's.
+    async fn replay(&self, from: i64, until: i64) -> Result<Vec<EventMessage>, AgentError> {
+        const NANOS: i64 = 1_000_000_000;
+        let stamp = |n: i64| format!("{}.{:09}", n.div_euclid(NANOS), n.rem_euclid(NANOS));
+        let events = self.docker.events(Some(EventsOptions {
+            since: Some(stamp(from)),
+            until: Some(stamp(until)),
+            filters: None,
+        }));
+        match tokio::time::timeout(REPLAY_TIMEOUT, events.try_collect()).await {
+            Ok(read) => Ok(read?),
+            Err(_) => Err(AgentError::Internal(format!(
+                "dockerd's event replay took over {REPLAY_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// `docker ps -a`: ids, names and states.
