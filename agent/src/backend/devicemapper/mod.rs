@@ -387,16 +387,6 @@ impl ThinBackend {
         })
     }
 
-    async fn inspect_one(
-        &self,
-        view: ContainerView,
-        info: &DaemonInfo,
-        read: FsRead,
-    ) -> Result<ContainerStorage, AgentError> {
-        let (this, info) = (self.clone(), info.clone());
-        shared::on_blocking_thread(move || this.row(&view, &info, &read)).await
-    }
-
     /// One container's row, read on the calling (blocking) thread.
     fn row(
         &self,
@@ -505,14 +495,19 @@ impl StorageBackend for ThinBackend {
             Some(_) => FsRead::Device,
             None => FsRead::list(),
         };
-        let mut live = std::collections::HashSet::new();
-        let rows = shared::inspect_rows(&self.inner.docker, container, |view| {
-            live.extend(view.mount_id(&info.root_dir));
-            self.inspect_one(view, &info, read.clone())
+        let live = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (this, seen) = (self.clone(), Arc::clone(&live));
+        let rows = shared::inspect_rows(&self.inner.docker, container, move |view| {
+            if let Some(id) = view.mount_id(&info.root_dir) {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+            }
+            this.row(view, &info, &read)
         })
         .await?;
         if container.is_none() {
-            self.inner.seen.retain(&live);
+            self.inner
+                .seen
+                .retain(&live.lock().unwrap_or_else(|e| e.into_inner()));
         }
         Ok(rows)
     }

@@ -326,16 +326,32 @@ impl Overlay2Backend {
         }
     }
 
+    /// [`row`](Self::row) off the runtime's threads (the refresh's rows).
     async fn inspect_one(
         &self,
         view: ContainerView,
         info: &DaemonInfo,
         backing: Option<&Arc<BackingFs>>,
     ) -> Result<ContainerStorage, AgentError> {
+        let (this, info, backing) = (self.clone(), info.clone(), backing.cloned());
+        shared::on_blocking_thread(move || this.row(&view, &info, backing.as_deref())).await
+    }
+
+    /// One container's row, read on the calling (blocking) thread: from the
+    /// list's one read of the backing filesystem when there is one.
+    fn row(
+        &self,
+        view: &ContainerView,
+        info: &DaemonInfo,
+        backing: Option<&BackingFs>,
+    ) -> Result<ContainerStorage, AgentError> {
         if view.driver != DRIVER || view.upper_dir.is_none() {
-            return Ok(unmanaged(&view, DRIVER));
+            return Ok(unmanaged(view, DRIVER));
         }
-        let obs = self.observe_blocking(&view, info, backing).await?;
+        let obs = match backing {
+            Some(b) => self.observe_on(view, b.clone())?,
+            None => self.observe(view, info)?,
+        };
         Ok(Self::describe(&obs))
     }
 
@@ -418,8 +434,9 @@ impl StorageBackend for Overlay2Backend {
             Some(_) => None,
             None => self.list_backing(&info).await,
         };
-        shared::inspect_rows(&self.inner.docker, container, |view| {
-            self.inspect_one(view, &info, backing.as_ref())
+        let this = self.clone();
+        shared::inspect_rows(&self.inner.docker, container, move |view| {
+            this.row(view, &info, backing.as_deref())
         })
         .await
     }
