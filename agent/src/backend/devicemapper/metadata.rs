@@ -80,10 +80,47 @@ impl DeviceMetadata {
 /// Docker and Roomy both change a file by renaming a new one over it, and
 /// devices come and go as files, so each change moves the directory's
 /// mtime.
+///
+/// When the directory did change, only the files that changed are read
+/// again: each file's stamp (inode, length, mtime, ctime) comes from one
+/// `statx` relative to the directory, where a read was a five-step path
+/// walk, the file and its JSON. While 20 containers grow one after the
+/// other the directory changes every few seconds, and reading all 400
+/// files at each refresh was most of the agent's pool read (72 ms while
+/// filling against 2 ms idle, bench-host).
 #[derive(Debug, Default)]
 pub struct Provisioned {
     /// The directory's mtime and what was read under it.
     last: Mutex<Option<(SystemTime, Arc<Sizes>)>>,
+    /// Each file's stamp and size as last read (`None`: not a live
+    /// device), kept while its stamp holds.
+    files: Mutex<HashMap<String, (FileStamp, Option<u64>)>>,
+    /// Device files read (opened and parsed) since start.
+    files_read: std::sync::atomic::AtomicU64,
+}
+
+/// What tells a file was not rewritten since it was read. Both Docker and
+/// Roomy rename a new file over the old one, but a freed inode number is
+/// soon handed out again (on XFS a file rewritten twice can be back on
+/// its first inode), so the times and length are part of it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// What one read of the directory found.
@@ -115,7 +152,7 @@ impl Provisioned {
                 return sizes;
             }
         }
-        let sizes = Arc::new(read_sizes(&dir));
+        let sizes = Arc::new(self.read_sizes(&dir));
         let settled = mtime.filter(|m| {
             SystemTime::now()
                 .duration_since(*m)
@@ -127,29 +164,75 @@ impl Provisioned {
     }
 }
 
-/// Every live device's size in `dir`: Docker's bookkeeping files and its
-/// (and Roomy's) dot-prefixed temp files are not devices.
-fn read_sizes(dir: &Path) -> Sizes {
-    let mut sizes = Sizes::default();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(file) = entry.file_name().into_string() else {
-            continue;
-        };
-        if file.starts_with('.') || file == "transaction-metadata" || file == "deviceset-metadata" {
-            continue;
-        }
-        let Ok(text) = fs::read(entry.path()) else {
-            continue;
-        };
-        let Ok(record) = DeviceRecord::parse(&text) else {
-            continue;
-        };
-        if let (false, Ok(size)) = (record.deleted(), record.size()) {
-            sizes.sum = sizes.sum.saturating_add(size);
-            sizes.by_device.insert(file, size);
-        }
+impl Provisioned {
+    /// How many device files were read (not only stamped) since start.
+    pub fn files_read(&self) -> u64 {
+        self.files_read.load(std::sync::atomic::Ordering::Relaxed)
     }
-    sizes
+
+    /// Every live device's size in `dir`: Docker's bookkeeping files and
+    /// its (and Roomy's) dot-prefixed temp files are not devices. A file
+    /// whose stamp is the one last read is not read again.
+    fn read_sizes(&self, dir: &Path) -> Sizes {
+        let mut kept = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(kept.len());
+        let now = SystemTime::now();
+        let mut sizes = Sizes::default();
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(file) = entry.file_name().into_string() else {
+                continue;
+            };
+            if file.starts_with('.')
+                || file == "transaction-metadata"
+                || file == "deviceset-metadata"
+            {
+                continue;
+            }
+            // statx relative to the directory (std's DirEntry::metadata).
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let stamp = FileStamp::of(&meta);
+            let size = match kept.remove(&file) {
+                Some((seen, size)) if seen == stamp => size,
+                _ => {
+                    self.files_read
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    read_size(&entry.path())
+                }
+            };
+            // Timestamps come from a coarse clock: a stamp is kept only
+            // once no later rewrite can share it (as the directory's).
+            if settled(&meta, now) {
+                next.insert(file.clone(), (stamp, size));
+            }
+            if let Some(size) = size {
+                sizes.sum = sizes.sum.saturating_add(size);
+                sizes.by_device.insert(file, size);
+            }
+        }
+        *kept = next;
+        sizes
+    }
+}
+
+/// Whether `meta`'s last change (its ctime: a rename or write moves it) is
+/// older than [`SETTLED`] at `now`.
+fn settled(meta: &fs::Metadata, now: SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = std::time::UNIX_EPOCH
+        + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+    now.duration_since(ctime).is_ok_and(|age| age > SETTLED)
+}
+
+/// One device file's size; `None` when it is unreadable, not understood,
+/// or marked deleted (not a live device).
+fn read_size(path: &Path) -> Option<u64> {
+    let record = DeviceRecord::parse(&fs::read(path).ok()?).ok()?;
+    match (record.deleted(), record.size()) {
+        (false, Ok(size)) => Some(size),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +300,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/devicemapper/metadata/x"));
+    }
+
+    /// Once the directory changed, only the device files whose stamp moved
+    /// (or that were too recent to keep) are read again.
+    #[test]
+    fn only_files_that_changed_are_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("devicemapper/metadata");
+        fs::create_dir_all(&dir).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(dir.join(name), DOCKER).unwrap();
+        }
+        let settle = || std::thread::sleep(SETTLED + Duration::from_millis(100));
+        settle();
+        let p = Provisioned::default();
+        assert_eq!(p.sizes(root.path()).sum, 3 * (2 << 30));
+        assert_eq!(p.files_read(), 3);
+        // A new device: only it is read.
+        fs::write(dir.join("d"), DOCKER).unwrap();
+        assert_eq!(p.sizes(root.path()).sum, 4 * (2 << 30));
+        assert_eq!(p.files_read(), 4);
+        // b rewritten as Docker and Roomy do it: b is read, and d again
+        // (read too soon after it was written to be kept); a and c not.
+        DeviceMetadata::new(root.path(), "b")
+            .set_size(1 << 30)
+            .unwrap();
+        assert_eq!(p.sizes(root.path()).sum, 3 * (2 << 30) + (1 << 30));
+        assert_eq!(p.files_read(), 6);
+        settle();
+        assert_eq!(p.sizes(root.path()).sum, 3 * (2 << 30) + (1 << 30));
+        assert_eq!(p.files_read(), 8, "b and d once more, now settled");
+        // A device gone: nothing is read, the sum drops.
+        fs::remove_file(dir.join("a")).unwrap();
+        assert_eq!(p.sizes(root.path()).sum, 2 * (2 << 30) + (1 << 30));
+        assert_eq!(p.files_read(), 8);
+        assert!(!p.sizes(root.path()).by_device.contains_key("a"));
     }
 
     /// The sum is read again when a device comes, goes or is rewritten
