@@ -54,9 +54,12 @@ pub const FULL_READ_EVERY: Duration = Duration::from_secs(300);
 /// stamped after the replay's end, which dockerd keeps but leaves out.
 pub const REPLAY_COMPLETE_BELOW: usize = 192;
 
+/// Nanoseconds in a second: dockerd stamps events in both.
+pub const NANOS: i64 = 1_000_000_000;
+
 /// How far back a replay reaches before the last check: an event stamped
 /// just before a check may enter dockerd's ring just after it was read.
-const REPLAY_OVERLAP_NANOS: i64 = 1_000_000_000;
+const REPLAY_OVERLAP_NANOS: i64 = NANOS;
 
 /// Event actions that change nothing a [`ContainerView`] holds. Docker
 /// appends details to some (`exec_start: sh -c ...`, `health_status:
@@ -316,9 +319,7 @@ pub fn unix_nanos() -> i64 {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    (unix_nanos() / NANOS) as u64
 }
 
 /// Feed `cache` from dockerd's container events until the cache is

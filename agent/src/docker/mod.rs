@@ -333,32 +333,34 @@ impl DockerClient {
     /// `docker ps -a` lists otherwise than the views.
     async fn changed_since_check(&self, epoch: u64) -> Result<Vec<String>, AgentError> {
         let until = cache::unix_nanos();
-        if let (e, Some(from)) = self.cache.replay_from() {
-            if e == epoch {
-                match self.replay(from, until).await {
-                    Ok(events) if events.len() < cache::REPLAY_COMPLETE_BELOW => {
-                        let ids = self.cache.replayed(events.iter().filter_map(|e| {
-                            if e.typ != Some(EventMessageTypeEnum::CONTAINER) {
-                                return None;
-                            }
-                            let id = e.actor.as_ref()?.id.as_deref()?;
-                            Some((id, e.action.as_deref().unwrap_or_default()))
-                        }));
-                        self.cache.checked(epoch, until);
-                        tracing::debug!(
-                            events = events.len(),
-                            reread = ids.len(),
-                            "checked the views against dockerd's kept events"
-                        );
-                        return Ok(ids);
-                    }
-                    Ok(events) => tracing::debug!(
+        let from = match self.cache.replay_from() {
+            (e, Some(from)) if e == epoch => Some(from),
+            _ => None,
+        };
+        if let Some(from) = from {
+            match self.replay(from, until).await {
+                Ok(events) if events.len() < cache::REPLAY_COMPLETE_BELOW => {
+                    let ids = self.cache.replayed(events.iter().filter_map(|e| {
+                        if e.typ != Some(EventMessageTypeEnum::CONTAINER) {
+                            return None;
+                        }
+                        let id = e.actor.as_ref()?.id.as_deref()?;
+                        Some((id, e.action.as_deref().unwrap_or_default()))
+                    }));
+                    self.cache.checked(epoch, until);
+                    tracing::debug!(
                         events = events.len(),
-                        "dockerd's event ring may have turned over: checking with its list"
-                    ),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "replaying dockerd's events failed: checking with its list")
-                    }
+                        reread = ids.len(),
+                        "checked the views against dockerd's kept events"
+                    );
+                    return Ok(ids);
+                }
+                Ok(events) => tracing::debug!(
+                    events = events.len(),
+                    "dockerd's event ring may have turned over: checking with its list"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "replaying dockerd's events failed: checking with its list")
                 }
             }
         }

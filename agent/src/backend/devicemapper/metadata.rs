@@ -153,18 +153,13 @@ impl Provisioned {
             }
         }
         let sizes = Arc::new(self.read_sizes(&dir));
-        let settled = mtime.filter(|m| {
-            SystemTime::now()
-                .duration_since(*m)
-                .is_ok_and(|age| age > SETTLED)
-        });
+        let now = SystemTime::now();
+        let settled = mtime.filter(|m| settled(*m, now));
         *self.last.lock().expect("provisioned cache poisoned") =
             settled.map(|m| (m, sizes.clone()));
         sizes
     }
-}
 
-impl Provisioned {
     /// How many device files were read (not only stamped) since start.
     pub fn files_read(&self) -> u64 {
         self.files_read.load(std::sync::atomic::Ordering::Relaxed)
@@ -203,7 +198,7 @@ impl Provisioned {
             };
             // Timestamps come from a coarse clock: a stamp is kept only
             // once no later rewrite can share it (as the directory's).
-            if settled(&meta, now) {
+            if settled(changed_at(&meta), now) {
                 next.insert(file.clone(), (stamp, size));
             }
             if let Some(size) = size {
@@ -216,13 +211,17 @@ impl Provisioned {
     }
 }
 
-/// Whether `meta`'s last change (its ctime: a rename or write moves it) is
-/// older than [`SETTLED`] at `now`.
-fn settled(meta: &fs::Metadata, now: SystemTime) -> bool {
+/// Whether something last changed at `at` is older than [`SETTLED`] at
+/// `now`: no later change can share its timestamp.
+fn settled(at: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(at).is_ok_and(|age| age > SETTLED)
+}
+
+/// When a file last changed: its ctime (a rename or a write moves it).
+fn changed_at(meta: &fs::Metadata) -> SystemTime {
     use std::os::unix::fs::MetadataExt;
-    let ctime = std::time::UNIX_EPOCH
-        + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
-    now.duration_since(ctime).is_ok_and(|age| age > SETTLED)
+    std::time::UNIX_EPOCH
+        + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32)
 }
 
 /// One device file's size; `None` when it is unreadable, not understood,

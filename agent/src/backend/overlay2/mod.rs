@@ -220,6 +220,20 @@ impl Overlay2Backend {
         })
     }
 
+    /// [`observe_on`](Self::observe_on) the backing filesystem a list
+    /// read, or [`observe`](Self::observe) reading it now. Blocking.
+    fn observe_maybe_on(
+        &self,
+        view: &ContainerView,
+        info: &DaemonInfo,
+        backing: Option<&BackingFs>,
+    ) -> Result<Observed, AgentError> {
+        match backing {
+            Some(b) => self.observe_on(view, b.clone()),
+            None => self.observe(view, info),
+        }
+    }
+
     /// The backing filesystem, read once for the rows of a list (a read per
     /// row was a mountinfo read, a stat and two quotactls per container).
     /// `None` when it cannot be read: each row then says why.
@@ -241,11 +255,8 @@ impl Overlay2Backend {
     ) -> Result<Observed, AgentError> {
         let (this, view, info) = (self.clone(), view.clone(), info.clone());
         let backing = backing.map(|b| BackingFs::clone(b));
-        shared::on_blocking_thread(move || match backing {
-            Some(b) => this.observe_on(&view, b),
-            None => this.observe(&view, &info),
-        })
-        .await
+        shared::on_blocking_thread(move || this.observe_maybe_on(&view, &info, backing.as_ref()))
+            .await
     }
 
     /// The wire form of an observation.
@@ -348,11 +359,7 @@ impl Overlay2Backend {
         if view.driver != DRIVER || view.upper_dir.is_none() {
             return Ok(unmanaged(view, DRIVER));
         }
-        let obs = match backing {
-            Some(b) => self.observe_on(view, b.clone())?,
-            None => self.observe(view, info)?,
-        };
-        Ok(Self::describe(&obs))
+        Ok(Self::describe(&self.observe_maybe_on(view, info, backing)?))
     }
 
     /// The agent's state directory.
