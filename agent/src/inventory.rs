@@ -9,16 +9,19 @@
 //! What "changes" means, cheaply:
 //! 1. The backend's change count ([`StorageBackend::change_count`]) moved:
 //!    a Docker event, an ended resize or repair. The list is read again at
-//!    the next tick (every `min_interval`, 1 s by default).
+//!    the next tick (every `min_interval`, 1 s by default): the rows of
+//!    the containers that changed, the others as the backend keeps them
+//!    ([`StorageBackend::list_kept_rows`]; a growth changes one row of
+//!    200), with use read again as in 2.
 //! 2. Use moves with writes, which no event announces. The host's write
 //!    counter ([`StorageBackend::written_bound`]) says whether anything was
 //!    written: use is read again after `usage_interval` (10 s) once 16 MiB
 //!    were written, after six of those once anything was. Only use: the
 //!    list last sent, each row's use read again (a statvfs or a quotactl
 //!    each, [`StorageBackend::usage`]) and its fill rate now; what else a
-//!    row says changes with the change count, and a whole list is read at
-//!    least every 5 minutes while anything is written (a change made by
-//!    hand). An idle host's list is never read again: its agent pays for
+//!    row says changes with the change count, and a whole list, every row
+//!    read afresh, at least every 5 minutes while anything is written or
+//!    changes (a change made by hand). An idle host's list is never read again: its agent pays for
 //!    nothing.
 //! 3. A list equal to the one sent last is not sent again.
 //! 4. After a list that took `t` to read, the next is read no sooner than
@@ -136,18 +139,18 @@ fn put_fill_rate<B: StorageBackend + Clone>(engine: &Engine<B>, c: &mut Containe
     c.fill_rate_bytes_per_second = engine.fill_rate(&c.id).unwrap_or(0.0);
 }
 
-/// `rows` as last sent, with each container's use and fill rate of now:
-/// what writes change. A full list reads every container's disk (on
+/// `containers` (as last sent, or with rows kept since their container's
+/// last change) with each one's use and fill rate of now: what writes
+/// change. A full list reads every container's disk (on
 /// devicemapper a dozen syscalls each, half a second of the agent's CPU
 /// for 220 containers under emulation); this, one read of use each, and
 /// none where the policy sampler read it within its idle bound.
 pub(crate) fn with_use_now<B: StorageBackend + Clone>(
     backend: &B,
     engine: &Engine<B>,
-    rows: &[ContainerStorage],
+    mut containers: Vec<ContainerStorage>,
     generation: u64,
 ) -> InspectResponse {
-    let mut containers = rows.to_vec();
     let recent = engine.put_recent_use(&mut containers);
     for (c, recent) in containers.iter_mut().zip(recent) {
         if !recent {
@@ -185,20 +188,32 @@ pub fn spawn<B: StorageBackend + Clone>(
                 .as_ref()
                 .is_none_or(|l| l.due(changes, written, now, pacing))
             {
-                // Nothing but writes since the last list: its rows' use.
-                let listed = match (&last, &sent) {
+                let (kind, listed) = match (&last, &sent) {
                     (Some(l), Some(rows))
-                        if l.changes == changes
-                            && whole_at.is_some_and(|t| now.duration_since(t) < WHOLE_EVERY) =>
+                        if whole_at.is_some_and(|t| now.duration_since(t) < WHOLE_EVERY) =>
                     {
-                        Ok(with_use_now(&backend, &engine, rows, changes))
+                        if l.changes == changes {
+                            // Nothing but writes since the last list: its
+                            // rows' use.
+                            let list = with_use_now(&backend, &engine, rows.clone(), changes);
+                            ("use", Ok(list))
+                        } else {
+                            // A change: the rows of what changed read again,
+                            // the others as kept.
+                            let list = backend
+                                .list_kept_rows()
+                                .await
+                                .map(|rows| with_use_now(&backend, &engine, rows, changes));
+                            ("kept", list)
+                        }
                     }
                     _ => {
                         whole_at = Some(now);
-                        list(&backend, &engine, None).await
+                        ("whole", list(&backend, &engine, None).await)
                     }
                 };
-                pause = pause_after(now.elapsed(), pacing);
+                let took = now.elapsed();
+                pause = pause_after(took, pacing);
                 match listed {
                     Ok(list) => {
                         last = Some(LastRead {
@@ -206,7 +221,17 @@ pub fn spawn<B: StorageBackend + Clone>(
                             written,
                             at: now,
                         });
-                        if sent.as_ref() != Some(&list.containers) {
+                        let news = sent.as_ref() != Some(&list.containers);
+                        // How often the stream lists, and how: bench-host
+                        // counts these in each window.
+                        tracing::debug!(
+                            kind,
+                            rows = list.containers.len(),
+                            took_ms = took.as_millis() as u64,
+                            sent = news,
+                            "inventory listed"
+                        );
+                        if news {
                             sent = Some(list.containers.clone());
                             if tx.send(Ok(list)).await.is_err() {
                                 return;
@@ -338,6 +363,9 @@ mod tests {
         assert!(next.generation > first.generation);
         let c1 = next.containers.iter().find(|c| c.name == "c1").unwrap();
         assert_eq!(c1.fs_size_bytes, grown);
+        // The change's list kept what it could: the first list was read
+        // afresh, the change's from the rows kept.
+        assert_eq!(sim.kept_lists(), 1, "the change's list read every row");
     }
 
     /// Writes move use: the list is read again after the usage interval

@@ -1702,13 +1702,13 @@ mod tests {
             c.fs_used_bytes = 0;
         }
         let reads = sim.usage_reads();
-        let list = crate::inventory::with_use_now(&sim, &engine, &rows, 0);
+        let list = crate::inventory::with_use_now(&sim, &engine, rows.clone(), 0);
         assert_eq!(sim.usage_reads(), reads, "read again though just sampled");
         let mut used: Vec<u64> = list.containers.iter().map(|c| c.fs_used_bytes).collect();
         used.sort();
         assert_eq!(used, [G, 2 * G], "the sampler's use on the rows");
         tokio::time::sleep(Duration::from_millis(350)).await;
-        crate::inventory::with_use_now(&sim, &engine, &rows, 0);
+        crate::inventory::with_use_now(&sim, &engine, rows.clone(), 0);
         assert_eq!(sim.usage_reads(), reads + 2, "past the idle bound: read");
     }
 

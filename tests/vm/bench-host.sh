@@ -73,8 +73,9 @@ active() { dmsetup ls --target thin | wc -l; }
 lab_init || exit 1
 ROOMY_BASESIZE=1G dockerd_start "$NAME" xfs || exit 1
 image_import
-# The refresh and a user's list log where their time goes at debug.
-AGENT_LOG=info,roomy_agent::policy=debug,roomy_agent::backend::shared=debug
+# The refresh, a user's list and the inventory stream's lists log where
+# their time goes at debug.
+AGENT_LOG=info,roomy_agent::policy=debug,roomy_agent::backend::shared=debug,roomy_agent::inventory=debug
 RUST_LOG=$AGENT_LOG controller_lab "$NAME" || exit 1
 agent=$(<"$LAB/$NAME/agent.pid")
 dockerd=$(<"$LAB/$NAME/dockerd.pid.launch")
@@ -135,6 +136,12 @@ window() { # LABEL
     # The listing's time, over the refreshes that listed (an older agent
     # lists at each one and does not say so).
     tail -n +"$((from + 1))" "$log" | grep ' refreshed ' | grep -v 'listed=false' >"$LAB/refreshes" || true
+    # The inventory stream's lists for the controller, by kind (whole: every
+    # row read; kept: only what changed; use: use alone).
+    local inventory
+    inventory=$(tail -n +"$((from + 1))" "$log" | grep ' inventory listed ' |
+        awk '{k = ""; t = 0; s = 0; for (i = 1; i <= NF; i++) {if ($i ~ /^kind=/) {k = substr($i, 6); gsub(/"/, "", k)} if ($i ~ /^took_ms=/) t = substr($i, 9); if ($i == "sent=true") s = 1}
+             n[k]++; ms[k] += t; sent += s} END {for (k in n) printf "%d %s (%d ms in all), ", n[k], k, ms[k]; printf "%d sent", sent}')
     before=$(active)
     local ls_ms ps_ms
     from=$(wc -l <"$log")
@@ -150,6 +157,7 @@ window() { # LABEL
     CPU=$(awk -v d=$((a1 - a0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}') LS=$ls_ms
     say "  $1: agent CPU $CPU% of one core (dockerd $(awk -v d=$((d1 - d0)) -v hz="$hz" -v w="$WINDOW" 'BEGIN {printf "%.2f", d * 100 / hz / w}')%), RSS $(awk -v k="$(kib "$agent" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB (peak $(awk -v k="$(kib "$agent" VmHWM)" 'BEGIN {printf "%.1f", k / 1024}')), fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l), threads $(find "/proc/$agent/task" -mindepth 1 -maxdepth 1 | wc -l), $(awk -v d="$(switches_between "$s0" "$s1")" -v w="$WINDOW" 'BEGIN {printf "%.1f", d / w}') context switches/s; of it user $(awk -v a="$u0" -v b="$u1" -v hz="$hz" -v w="$WINDOW" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f%%, system %.2f%%", (y[1] - x[1]) * 100 / hz / w, (y[2] - x[2]) * 100 / hz / w}')"
     say "  $1: $refreshes refreshes, $(wc -l <"$LAB/refreshes") of them listing the containers, median $(median_field list_ms "$LAB/refreshes") ms listing the running containers, $(median_field pool_ms "$LAB/refreshes") ms reading the pool"
+    say "  $1: inventory stream lists: $inventory"
     say "  $1: Docker API calls by the agent $((k1 - k0))$( ((k1 > k0)) && echo ": $(api_calls_by "$k0" "$k1" | head -c 300)")"
     say "  $1: roomyctl ls $ls_ms ms (in the agent: Docker's list $(median_field docker_ms "$LAB/lists") ms, the rows $(median_field rows_ms "$LAB/lists") ms; roomyctl --version alone $start_ms ms), docker ps -a $ps_ms ms ($(awk -v a="$ps_ms" -v b="$ls_ms" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')x); thin devices active $before before the ls runs, $after after"
 }

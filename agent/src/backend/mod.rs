@@ -129,6 +129,19 @@ pub trait StorageBackend: Send + Sync + 'static {
         container: Option<&ContainerRef>,
     ) -> impl Future<Output = Result<Vec<ContainerStorage>, AgentError>> + Send;
 
+    /// Every container's row, as `inspect(None)` lists them, except that
+    /// a running container's row may be the one the backend kept since
+    /// its last change (a Docker event about it, a resize or repair, its
+    /// size moving), up to its time to live (`rows::ROW_TTL`), and the
+    /// containers are Docker's as its events left them. What changes use
+    /// is not read again either. For the inventory stream's lists after a
+    /// change; people's lists read everything (`inspect`). Default: that.
+    fn list_kept_rows(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ContainerStorage>, AgentError>> + Send {
+        self.inspect(None)
+    }
+
     /// Grow a container to `size` (`16G`, `+4G`). Grow only; serialized per
     /// container; nothing changes when refused.
     fn resize(

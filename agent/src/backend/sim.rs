@@ -44,6 +44,8 @@ struct SimState {
     written: u64,
     /// `usage` calls: what the sampler's reads cost.
     usage_reads: u64,
+    /// Lists that may keep rows ([`StorageBackend::list_kept_rows`]).
+    kept_lists: u64,
     /// Resizes and repairs that changed something: the host's change count.
     changes: u64,
 }
@@ -95,6 +97,7 @@ impl SimBackend {
                 last_fill: std::time::Instant::now(),
                 written: 0,
                 usage_reads: 0,
+                kept_lists: 0,
                 changes: 0,
             })),
             pool_margin_percent,
@@ -150,6 +153,11 @@ impl SimBackend {
     /// How many times a container's filesystem use was read.
     pub fn usage_reads(&self) -> u64 {
         self.lock().usage_reads
+    }
+
+    /// How many lists that may keep rows were asked for.
+    pub fn kept_lists(&self) -> u64 {
+        self.lock().kept_lists
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -303,6 +311,12 @@ impl StorageBackend for SimBackend {
 
     fn change_count(&self) -> u64 {
         self.lock().changes
+    }
+
+    /// The sim keeps no rows: every row is read, and the call counted.
+    async fn list_kept_rows(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+        self.lock().kept_lists += 1;
+        self.inspect(None).await
     }
 
     async fn inspect(

@@ -512,6 +512,21 @@ impl StorageBackend for ThinBackend {
         Ok(rows)
     }
 
+    async fn list_kept_rows(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+        let info = self.inner.docker.info().await?;
+        let views = self.inner.docker.known().await?;
+        // The refresh's mount table while its answers hold, as `running`.
+        let kept = self.refresh_mounts().clone();
+        let mounts = Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse));
+        let (this, read) = (self.clone(), FsRead::Recorded(mounts.clone()));
+        let rows = shared::rows_keeping(views, &self.inner.rows, "devicemapper", move |view| {
+            this.row(view, &info, &read)
+        })
+        .await?;
+        *self.refresh_mounts() = Some(mounts.points());
+        Ok(rows)
+    }
+
     async fn resize(
         &self,
         container: &ContainerRef,

@@ -448,6 +448,18 @@ impl StorageBackend for Overlay2Backend {
         .await
     }
 
+    async fn list_kept_rows(&self) -> Result<Vec<ContainerStorage>, AgentError> {
+        let info = self.inner.docker.info().await?;
+        Self::check_daemon(&info)?;
+        let views = self.inner.docker.known().await?;
+        let backing = self.list_backing(&info).await;
+        let this = self.clone();
+        shared::rows_keeping(views, &self.inner.rows, DRIVER, move |view| {
+            this.row(view, &info, backing.as_deref())
+        })
+        .await
+    }
+
     async fn resize(
         &self,
         container: &ContainerRef,
