@@ -226,6 +226,21 @@ s16_lost_events() {
     fallbacks=$(tail -n +"$((mark + 1))" "$log" | grep -c "checking with its list")
     check "s16 the four later ls replayed dockerd's events ($replays)" test "$replays" -ge 4
     check "s16 none fell back to docker ps -a ($fallbacks)" test "$fallbacks" -eq 0
+    # The loops too, with no ls: a minute after the last check (the
+    # refresh and the guard list every few seconds; cache::CHECK_EVERY)
+    # they check the views the same way and read the container the lost
+    # events were about. They used to read everything every 5 minutes.
+    mark=$(wc -l <"$log")
+    D run -d --name ev3 --network none roomy/busybox sleep 1d >/dev/null
+    local waited=0 found=""
+    while ((waited < 150)); do
+        found=$(tail -n +"$((mark + 1))" "$log" | grep "checked the views against dockerd's kept events" | grep -v 'reread=0' | head -1)
+        [[ -n $found ]] && break
+        sleep 5
+        waited=$((waited + 5))
+    done
+    check "s16 with no ls, the loops' check read the new container (after ${waited} s of 150)" test -n "$found"
+    D rm -f ev3 >/dev/null
     agent_stop
     agent_start || fail "s16 agent back with its events"
 }

@@ -16,8 +16,13 @@
 //! 2. An event marks its container dirty (`destroy` also forgets it);
 //!    events that change nothing Roomy reads (exec, health checks, attach)
 //!    are ignored.
-//! 3. A list re-reads only the dirty containers; the first list, and one
-//!    every [`FULL_READ_EVERY`] as a safety net, reads them all.
+//! 3. A list re-reads only the dirty containers; the first list reads
+//!    them all. As a safety net against events the stream lost, the
+//!    loops' lists check the views as a user's list does (5) at least
+//!    every [`CHECK_EVERY`]: one small call on a quiet host, where reading
+//!    everything again was a list and 220 inspects (bench-host: dockerd
+//!    1.6% of a core in the minute it fell into). Everything is read
+//!    again only every [`FULL_READ_EVERY`].
 //! 4. When the stream ends (dockerd stopped or restarted), everything is
 //!    forgotten: the next list reads everything from the new dockerd. A
 //!    read that started before the break is returned to its caller but not
@@ -44,9 +49,15 @@ use futures_util::StreamExt;
 
 use super::{ContainerView, DaemonInfo};
 
-/// Every container is read afresh at least this often, in case an event
-/// was lost (dockerd drops events for a subscriber that falls behind).
-pub const FULL_READ_EVERY: Duration = Duration::from_secs(300);
+/// The views are checked against dockerd's kept events (or its list) at
+/// least this often, in case the stream lost an event (dockerd drops
+/// events for a subscriber that falls behind): what the loops see is then
+/// at most this stale.
+pub const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Every container is read afresh at least this often: the net under the
+/// checks, for a view that changed with no event dockerd kept.
+pub const FULL_READ_EVERY: Duration = Duration::from_secs(3600);
 
 /// A replay of fewer events than this covered everything since it began:
 /// dockerd keeps its last 256 events (moby's `eventsLimit`), so a reply
@@ -107,6 +118,9 @@ pub enum Plan {
         epoch: u64,
         /// Container ids to inspect again.
         ids: Vec<String>,
+        /// Whether the views are due a check ([`CHECK_EVERY`]): then a
+        /// list also reads what dockerd's kept events name.
+        check: bool,
     },
 }
 
@@ -128,6 +142,8 @@ struct State {
     /// event is either in the views or must be replayed; `None`: not since
     /// the epoch began.
     checked_from: Option<i64>,
+    /// When (monotonic) that check began.
+    checked_at: Option<Instant>,
 }
 
 impl State {
@@ -176,9 +192,13 @@ impl ViewCache {
         }
         let mut ids: Vec<String> = s.dirty.drain().collect();
         ids.sort();
+        let check = s
+            .checked_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= CHECK_EVERY);
         Plan::Only {
             epoch: s.epoch,
             ids,
+            check,
         }
     }
 
@@ -242,11 +262,14 @@ impl ViewCache {
 
     /// The views of `epoch` hold every event before `at` (wall-clock
     /// nanoseconds; a full read, a replay or a `docker ps -a` check that
-    /// began then): the next replay starts a little before it.
-    pub fn checked(&self, epoch: u64, at: i64) {
+    /// began then, at `began` on the monotonic clock): the next replay
+    /// starts a little before it, the next check is due [`CHECK_EVERY`]
+    /// after it.
+    pub fn checked(&self, epoch: u64, at: i64, began: Instant) {
         let mut s = self.state();
         if s.epoch == epoch {
             s.checked_from = Some(at.saturating_sub(REPLAY_OVERLAP_NANOS));
+            s.checked_at = Some(began);
         }
     }
 
@@ -293,6 +316,7 @@ impl ViewCache {
         s.dirty.clear();
         s.info = None;
         s.checked_from = None;
+        s.checked_at = None;
         s.changes += 1;
     }
 
@@ -387,11 +411,13 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(cache.plan(t0), Plan::Everything { epoch: 0 });
         cache.store_all(0, t0, &[view("a", true), view("b", false)]);
+        cache.checked(0, 5_000_000_000, t0);
         assert_eq!(
             cache.plan(t0),
             Plan::Only {
                 epoch: 0,
-                ids: vec![]
+                ids: vec![],
+                check: false
             }
         );
         // Noise changes nothing; a start, a create and a rename are read.
@@ -400,7 +426,7 @@ mod tests {
         cache.on_event("b", "start");
         cache.on_event("c", "create");
         cache.on_event("a", "rename");
-        let Plan::Only { epoch, ids: read } = cache.plan(t0) else {
+        let Plan::Only { epoch, ids: read, .. } = cache.plan(t0) else {
             panic!("a full read while fresh");
         };
         assert_eq!(read, ["a", "b", "c"]);
@@ -461,13 +487,10 @@ mod tests {
         // While "a" is being inspected it starts again.
         cache.on_event("a", "start");
         cache.store_some(0, vec![("a".into(), Some(view("a", false)))]);
-        assert_eq!(
+        assert!(matches!(
             cache.plan(t0),
-            Plan::Only {
-                epoch: 0,
-                ids: vec!["a".into()]
-            }
-        );
+            Plan::Only { ids, .. } if ids == ["a"]
+        ));
         // A failed read is tried again.
         cache.redirty(["a".to_string()]);
         let Plan::Only { ids: read, .. } = cache.plan(t0) else {
@@ -531,7 +554,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(cache.replay_from(), (0, None), "never checked: no replay");
         cache.store_all(0, t0, &[view("a", true), view("b", true)]);
-        cache.checked(0, 5_000_000_000);
+        cache.checked(0, 5_000_000_000, t0);
         assert_eq!(
             cache.replay_from(),
             (0, Some(4_000_000_000)),
@@ -556,8 +579,49 @@ mod tests {
         // epoch landing late changes nothing.
         cache.on_break();
         assert_eq!(cache.replay_from(), (1, None));
-        cache.checked(0, 9_000_000_000);
+        cache.checked(0, 9_000_000_000, t0);
         assert_eq!(cache.replay_from(), (1, None));
+    }
+
+    /// The loops' safety net: the views checked against dockerd's kept
+    /// events every minute (one small call), not every container read
+    /// again every 5 minutes (a list and 220 inspects); that only hourly.
+    #[test]
+    fn views_are_checked_every_minute_and_read_again_every_hour() {
+        let cache = ViewCache::default();
+        let t0 = Instant::now();
+        let at = |d: Duration| t0 + d;
+        cache.store_all(0, t0, &[view("a", true)]);
+        cache.checked(0, 5_000_000_000, t0);
+        let plan = |now| cache.plan(now);
+        assert_eq!(
+            plan(at(CHECK_EVERY - Duration::from_secs(1))),
+            Plan::Only {
+                epoch: 0,
+                ids: vec![],
+                check: false
+            }
+        );
+        // A minute on: checked, not read again (5 minutes on too).
+        for d in [CHECK_EVERY, Duration::from_secs(300)] {
+            assert_eq!(
+                plan(at(d)),
+                Plan::Only {
+                    epoch: 0,
+                    ids: vec![],
+                    check: true
+                }
+            );
+        }
+        // Checked: not due again for another minute.
+        let later = at(Duration::from_secs(300));
+        cache.checked(0, 305_000_000_000, later);
+        assert!(matches!(plan(later), Plan::Only { check: false, .. }));
+        // A stream break forgets the check with the views.
+        cache.on_break();
+        assert!(matches!(plan(later), Plan::Everything { epoch: 1 }));
+        cache.store_all(1, later, &[view("a", true)]);
+        assert!(matches!(plan(later), Plan::Only { check: true, .. }));
     }
 
     #[test]
@@ -572,11 +636,13 @@ mod tests {
         ));
         // The full read covers what was dirty.
         cache.store_all(0, t0 + FULL_READ_EVERY, &[view("a", true)]);
+        cache.checked(0, 5_000_000_000, t0 + FULL_READ_EVERY);
         assert_eq!(
             cache.plan(t0 + FULL_READ_EVERY),
             Plan::Only {
                 epoch: 0,
-                ids: vec![]
+                ids: vec![],
+                check: false
             }
         );
     }

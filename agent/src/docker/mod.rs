@@ -271,7 +271,8 @@ impl DockerClient {
     }
 
     /// Every container as Docker's events left it (no call when nothing
-    /// happened): for the loops that list every few seconds.
+    /// happened, but for a check of the views once a `cache::CHECK_EVERY`):
+    /// for the loops that list every few seconds.
     pub async fn known(&self) -> Result<Vec<ContainerView>, AgentError> {
         self.list_where(true, false).await
     }
@@ -290,11 +291,15 @@ impl DockerClient {
                     let wall = cache::unix_nanos();
                     let views = self.read_all().await?;
                     self.cache.store_all(epoch, started, &views);
-                    self.cache.checked(epoch, wall);
+                    self.cache.checked(epoch, wall, started);
                     views
                 }
-                cache::Plan::Only { epoch, mut ids } => {
-                    if verify {
+                cache::Plan::Only {
+                    epoch,
+                    mut ids,
+                    check,
+                } => {
+                    if verify || check {
                         match self.changed_since_check(epoch).await {
                             Ok(changed) => ids.extend(changed),
                             Err(e) => {
@@ -326,13 +331,16 @@ impl DockerClient {
         Ok(views.into_iter().filter(|v| all || v.running).collect())
     }
 
-    /// The containers a user's list reads again because Docker changed them
-    /// since the views were last checked: those dockerd's ring of recent
+    /// The containers a user's list (or a loop's, when the views are due
+    /// their check: `cache::CHECK_EVERY`) reads again because Docker
+    /// changed them since the views were last checked: those dockerd's
+    /// ring of recent
     /// events names, or, when the ring cannot vouch for the whole time (it
     /// turned over, the views were never checked, the replay failed), those
     /// `docker ps -a` lists otherwise than the views.
     async fn changed_since_check(&self, epoch: u64) -> Result<Vec<String>, AgentError> {
         let until = cache::unix_nanos();
+        let began = Instant::now();
         let from = match self.cache.replay_from() {
             (e, Some(from)) if e == epoch => Some(from),
             _ => None,
@@ -347,7 +355,7 @@ impl DockerClient {
                         let id = e.actor.as_ref()?.id.as_deref()?;
                         Some((id, e.action.as_deref().unwrap_or_default()))
                     }));
-                    self.cache.checked(epoch, until);
+                    self.cache.checked(epoch, until, began);
                     tracing::debug!(
                         events = events.len(),
                         reread = ids.len(),
@@ -365,7 +373,7 @@ impl DockerClient {
             }
         }
         let listed = self.ps().await?;
-        self.cache.checked(epoch, until);
+        self.cache.checked(epoch, until, began);
         Ok(self.cache.verify(&listed))
     }
 
