@@ -7,6 +7,8 @@
 # FILLERS (20) of them write, and idle again once the writers stopped (the
 # grown containers pending):
 # the agent's CPU (% of one core, utime+stime from /proc), RSS, open fds;
+# with a baseline agent, the filling window runs three times on three sets
+# of FILLERS containers (this agent, the baseline, this one again);
 # dockerd's CPU over the same window beside it, and the Docker API calls
 # the agent made in it (dockerd's debug log); `roomyctl ls` of every
 # container on the agent's socket beside `docker ps -a` (the anchor: what
@@ -244,31 +246,59 @@ if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
     window "idle, this agent again"
     say "  idle, this agent against the baseline: CPU $cpu% and $CPU% (before and after) against $base% ($(awk -v a="$base" -v b="$cpu" -v c="$CPU" 'BEGIN {if (b + c > 0) printf "%.1f", 2 * a / (b + c); else print "-"}')x less), ls $ls ms against $base_ls ms ($(awk -v a="$base_ls" -v b="$ls" 'BEGIN {if (b > 0) printf "%.1f", a / b; else print "-"}')x faster)"
 fi
-for i in $(seq "$FILLERS"); do
-    D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
-done
-window "$FILLERS filling"
+grown_count() { C events --limit 1000 -o json; grep -o '"kind":"grown"' <<<"$OUT" | wc -l; }
+# FILLERS containers from c<FIRST> on write 1200 MiB each; the window runs
+# while they do.
+fill() { # FIRST LABEL
+    local i
+    for ((i = $1; i < $1 + FILLERS; i++)); do
+        D exec -d "c$i" dd if=/dev/zero of=/f bs=1M count=1200 >/dev/null
+    done
+    window "$2"
+}
+# All writers stopped at once, from the host (one `docker exec` each took
+# 1-2 s here, and the last ones kept writing, and being grown, into the
+# window after), then until no growth for 10 s: the rate-aware trigger
+# still sees a writer's rate for its 3 s window after it stopped. Sets
+# GROWN to the growths so far.
+GROWN=0
+stop_writers() {
+    pkill -x dd
+    local last still=0 now i
+    last=$(grown_count)
+    for ((i = 0; i < 60 && still < 5; i++)); do
+        sleep 2
+        now=$(grown_count)
+        if [[ $now == "$last" ]]; then still=$((still + 1)); else still=0 last=$now; fi
+    done
+    say "  writers stopped; growths settled at $last (no new one for $((still * 2)) s)"
+    GROWN=$last
+}
+fill 1 "$FILLERS filling"
 # The writers are still at it (20 x 1200 MiB take minutes here).
 profile "$FILLERS filling" filling
-C events --limit 500 -o json
-say "  growths by the policy meanwhile: $(grep -c '"kind":"grown"' <<<"$OUT")"
+say "  growths by the policy meanwhile: $(grown_count)"
 # A host where policies have worked for a while: the writers stopped, the
 # grown containers pending (dockerd adopts their size at its next start)
 # and their devices held by the guard. Idle again, this agent and the
 # baseline's.
-# All writers at once, from the host (one `docker exec` each took 1-2 s
-# here, and the last ones kept writing, and being grown, into the window
-# below), then until no growth for 10 s: the rate-aware trigger still sees
-# a writer's rate for its 3 s window after it stopped.
-pkill -x dd
-grown_count() { C events --limit 1000 -o json; grep -o '"kind":"grown"' <<<"$OUT" | wc -l; }
-last=$(grown_count) still=0
-for ((i = 0; i < 60 && still < 5; i++)); do
-    sleep 2
-    now=$(grown_count)
-    if [[ $now == "$last" ]]; then still=$((still + 1)); else still=0 last=$now; fi
-done
-say "  writers stopped; growths settled at $last (no new one for $((still * 2)) s)"
+stop_writers
+# With a baseline: the same load on the next containers under the older
+# agent, then on the ones after under this one again (A, B, A'), each
+# agent started 10 s before its writers: the filling host's before/after
+# in one run.
+if [[ -n ${ROOMY_BASE_BIN:-} ]] && ((COUNT >= 3 * FILLERS)); then
+    cpu=$CPU ls=$LS grown=$GROWN
+    restart_agent "$ROOMY_BASE_BIN"
+    fill $((FILLERS + 1)) "$FILLERS others filling, baseline agent"
+    base=$CPU base_ls=$LS
+    stop_writers
+    base_grown=$((GROWN - grown)) grown=$GROWN
+    restart_agent
+    fill $((2 * FILLERS + 1)) "$FILLERS more filling, this agent again"
+    stop_writers
+    say "  filling, this agent against the baseline: CPU $cpu% and $CPU% (before and after) against $base% ($(awk -v a="$base" -v b="$cpu" -v c="$CPU" 'BEGIN {if (b + c > 0) printf "%.2f", 2 * a / (b + c); else print "-"}')x less), ls $ls and $LS ms against $base_ls ms; growths $((GROWN - grown)) against the baseline's $base_grown"
+fi
 guarded=$(roomy_ls | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["containers"] if c.get("devicemapper", {}).get("guarded")))')
 window "idle after the growths ($guarded containers pending and guarded)"
 if [[ -n ${ROOMY_BASE_BIN:-} ]]; then
