@@ -274,6 +274,19 @@ stop_writers() {
     say "  writers stopped; growths settled at $last (no new one for $((still * 2)) s)"
     GROWN=$last
 }
+# What FILLERS writers from c<FIRST> wrote, deleted and trimmed down to the
+# pool's loop file: three sets of 20 x 1200 MiB do not fit the scratch
+# disk (a run that tried filled it, and the pool went needs_check).
+unwrite() { # FIRST
+    local i dev mp
+    for ((i = $1; i < $1 + FILLERS; i++)); do
+        D exec "c$i" rm -f /f
+        dev=$(D inspect -f '{{.GraphDriver.Data.DeviceName}}' "c$i")
+        mp=$(findmnt -n -o TARGET "/dev/mapper/$dev" | head -1)
+        [[ -n $mp ]] && fstrim "$mp"
+    done
+    say "  their data deleted and trimmed: scratch disk $(df -h --output=used,size "$LAB" | tail -1 | awk '{print $1 " used of " $2}')"
+}
 fill 1 "$FILLERS filling"
 # The writers are still at it (20 x 1200 MiB take minutes here).
 profile "$FILLERS filling" filling
@@ -289,11 +302,13 @@ stop_writers
 # in one run.
 if [[ -n ${ROOMY_BASE_BIN:-} ]] && ((COUNT >= 3 * FILLERS)); then
     cpu=$CPU ls=$LS grown=$GROWN
+    unwrite 1
     restart_agent "$ROOMY_BASE_BIN"
     fill $((FILLERS + 1)) "$FILLERS others filling, baseline agent"
     base=$CPU base_ls=$LS
     stop_writers
     base_grown=$((GROWN - grown)) grown=$GROWN
+    unwrite $((FILLERS + 1))
     restart_agent
     fill $((2 * FILLERS + 1)) "$FILLERS more filling, this agent again"
     stop_writers
