@@ -426,7 +426,10 @@ mod tests {
         cache.on_event("b", "start");
         cache.on_event("c", "create");
         cache.on_event("a", "rename");
-        let Plan::Only { epoch, ids: read, .. } = cache.plan(t0) else {
+        let Plan::Only {
+            epoch, ids: read, ..
+        } = cache.plan(t0)
+        else {
             panic!("a full read while fresh");
         };
         assert_eq!(read, ["a", "b", "c"]);
