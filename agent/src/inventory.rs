@@ -21,8 +21,8 @@
 //!    each, [`StorageBackend::usage`]) and its fill rate now; what else a
 //!    row says changes with the change count, and a whole list, every row
 //!    read afresh, at least every 5 minutes while anything is written or
-//!    changes (a change made by hand). An idle host's list is never read again: its agent pays for
-//!    nothing.
+//!    changes (a change made by hand). An idle host's list is never read
+//!    again: its agent pays for nothing.
 //! 3. A list equal to the one sent last is not sent again.
 //! 4. After a list that took `t` to read, the next is read no sooner than
 //!    50 `t` later: a host whose containers come and go all the time pays

@@ -334,10 +334,9 @@ impl DockerClient {
     /// The containers a user's list (or a loop's, when the views are due
     /// their check: `cache::CHECK_EVERY`) reads again because Docker
     /// changed them since the views were last checked: those dockerd's
-    /// ring of recent
-    /// events names, or, when the ring cannot vouch for the whole time (it
-    /// turned over, the views were never checked, the replay failed), those
-    /// `docker ps -a` lists otherwise than the views.
+    /// ring of recent events names, or, when the ring cannot vouch for the
+    /// whole time (it turned over, the views were never checked, the replay
+    /// failed), those `docker ps -a` lists otherwise than the views.
     async fn changed_since_check(&self, epoch: u64) -> Result<Vec<String>, AgentError> {
         let until = cache::unix_nanos();
         let began = Instant::now();

@@ -401,6 +401,19 @@ impl ThinBackend {
         Ok(self.describe(&obs, info))
     }
 
+    /// The mount table for the rows of a listing that keeps rows (the
+    /// refresh, the inventory's lists): the last such listing's while its
+    /// answers hold (its first miss reads it again), or read now.
+    fn kept_mounts(&self) -> Arc<fs::Mounts> {
+        let kept = self.refresh_mounts().clone();
+        Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse))
+    }
+
+    /// Keep `mounts`, as a listing left it, for the next.
+    fn keep_mounts(&self, mounts: &fs::Mounts) {
+        *self.refresh_mounts() = Some(mounts.points());
+    }
+
     fn refresh_mounts(&self) -> std::sync::MutexGuard<'_, Option<Arc<fs::MountPoints>>> {
         self.inner
             .refresh_mounts
@@ -435,9 +448,8 @@ impl StorageBackend for ThinBackend {
             return Ok(out);
         }
         // The mount table only when a row must be read (as overlay2's
-        // backing read), and the last pass's while its answers hold.
-        let kept = self.refresh_mounts().clone();
-        let mounts = Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse));
+        // backing read).
+        let mounts = self.kept_mounts();
         let read = FsRead::Recorded(mounts.clone());
         // Every row in one trip to the blocking pool, not one each: each
         // trip is two thread wake-ups, and under emulation those showed.
@@ -455,7 +467,7 @@ impl StorageBackend for ThinBackend {
                 .collect::<Vec<_>>())
         })
         .await?;
-        *self.refresh_mounts() = Some(mounts.points());
+        self.keep_mounts(&mounts);
         for (view, row) in read_rows {
             rows.put(&pass, &view, &row);
             out.push(row);
@@ -515,15 +527,13 @@ impl StorageBackend for ThinBackend {
     async fn list_kept_rows(&self) -> Result<Vec<ContainerStorage>, AgentError> {
         let info = self.inner.docker.info().await?;
         let views = self.inner.docker.known().await?;
-        // The refresh's mount table while its answers hold, as `running`.
-        let kept = self.refresh_mounts().clone();
-        let mounts = Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse));
+        let mounts = self.kept_mounts();
         let (this, read) = (self.clone(), FsRead::Recorded(mounts.clone()));
         let rows = shared::rows_keeping(views, &self.inner.rows, "devicemapper", move |view| {
             this.row(view, &info, &read)
         })
         .await?;
-        *self.refresh_mounts() = Some(mounts.points());
+        self.keep_mounts(&mounts);
         Ok(rows)
     }
 
