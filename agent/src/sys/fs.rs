@@ -228,6 +228,9 @@ impl Mounts {
         if self.stale.swap(false, Ordering::Relaxed) {
             let fresh = MountPoints::now();
             *self.points.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+            // Not in the table read just now: not mounted (a stopped
+            // container's active device), without a third read.
+            fresh.get(dev)?;
             if let Some(p) = checked(&fresh) {
                 return Some(p);
             }
@@ -561,6 +564,17 @@ mod tests {
         let now = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert_eq!(moved.points().0, mountinfo::first_points(&now));
         assert!(!moved.stale.load(Ordering::Relaxed), "read again once only");
+        // A device mounted nowhere (a stopped container's, kept active):
+        // not in the table read again either, so not mounted.
+        let nowhere = Mounts::reuse(old);
+        assert_eq!(
+            nowhere.mountpoint_of(Device {
+                major: 250,
+                minor: 99_999
+            }),
+            None
+        );
+        assert!(!nowhere.stale.load(Ordering::Relaxed));
     }
 
     /// Real superblocks from the real mkfs tools, on image files (no root).

@@ -275,7 +275,7 @@ impl ThinBackend {
         let node = fs::dev_node(state.dev);
         out.mountpoint = match read {
             FsRead::Recorded(mounts) => mounts.mountpoint_of(state.dev),
-            FsRead::Device => fs::mountpoint_of(state.dev),
+            FsRead::Device => self.mountpoint_of(state.dev),
         };
         match &out.mountpoint {
             Some(mp) => {
@@ -407,6 +407,19 @@ impl ThinBackend {
     fn kept_mounts(&self) -> Arc<fs::Mounts> {
         let kept = self.refresh_mounts().clone();
         Arc::new(kept.map_or_else(fs::Mounts::read, fs::Mounts::reuse))
+    }
+
+    /// Where `dev` is mounted, for a read of one container (a resize, a
+    /// repair, the guard): the kept table's answer checked against the
+    /// mount point's own device, else the table read again and kept.
+    /// Why: a policy growth read the whole mount table three times (its
+    /// observation, its filesystem step, the guard's reconcile), 440
+    /// lines the kernel formats each time on a host of 200 containers.
+    pub(crate) fn mountpoint_of(&self, dev: devicemapper::Device) -> Option<PathBuf> {
+        let mounts = self.kept_mounts();
+        let found = mounts.mountpoint_of(dev);
+        self.keep_mounts(&mounts);
+        found
     }
 
     /// Keep `mounts`, as a listing left it, for the next.

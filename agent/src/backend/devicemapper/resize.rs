@@ -244,7 +244,7 @@ impl ThinBackend {
                     .map(|sb| sb.kind)
                     .ok_or_else(|| AgentError::fs(device, "no XFS or ext4 filesystem on it"))?,
             };
-            let fs_bytes = match fs::mountpoint_of(state.dev) {
+            let fs_bytes = match self.mountpoint_of(state.dev) {
                 Some(mp) => fs::grow_mounted(kind, &mp, &node, target)?,
                 None => fs::grow_unmounted(kind, &node, &self.scratch_dir(&obs.mount_id), target)?,
             };
