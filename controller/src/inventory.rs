@@ -62,6 +62,9 @@ pub struct Inventory {
     registry: Arc<Registry>,
     pacing: WatchInventoryRequest,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Messages received by host: whole lists, changes only (for the
+    /// metrics: what the streams carry).
+    received: Mutex<HashMap<String, [u64; 2]>>,
     streams: PerHost<()>,
 }
 
@@ -73,6 +76,7 @@ impl Inventory {
             registry,
             pacing,
             entries: Mutex::new(HashMap::new()),
+            received: Mutex::new(HashMap::new()),
             streams: PerHost::default(),
         })
     }
@@ -130,6 +134,17 @@ impl Inventory {
         self.entries().get(host).is_some_and(|e| e.list.is_some())
     }
 
+    /// Messages `host`'s stream brought: whole lists and changes-only
+    /// ones, since this controller started.
+    pub fn received(&self, host: &str) -> [u64; 2] {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Keep one stream per registered host, for good.
     pub fn spawn(self: &Arc<Self>) {
         let this = self.clone();
@@ -147,6 +162,10 @@ impl Inventory {
         let names = self.registry.names();
         let registered: HashSet<&str> = names.iter().map(String::as_str).collect();
         self.entries()
+            .retain(|host, _| registered.contains(host.as_str()));
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .retain(|host, _| registered.contains(host.as_str()));
         self.streams.reconcile(&names, |host| {
             let this = self.clone();
@@ -170,16 +189,31 @@ impl Inventory {
         .await;
     }
 
-    /// One stream, until it ends.
+    /// One stream, until it ends. It asks for changes only: after the
+    /// first list, the agent sends the rows that changed, applied here to
+    /// the stream's own list (not to the kept one, which a direct answer
+    /// may have replaced).
     async fn session(&self, host: &str) -> Result<(), Status> {
         let mut client = self.registry.client(host)?;
-        let mut stream = client.watch_inventory(self.pacing).await?.into_inner();
+        let pacing = WatchInventoryRequest {
+            changes_only: true,
+            ..self.pacing
+        };
+        let mut stream = client.watch_inventory(pacing).await?.into_inner();
         let mut first = true;
-        while let Some(list) = stream.message().await? {
+        let mut rows = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            let generation = msg.generation;
+            self.received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(host.to_string())
+                .or_default()[usize::from(msg.changes_only)] += 1;
+            roomy_proto::inventory::apply(&mut rows, msg);
             self.entries()
                 .entry(host.to_string())
                 .or_default()
-                .offer(list.generation, Arc::new(list.containers));
+                .offer(generation, Arc::new(rows.clone()));
             if std::mem::take(&mut first) {
                 self.registry.observe(host, Ok(()));
             }

@@ -123,6 +123,21 @@ pub fn render(
         );
     }
     out.family(
+        "roomy_host_inventory_messages_total",
+        Kind::Counter,
+        "Messages the host's inventory stream brought: whole lists, and lists of only the rows that changed.",
+    );
+    for h in &hosts {
+        let [whole, changes] = inventory.received(&h.name);
+        for (kind, n) in [("whole", whole), ("changes", changes)] {
+            out.sample(
+                "roomy_host_inventory_messages_total",
+                &[("host", &h.name), ("kind", kind)],
+                n as f64,
+            );
+        }
+    }
+    out.family(
         "roomy_controller_leader",
         Kind::Gauge,
         "1 while this controller leads: it holds the agents' sync links (always 1 on SQLite).",

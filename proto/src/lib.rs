@@ -5,6 +5,7 @@
 //! `roomy-certs` (mutual TLS; issuing), `roomy-metrics`, `roomy-daemon`.
 #![warn(missing_docs)]
 
+pub mod inventory;
 pub mod size;
 pub mod target;
 

@@ -139,11 +139,14 @@ window() { # LABEL
     # lists at each one and does not say so).
     tail -n +"$((from + 1))" "$log" | grep ' refreshed ' | grep -v 'listed=false' >"$LAB/refreshes" || true
     # The inventory stream's lists for the controller, by kind (whole: every
-    # row read; kept: only what changed; use: use alone).
+    # row read; kept: only what changed; use: use alone), and what the sent
+    # ones carried (an agent that logs it: rows and encoded bytes, before
+    # TLS).
     local inventory
     inventory=$(tail -n +"$((from + 1))" "$log" | grep ' inventory listed ' |
-        awk '{k = ""; t = 0; s = 0; for (i = 1; i <= NF; i++) {if ($i ~ /^kind=/) {k = substr($i, 6); gsub(/"/, "", k)} if ($i ~ /^took_ms=/) t = substr($i, 9); if ($i == "sent=true") s = 1}
-             n[k]++; ms[k] += t; sent += s} END {for (k in n) printf "%d %s (%d ms in all), ", n[k], k, ms[k]; printf "%d sent", sent}')
+        awk '{k = ""; t = 0; s = 0; for (i = 1; i <= NF; i++) {if ($i ~ /^kind=/) {k = substr($i, 6); gsub(/"/, "", k)} if ($i ~ /^took_ms=/) t = substr($i, 9); if ($i == "sent=true") s = 1
+                 if ($i ~ /^sent_rows=/) {rows += substr($i, 11); counted = 1} if ($i ~ /^sent_bytes=/) bytes += substr($i, 12)}
+             n[k]++; ms[k] += t; sent += s} END {for (k in n) printf "%d %s (%d ms in all), ", n[k], k, ms[k]; printf "%d sent", sent; if (counted) printf " (%d rows, %.1f KiB in all)", rows, bytes / 1024}')
     before=$(active)
     local ls_ms ps_ms
     from=$(wc -l <"$log")

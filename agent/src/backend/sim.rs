@@ -15,6 +15,9 @@ use crate::backend::{
 };
 use crate::error::AgentError;
 
+/// Inodes (total, used) of every running sim container's filesystem.
+const SIM_INODES: (u64, u64) = (1 << 20, 1000);
+
 /// One simulated container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimContainer {
@@ -234,6 +237,11 @@ impl SimBackend {
             } else {
                 0
             },
+            // As `usage` reads them: a row read whole and one with its use
+            // read again say the same (the inventory stream sends rows
+            // that differ).
+            inodes_total: if c.running { SIM_INODES.0 } else { 0 },
+            inodes_used: if c.running { SIM_INODES.1 } else { 0 },
             health: word as i32,
             health_message: sentence,
             ..Default::default()
@@ -300,8 +308,8 @@ impl StorageBackend for SimBackend {
             total,
             used: c.used,
             avail: total.saturating_sub(c.used),
-            inodes_total: 1 << 20,
-            inodes_used: 1000,
+            inodes_total: SIM_INODES.0,
+            inodes_used: SIM_INODES.1,
         })
     }
 

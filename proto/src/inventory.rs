@@ -1,0 +1,182 @@
+//! The inventory stream's changes-only messages (`WatchInventoryRequest.
+//! changes_only`), both halves: what an agent sends after its first list
+//! ([`changes`]) and how a controller applies it ([`apply`]). They live
+//! in the contract crate so that one test holds them to each other.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::v1::{ContainerStorage, InspectResponse};
+
+/// The message that brings a stream from `sent` (its list so far, `None`
+/// before its first) to `list`: with `changes_only`, after the first, the
+/// rows that are new or differ from `sent` (matched by id) and the ids of
+/// those gone; else, or where ids do not tell rows apart (an empty or
+/// repeated id), the whole list.
+pub fn message(
+    sent: Option<&[ContainerStorage]>,
+    list: &InspectResponse,
+    changes_only: bool,
+) -> InspectResponse {
+    if changes_only {
+        if let Some((containers, removed)) = sent.and_then(|s| changes(s, &list.containers)) {
+            return InspectResponse {
+                containers,
+                generation: list.generation,
+                changes_only: true,
+                removed,
+            };
+        }
+    }
+    InspectResponse {
+        changes_only: false,
+        removed: Vec::new(),
+        ..list.clone()
+    }
+}
+
+/// The rows of `now` that are new or differ from `sent`, by id, and the
+/// ids (sorted) of `sent`'s rows gone from `now`; `None` where an id is
+/// empty or repeated in either.
+pub fn changes(
+    sent: &[ContainerStorage],
+    now: &[ContainerStorage],
+) -> Option<(Vec<ContainerStorage>, Vec<String>)> {
+    let mut before: HashMap<&str, &ContainerStorage> = HashMap::with_capacity(sent.len());
+    for c in sent {
+        if c.id.is_empty() || before.insert(&c.id, c).is_some() {
+            return None;
+        }
+    }
+    let mut seen = HashSet::with_capacity(now.len());
+    let mut changed = Vec::new();
+    for c in now {
+        if c.id.is_empty() || !seen.insert(c.id.as_str()) {
+            return None;
+        }
+        if before.remove(c.id.as_str()) != Some(c) {
+            changed.push(c.clone());
+        }
+    }
+    let mut removed: Vec<String> = before.into_keys().map(str::to_string).collect();
+    removed.sort();
+    Some((changed, removed))
+}
+
+/// A stream's list after `msg`: replaced by a whole list; with a
+/// changes-only message's rows put in by id (a changed row replaces its
+/// old one, a new one is added) and its removed ids taken out, in name
+/// order as agents send their lists.
+pub fn apply(rows: &mut Vec<ContainerStorage>, msg: InspectResponse) {
+    if !msg.changes_only {
+        *rows = msg.containers;
+        return;
+    }
+    let gone: HashSet<&str> = msg.removed.iter().map(String::as_str).collect();
+    let mut changed: HashMap<String, ContainerStorage> = msg
+        .containers
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    rows.retain(|c| !gone.contains(c.id.as_str()));
+    for row in rows.iter_mut() {
+        if let Some(c) = changed.remove(&row.id) {
+            *row = c;
+        }
+    }
+    rows.extend(changed.into_values());
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str, used: u64) -> ContainerStorage {
+        ContainerStorage {
+            id: id.into(),
+            name: name.into(),
+            fs_used_bytes: used,
+            ..Default::default()
+        }
+    }
+
+    fn list(rows: &[ContainerStorage]) -> InspectResponse {
+        let mut containers = rows.to_vec();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        InspectResponse {
+            containers,
+            generation: 7,
+            ..Default::default()
+        }
+    }
+
+    /// A stream's lists in turn, through the messages an agent sends and
+    /// a controller applies: the controller ends each step with the
+    /// agent's list, and each message carries only what changed.
+    #[test]
+    fn the_controller_ends_with_the_agents_list_after_each_message() {
+        let steps = [
+            vec![row("a", "web", 1), row("b", "db", 2), row("c", "cache", 3)],
+            // Use moved on one.
+            vec![row("a", "web", 5), row("b", "db", 2), row("c", "cache", 3)],
+            // One removed, one new, one renamed (its order changes).
+            vec![
+                row("a", "web", 5),
+                row("c", "zcache", 3),
+                row("d", "api", 0),
+            ],
+            // Nothing changed.
+            vec![
+                row("a", "web", 5),
+                row("c", "zcache", 3),
+                row("d", "api", 0),
+            ],
+            // All gone.
+            vec![],
+            vec![row("e", "new", 1)],
+        ];
+        let sizes = [3, 1, 2, 0, 0, 1];
+        let mut sent: Option<Vec<ContainerStorage>> = None;
+        let mut kept = Vec::new();
+        for (i, (step, size)) in steps.iter().zip(sizes).enumerate() {
+            let now = list(step);
+            let msg = message(sent.as_deref(), &now, true);
+            assert_eq!(msg.changes_only, i > 0, "step {i}: only the first is whole");
+            assert_eq!(msg.containers.len(), size, "step {i}: rows sent");
+            assert_eq!(msg.generation, now.generation);
+            apply(&mut kept, msg);
+            assert_eq!(kept, now.containers, "step {i}");
+            sent = Some(now.containers);
+        }
+    }
+
+    #[test]
+    fn removed_ids_are_named_and_rows_matched_by_id() {
+        let before = [row("a", "web", 1), row("b", "db", 2)];
+        let (changed, removed) = changes(&before, &[row("b", "web", 2)]).unwrap();
+        // A new name on b's id is b changed, not a new row.
+        assert_eq!(changed, [row("b", "web", 2)]);
+        assert_eq!(removed, ["a"]);
+    }
+
+    /// Rows without an id, or two under one, cannot be matched: the whole
+    /// list goes, and it replaces the kept one.
+    #[test]
+    fn rows_that_ids_cannot_tell_apart_send_the_whole_list() {
+        let before = vec![row("a", "web", 1)];
+        for now in [
+            vec![row("", "x", 1)],
+            vec![row("a", "web", 1), row("a", "web2", 1)],
+        ] {
+            assert_eq!(changes(&before, &now), None);
+            let msg = message(Some(&before), &list(&now), true);
+            assert!(!msg.changes_only);
+            let mut kept = before.clone();
+            apply(&mut kept, msg);
+            assert_eq!(kept, list(&now).containers);
+        }
+        // Asked for whole lists: whole lists.
+        let msg = message(Some(&before), &list(&[row("a", "web", 9)]), false);
+        assert!(!msg.changes_only && msg.containers.len() == 1);
+    }
+}
