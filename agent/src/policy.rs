@@ -1027,6 +1027,20 @@ impl<B: StorageBackend + Clone> Engine<B> {
             .resize(Source::Policy, word, started.elapsed().as_secs_f64());
         let took = g.fired_at.elapsed();
         let mut state = self.state();
+        if result.is_ok() {
+            // The change count moved by this growth alone since the last
+            // listing: its row is the outcome's, put in below, so the
+            // refresh need not list every container again for it (with
+            // 20 filling, most of its listings were for our own growths).
+            // Moved by more (a Docker event, another growth): it lists.
+            let changes = self.inner.backend.change_count();
+            let watched = state.containers.contains_key(&g.id);
+            if let Some((c, at)) = state.listed.filter(|_| watched) {
+                if changes == c + 1 {
+                    state.listed = Some((changes, at));
+                }
+            }
+        }
         let mut track = state.containers.get_mut(&g.id);
         if let Some(w) = track.as_mut() {
             w.track.busy = false;
@@ -1681,6 +1695,30 @@ mod tests {
         assert_eq!(listed(), 3, "a resize ended: listed");
         engine.refresh().await;
         assert_eq!(listed(), 3);
+        // A growth of the engine's own: its row is the outcome's, and the
+        // refresh does not list again for it.
+        engine
+            .grow(Grow {
+                id: "d".repeat(64),
+                name: "d".into(),
+                policy: "p".into(),
+                reason: "used_percent",
+                why: "test".into(),
+                from: 200 * G,
+                to: 300 * G,
+                fired_at: Instant::now(),
+            })
+            .await;
+        let row = engine.state().containers[&"d".repeat(64)].c.fs_size_bytes;
+        assert_eq!(row, 300 * G, "the outcome's row");
+        engine.refresh().await;
+        assert_eq!(listed(), 3, "our own growth: not listed again");
+        // Its change and another's: listed.
+        sim.resize(&d, SizeRequest::Absolute(ByteSize(400 * G)))
+            .await
+            .unwrap();
+        engine.refresh().await;
+        assert_eq!(listed(), 4, "a change not the engine's: listed");
     }
 
     /// The inventory stream's use-only list takes what the sampler read
