@@ -220,9 +220,16 @@ impl ViewCache {
         epoch: u64,
         read: Vec<(String, Option<ContainerView>)>,
     ) -> Option<Vec<ContainerView>> {
+        self.keep_some(epoch, read)
+            .then(|| self.views_where(|_| true))
+    }
+
+    /// [`store_some`](Self::store_some) without copying the views out:
+    /// whether they were kept (`false`: the stream ended since the plan).
+    pub fn keep_some(&self, epoch: u64, read: Vec<(String, Option<ContainerView>)>) -> bool {
         let mut s = self.state();
         if s.epoch != epoch {
-            return None;
+            return false;
         }
         for (id, view) in read {
             match view {
@@ -230,7 +237,26 @@ impl ViewCache {
                 None => s.views.remove(&id),
             };
         }
-        Some(s.views.values().cloned().collect())
+        true
+    }
+
+    /// Copies of the views that `pick` picks.
+    pub fn views_where(&self, pick: impl Fn(&ContainerView) -> bool) -> Vec<ContainerView> {
+        self.state()
+            .views
+            .values()
+            .filter(|v| pick(v))
+            .cloned()
+            .collect()
+    }
+
+    /// `f` over the views in place, under the cache's lock (keep it short:
+    /// events wait for it).
+    pub fn with_views<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &ContainerView>) -> R,
+    ) -> R {
+        f(&mut self.state().views.values())
     }
 
     /// Check the cache against what `docker ps -a` said just now: forget
@@ -500,6 +526,29 @@ mod tests {
             panic!()
         };
         assert_eq!(read, ["a"]);
+    }
+
+    /// A loop that only looks sees the kept views in place; a list copies
+    /// only those it asks for; a read from before a restart is not kept.
+    #[test]
+    fn views_are_looked_at_in_place_and_copied_only_as_asked() {
+        let cache = ViewCache::default();
+        let t0 = Instant::now();
+        cache.store_all(0, t0, &[view("a", true), view("b", false)]);
+        assert!(cache.keep_some(0, vec![("c".into(), Some(view("c", true)))]));
+        let mut seen = cache.with_views(|vs| vs.map(|v| v.id.clone()).collect::<Vec<_>>());
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        let mut running: Vec<String> = cache
+            .views_where(|v| v.running)
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        running.sort();
+        assert_eq!(running, ["a", "c"]);
+        cache.on_break();
+        assert!(!cache.keep_some(0, vec![("d".into(), Some(view("d", true)))]));
+        assert_eq!(cache.with_views(|vs| vs.count()), 0);
     }
 
     #[test]

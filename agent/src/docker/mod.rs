@@ -283,52 +283,78 @@ impl DockerClient {
     }
 
     async fn list_where(&self, all: bool, verify: bool) -> Result<Vec<ContainerView>, AgentError> {
-        let views = {
-            let _one = self.cache.reading.lock().await;
-            match self.cache.plan(Instant::now()) {
-                cache::Plan::Everything { epoch } => {
-                    let started = Instant::now();
-                    let wall = cache::unix_nanos();
-                    let views = self.read_all().await?;
-                    self.cache.store_all(epoch, started, &views);
-                    self.cache.checked(epoch, wall, started);
-                    views
+        let pick = |v: &ContainerView| all || v.running;
+        Ok(match self.update(verify).await? {
+            Some(views) => views.into_iter().filter(|v| pick(v)).collect(),
+            // Only the views asked for are copied (the refresh wants the
+            // running ones).
+            None => self.cache.views_where(pick),
+        })
+    }
+
+    /// Every container as [`known`](Self::known) has them, handed to `f`
+    /// in place instead of copied out: for a loop that only looks. The
+    /// guard's sweep copied all 220 views every 5 s to pick the few
+    /// pending ones, and the copies showed in the busy host's profile.
+    pub async fn with_known<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &ContainerView>) -> R,
+    ) -> Result<R, AgentError> {
+        Ok(match self.update(false).await? {
+            Some(views) => f(&mut views.iter()),
+            None => self.cache.with_views(f),
+        })
+    }
+
+    /// Bring the views up to date: read what the plan says (with `verify`,
+    /// also what changed since the views' last check). `Some`: read whole
+    /// just now (the cache may not have kept them: dockerd restarted
+    /// meanwhile); `None`: the cache holds them.
+    async fn update(&self, verify: bool) -> Result<Option<Vec<ContainerView>>, AgentError> {
+        let _one = self.cache.reading.lock().await;
+        match self.cache.plan(Instant::now()) {
+            cache::Plan::Everything { epoch } => {
+                let started = Instant::now();
+                let wall = cache::unix_nanos();
+                let views = self.read_all().await?;
+                self.cache.store_all(epoch, started, &views);
+                self.cache.checked(epoch, wall, started);
+                Ok(Some(views))
+            }
+            cache::Plan::Only {
+                epoch,
+                mut ids,
+                check,
+            } => {
+                if verify || check {
+                    match self.changed_since_check(epoch).await {
+                        Ok(changed) => ids.extend(changed),
+                        Err(e) => {
+                            self.cache.redirty(ids);
+                            return Err(e);
+                        }
+                    }
+                    ids.sort();
+                    ids.dedup();
                 }
-                cache::Plan::Only {
-                    epoch,
-                    mut ids,
-                    check,
-                } => {
-                    if verify || check {
-                        match self.changed_since_check(epoch).await {
-                            Ok(changed) => ids.extend(changed),
-                            Err(e) => {
-                                self.cache.redirty(ids);
-                                return Err(e);
-                            }
-                        }
-                        ids.sort();
-                        ids.dedup();
-                    }
-                    let mut read = Vec::with_capacity(ids.len());
-                    for (i, id) in ids.iter().enumerate() {
-                        match self.inspect_id(id).await {
-                            Ok(view) => read.push((id.clone(), view)),
-                            Err(e) => {
-                                self.cache.redirty(ids[i..].iter().cloned());
-                                return Err(e);
-                            }
+                let mut read = Vec::with_capacity(ids.len());
+                for (i, id) in ids.iter().enumerate() {
+                    match self.inspect_id(id).await {
+                        Ok(view) => read.push((id.clone(), view)),
+                        Err(e) => {
+                            self.cache.redirty(ids[i..].iter().cloned());
+                            return Err(e);
                         }
                     }
-                    match self.cache.store_some(epoch, read) {
-                        Some(views) => views,
-                        // dockerd restarted meanwhile.
-                        None => self.read_all().await?,
-                    }
+                }
+                if self.cache.keep_some(epoch, read) {
+                    Ok(None)
+                } else {
+                    // dockerd restarted meanwhile.
+                    Ok(Some(self.read_all().await?))
                 }
             }
-        };
-        Ok(views.into_iter().filter(|v| all || v.running).collect())
+        }
     }
 
     /// The containers a user's list (or a loop's, when the views are due

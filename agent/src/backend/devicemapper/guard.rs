@@ -235,20 +235,29 @@ impl ThinBackend {
         // Docker's metadata changed), not a file read per container.
         let recorded = self.inner.provisioned.sizes(&info.root_dir);
         let now = Instant::now();
-        let mut ids = Vec::new();
-        for view in self.inner.docker.known().await? {
-            if view.driver != "devicemapper" {
-                continue;
-            }
-            let was_held = held.remove(&view.id);
-            let persisted = view
-                .mount_id(&info.root_dir)
-                .and_then(|m| recorded.by_device.get(&m).copied());
-            let pending = persisted.is_some_and(|p| Some(p) != view.docker_size);
-            if (pending || was_held) && !guard.is_settled(&view, now) {
-                ids.push(view.id);
-            }
-        }
+        // Looked at in place: only the ids to reconcile are copied. (A
+        // view's mount id is read once, then memoized: `MountIdMemo`.)
+        let mut ids = self
+            .inner
+            .docker
+            .with_known(|views| {
+                let mut ids = Vec::new();
+                for view in views {
+                    if view.driver != "devicemapper" {
+                        continue;
+                    }
+                    let was_held = held.remove(&view.id);
+                    let persisted = view
+                        .mount_id(&info.root_dir)
+                        .and_then(|m| recorded.by_device.get(&m).copied());
+                    let pending = persisted.is_some_and(|p| Some(p) != view.docker_size);
+                    if (pending || was_held) && !guard.is_settled(view, now) {
+                        ids.push(view.id.clone());
+                    }
+                }
+                ids
+            })
+            .await?;
         // Held, but Docker no longer knows it: removed.
         ids.extend(held);
         ids.sort();
