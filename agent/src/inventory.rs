@@ -28,12 +28,12 @@
 //!    50 `t` later: a host whose containers come and go all the time pays
 //!    at most a 50th of a core per stream for its lists.
 //! 5. A controller that asks for changes only
-//!    (`WatchInventoryRequest.changes_only`) gets the whole list first, then
-//!    only the rows that are new or differ from the last sent, and the ids
-//!    of those gone (`roomy_proto::inventory`). Why: while 20 of 200 containers fill,
-//!    each list differs in about 20 rows, and sending all 220 (encoding,
-//!    then TLS sealing, under emulation a tenth of the agent's CPU) was
-//!    most of what the stream cost.
+//!    (`WatchInventoryRequest.changes_only`) gets the whole list first,
+//!    then only the rows that are new or differ from the last sent, and
+//!    the ids of those gone (`roomy_proto::inventory`). Why: while 20 of
+//!    200 containers fill, each list differs in about 20 rows, and sending
+//!    all 220 (encoding, then TLS sealing, under emulation a tenth of the
+//!    agent's CPU) was most of what the stream cost.
 //!
 //! Each list carries the change count read before it was read, so that the
 //! controller can tell it from an older one (`InspectResponse.generation`).
@@ -234,21 +234,19 @@ pub fn spawn<B: StorageBackend + Clone>(
                             written,
                             at: now,
                         });
-                        let news = sent.as_ref() != Some(&list.containers);
-                        let msg = news.then(|| {
-                            roomy_proto::inventory::message(
-                                sent.as_deref(),
-                                &list,
-                                pacing.changes_only,
-                            )
-                        });
+                        // None: the list is the one sent last.
+                        let msg = roomy_proto::inventory::message(
+                            sent.as_deref(),
+                            &list,
+                            pacing.changes_only,
+                        );
                         // How often the stream lists, and how, and what it
                         // sends: bench-host counts these in each window.
                         tracing::debug!(
                             kind,
                             rows = list.containers.len(),
                             took_ms = took.as_millis() as u64,
-                            sent = news,
+                            sent = msg.is_some(),
                             sent_rows = msg.as_ref().map_or(0, |m| m.containers.len()),
                             sent_bytes = msg.as_ref().map_or(0, |m| m.encoded_len()),
                             "inventory listed"

@@ -8,30 +8,32 @@ use std::collections::{HashMap, HashSet};
 use crate::v1::{ContainerStorage, InspectResponse};
 
 /// The message that brings a stream from `sent` (its list so far, `None`
-/// before its first) to `list`: with `changes_only`, after the first, the
-/// rows that are new or differ from `sent` (matched by id) and the ids of
-/// those gone; else, or where ids do not tell rows apart (an empty or
-/// repeated id), the whole list.
+/// before its first) to `list`, or `None` when `list` is what was sent:
+/// with `changes_only`, after the first, the rows that are new or differ
+/// from `sent` (matched by id) and the ids of those gone; else, or where
+/// ids do not tell rows apart (an empty or repeated id), the whole list.
+/// One comparison of the rows either way: the one that finds the changes
+/// also says whether there are any.
 pub fn message(
     sent: Option<&[ContainerStorage]>,
     list: &InspectResponse,
     changes_only: bool,
-) -> InspectResponse {
+) -> Option<InspectResponse> {
     if changes_only {
         if let Some((containers, removed)) = sent.and_then(|s| changes(s, &list.containers)) {
-            return InspectResponse {
+            return (!containers.is_empty() || !removed.is_empty()).then_some(InspectResponse {
                 containers,
                 generation: list.generation,
                 changes_only: true,
                 removed,
-            };
+            });
         }
     }
-    InspectResponse {
+    (sent != Some(list.containers.as_slice())).then(|| InspectResponse {
         changes_only: false,
         removed: Vec::new(),
         ..list.clone()
-    }
+    })
 }
 
 /// The rows of `now` that are new or differ from `sent`, by id, and the
@@ -135,12 +137,18 @@ mod tests {
             vec![],
             vec![row("e", "new", 1)],
         ];
-        let sizes = [3, 1, 2, 0, 0, 1];
+        // Rows sent at each step; `None`: nothing sent.
+        let sizes = [Some(3), Some(1), Some(2), None, Some(0), Some(1)];
         let mut sent: Option<Vec<ContainerStorage>> = None;
         let mut kept = Vec::new();
         for (i, (step, size)) in steps.iter().zip(sizes).enumerate() {
             let now = list(step);
-            let msg = message(sent.as_deref(), &now, true);
+            let Some(msg) = message(sent.as_deref(), &now, true) else {
+                assert_eq!(size, None, "step {i}: nothing sent");
+                assert_eq!(kept, now.containers, "step {i}");
+                continue;
+            };
+            let size = size.unwrap_or_else(|| panic!("step {i}: sent {msg:?}"));
             assert_eq!(msg.changes_only, i > 0, "step {i}: only the first is whole");
             assert_eq!(msg.containers.len(), size, "step {i}: rows sent");
             assert_eq!(msg.generation, now.generation);
@@ -169,14 +177,15 @@ mod tests {
             vec![row("a", "web", 1), row("a", "web2", 1)],
         ] {
             assert_eq!(changes(&before, &now), None);
-            let msg = message(Some(&before), &list(&now), true);
+            let msg = message(Some(&before), &list(&now), true).unwrap();
             assert!(!msg.changes_only);
             let mut kept = before.clone();
             apply(&mut kept, msg);
             assert_eq!(kept, list(&now).containers);
         }
-        // Asked for whole lists: whole lists.
-        let msg = message(Some(&before), &list(&[row("a", "web", 9)]), false);
+        // Asked for whole lists: whole lists, and none when nothing changed.
+        let msg = message(Some(&before), &list(&[row("a", "web", 9)]), false).unwrap();
         assert!(!msg.changes_only && msg.containers.len() == 1);
+        assert_eq!(message(Some(&before), &list(&before), false), None);
     }
 }
