@@ -414,8 +414,9 @@ mod tests {
         assert_eq!(next.containers[0].id, grown.id);
         assert_eq!(next.containers[0].fs_size_bytes, grown.fs_size_bytes);
         // Applied as a controller does: the list an ls would show.
-        let mut kept = first.containers.clone();
-        roomy_proto::inventory::apply(&mut kept, next);
+        let mut kept = Some(first.containers.clone());
+        roomy_proto::inventory::apply(&mut kept, next).unwrap();
+        let kept = kept.unwrap();
         let now = list(&sim, &engine(&sim, dir.path()), None).await.unwrap();
         assert_eq!(
             kept.iter()

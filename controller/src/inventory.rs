@@ -28,6 +28,7 @@ use std::time::Duration;
 use roomy_proto::v1::{ContainerStorage, InspectResponse, WatchInventoryRequest};
 use tonic::Status;
 
+use crate::error::ControllerError;
 use crate::registry::Registry;
 use crate::reopen::PerHost;
 
@@ -200,21 +201,28 @@ impl Inventory {
             ..self.pacing
         };
         let mut stream = client.watch_inventory(pacing).await?.into_inner();
-        let mut first = true;
-        let mut rows = Vec::new();
+        let mut rows = None;
         while let Some(msg) = stream.message().await? {
             let generation = msg.generation;
+            let first = rows.is_none();
             self.received
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(host.to_string())
                 .or_default()[usize::from(msg.changes_only)] += 1;
-            roomy_proto::inventory::apply(&mut rows, msg);
+            roomy_proto::inventory::apply(&mut rows, msg).map_err(|e| {
+                Status::from(ControllerError::Agent {
+                    host: host.to_string(),
+                    code: tonic::Code::Internal,
+                    message: e.to_string(),
+                })
+            })?;
+            let list = rows.as_ref().expect("applied above").clone();
             self.entries()
                 .entry(host.to_string())
                 .or_default()
-                .offer(generation, Arc::new(rows.clone()));
-            if std::mem::take(&mut first) {
+                .offer(generation, Arc::new(list));
+            if first {
                 self.registry.observe(host, Ok(()));
             }
         }

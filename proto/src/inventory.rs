@@ -64,15 +64,31 @@ pub fn changes(
     Some((changed, removed))
 }
 
-/// A stream's list after `msg`: replaced by a whole list; with a
-/// changes-only message's rows put in by id (a changed row replaces its
-/// old one, a new one is added) and its removed ids taken out, in name
-/// order as agents send their lists.
-pub fn apply(rows: &mut Vec<ContainerStorage>, msg: InspectResponse) {
+/// A changes-only message on a stream that has not yet carried a whole
+/// list: there is nothing to apply it to, and the rows it lacks would
+/// silently go missing from the host's list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the agent sent changes before its first whole list; the stream is \
+     reopened (an agent that keeps doing this is faulty: upgrade or restart it)"
+)]
+pub struct ChangesBeforeList;
+
+/// A stream's list after `msg` (`rows`: `None` before its first list):
+/// replaced by a whole list; with a changes-only message's rows put in by
+/// id (a changed row replaces its old one, a new one is added) and its
+/// removed ids taken out, in name order as agents send their lists. A
+/// changes-only message before any whole list is refused and changes
+/// nothing.
+pub fn apply(
+    rows: &mut Option<Vec<ContainerStorage>>,
+    msg: InspectResponse,
+) -> Result<(), ChangesBeforeList> {
     if !msg.changes_only {
-        *rows = msg.containers;
-        return;
+        *rows = Some(msg.containers);
+        return Ok(());
     }
+    let rows = rows.as_mut().ok_or(ChangesBeforeList)?;
     let gone: HashSet<&str> = msg.removed.iter().map(String::as_str).collect();
     let mut changed: HashMap<String, ContainerStorage> = msg
         .containers
@@ -87,6 +103,7 @@ pub fn apply(rows: &mut Vec<ContainerStorage>, msg: InspectResponse) {
     }
     rows.extend(changed.into_values());
     rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,20 +157,20 @@ mod tests {
         // Rows sent at each step; `None`: nothing sent.
         let sizes = [Some(3), Some(1), Some(2), None, Some(0), Some(1)];
         let mut sent: Option<Vec<ContainerStorage>> = None;
-        let mut kept = Vec::new();
+        let mut kept = None;
         for (i, (step, size)) in steps.iter().zip(sizes).enumerate() {
             let now = list(step);
             let Some(msg) = message(sent.as_deref(), &now, true) else {
                 assert_eq!(size, None, "step {i}: nothing sent");
-                assert_eq!(kept, now.containers, "step {i}");
+                assert_eq!(kept.as_ref(), Some(&now.containers), "step {i}");
                 continue;
             };
             let size = size.unwrap_or_else(|| panic!("step {i}: sent {msg:?}"));
             assert_eq!(msg.changes_only, i > 0, "step {i}: only the first is whole");
             assert_eq!(msg.containers.len(), size, "step {i}: rows sent");
             assert_eq!(msg.generation, now.generation);
-            apply(&mut kept, msg);
-            assert_eq!(kept, now.containers, "step {i}");
+            apply(&mut kept, msg).unwrap();
+            assert_eq!(kept.as_ref(), Some(&now.containers), "step {i}");
             sent = Some(now.containers);
         }
     }
@@ -179,13 +196,31 @@ mod tests {
             assert_eq!(changes(&before, &now), None);
             let msg = message(Some(&before), &list(&now), true).unwrap();
             assert!(!msg.changes_only);
-            let mut kept = before.clone();
-            apply(&mut kept, msg);
-            assert_eq!(kept, list(&now).containers);
+            let mut kept = Some(before.clone());
+            apply(&mut kept, msg).unwrap();
+            assert_eq!(kept, Some(list(&now).containers));
         }
         // Asked for whole lists: whole lists, and none when nothing changed.
         let msg = message(Some(&before), &list(&[row("a", "web", 9)]), false).unwrap();
         assert!(!msg.changes_only && msg.containers.len() == 1);
         assert_eq!(message(Some(&before), &list(&before), false), None);
+    }
+
+    /// A changes-only message first on a stream (a faulty agent) is
+    /// refused, and the stream's list stays unknown: applied to nothing,
+    /// its one row would have stood for the whole host.
+    #[test]
+    fn changes_before_any_whole_list_are_refused_and_change_nothing() {
+        let before = [row("a", "web", 1), row("b", "db", 2)];
+        let now = list(&[row("a", "web", 9), row("b", "db", 2)]);
+        let msg = message(Some(&before), &now, true).unwrap();
+        assert!(msg.changes_only && msg.containers.len() == 1);
+        let mut kept = None;
+        let err = apply(&mut kept, msg).unwrap_err();
+        assert_eq!(kept, None);
+        assert!(
+            err.to_string().contains("before its first whole list"),
+            "{err}"
+        );
     }
 }
