@@ -42,11 +42,11 @@ if [[ ${ROOMY_VM_TIER:-} == docker26 ]]; then
     # The 20.10 tier's overlay2 scenarios (o3, o5, o6, o8, o7) run here
     # only when ROOMY_SCENARIOS names them.
     GROUPS_TABLE="
-overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota c1_containerd_store s16_lost_events
+overlay    1200 o1_running o2_survives o4_refusals o4_no_prjquota o9_agent_container c1_containerd_store s16_lost_events
 "
     if [[ -n ${ROOMY_SCENARIOS:-} ]]; then
         GROUPS_TABLE="
-overlay    1800 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota c1_containerd_store s16_lost_events
+overlay    1800 o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows o4_no_prjquota o9_agent_container c1_containerd_store s16_lost_events
 autogrow_ov 1300 o7_autogrow
 "
     fi
@@ -1220,6 +1220,9 @@ group_lvm() {
 # them live under $LAB/$NAME, so one rslave bind of it, at the same path,
 # carries them, and the agent's flags are agent_start's.
 AGENT_CONTAINER=roomy-agent
+# scripts/image.sh: in the repository over the host's root, else where
+# boot.sh snapshotted it for a guest on its own root (the Docker 26 tier).
+IMAGE_SH=${ROOMY_IMAGE_SH:-../../scripts/image.sh}
 # agent_container_start [DOCKER-RUN-ARG... -- AGENT-ARG...]
 agent_container_start() {
     local dir=$LAB/$NAME run=() args=()
@@ -1288,7 +1291,7 @@ k5_controller() {
         --tls-cert "$CTL_DIR/pki/agents/vmhost.pem" --tls-key "$CTL_DIR/pki/agents/vmhost.key" --tls-ca "$CTL_DIR/pki/ca.pem"
     sed -e 's/^listen = .*/listen = "127.0.0.1:7443"/' "$CTL_DIR/pki/controller.toml" >"$CTL_DIR/controller.toml"
     printf '\n[[hosts]]\nname = "vmhost"\naddress = "127.0.0.1:7444"\n' >>"$CTL_DIR/controller.toml"
-    check "k5 scripts/image.sh controller" ../../scripts/image.sh controller "$BIN"
+    check "k5 scripts/image.sh controller" "$IMAGE_SH" controller "$BIN"
     check "k5 controller's container starts" D run -d --name roomy-controller --restart always --network host \
         -v "$CTL_DIR:$CTL_DIR" -e RUST_LOG=info roomy/controller:latest --config "$CTL_DIR/controller.toml"
     check "k5 controller answers" wait_until 120 'C hosts ls; [[ $RC -eq 0 ]]'
@@ -1344,7 +1347,7 @@ group_container() {
     mount --make-rshared "$dir"
     dockerd_start container xfs || { fail "group container: dockerd starts"; return 1; }
     image_import
-    check "container: scripts/image.sh agent" ../../scripts/image.sh agent "$BIN"
+    check "container: scripts/image.sh agent" "$IMAGE_SH" agent "$BIN"
     agent_container_start || {
         fail "group container: the agent's container answers" "$(D logs --tail 20 "$AGENT_CONTAINER" 2>&1)"
         return 1

@@ -94,6 +94,14 @@ if [[ -n $vm_root ]]; then
     # Snapshots, not live dirs: a build or an edit on the host during the run
     # must not change what the guest runs.
     cp -a "$(dirname "$script")/." "$work/vm/"
+    # The scenarios that run Roomy from its images need scripts/image.sh,
+    # which lives outside the script's directory: snapshotted beside it.
+    image_sh=$(dirname "$script")/../../scripts/image.sh
+    if [[ -f $image_sh ]]; then
+        mkdir -p "$work/vm/scripts"
+        cp -p "$image_sh" "$work/vm/scripts/"
+        export ROOMY_IMAGE_SH=$guest_dir/vm/scripts/image.sh
+    fi
     guest_out=$guest_dir/out
     guest_script=$guest_dir/vm/$(basename "$script")
     mounts=(--rwdir "$guest_out=$out" --rodir "$guest_dir/vm=$work/vm")

@@ -213,6 +213,66 @@ o8_backing_grows() {
     check "o8 metadata: exit 3, says XFS has none" grep -q "no separate metadata" <<<"$OUT"
 }
 
+# O9. roomy-agent from its image (scripts/image.sh), run as a container of
+# the Docker 26 it serves with the README's `docker run` line (through
+# agent.sh's agent_container_start): it picks overlay2 by itself, grows a
+# running container's quota online and a stopped one's, and a refusal
+# exits 3 and changes nothing. Its own dockerd, on a lab directory made a
+# shared mount before anything is mounted under it: the agent's rslave
+# bind must see what dockerd mounts later (Docker refuses rslave over a
+# private mount; this VM's / is not shared, a systemd host's is).
+o9_agent_container() {
+    local keep=$NAME dir sum sum_s
+    NAME=ovimg
+    dir=$LAB/$NAME
+    mkdir -p "$dir"
+    mountpoint -q "$dir" || mount --bind "$dir" "$dir"
+    mount --make-rshared "$dir"
+    if ! xfs_quota_root "$NAME" 6G >/dev/null || ! dockerd_launch "$NAME" --storage-driver overlay2 >/dev/null; then
+        fail "o9 dockerd on overlay2 with prjquota" "did not start"
+        NAME=$keep
+        dockerd_use "$NAME"
+        return
+    fi
+    image_import
+    check "o9 scripts/image.sh agent" "$IMAGE_SH" agent "$BIN"
+    if agent_container_start; then
+        check "o9 the agent's container picked overlay2" wait_until 30 \
+            "D logs $AGENT_CONTAINER 2>&1 | grep -q backend=Overlay2"
+        sized_box o9 1G
+        sized_box o9s 1G
+        sum=$(write_data o9)
+        sum_s=$(write_data o9s)
+        D stop -t 1 o9s >/dev/null
+        R resize o9 2G
+        check "o9 resize through the agent's container: exit 0" test "$RC" -eq 0
+        check "o9 says grown online" grep -q "grew o9 from 1 GiB to 2 GiB online" <<<"$OUT"
+        check "o9 df inside shows 2G at once" df_is "$(df_bytes o9)" $((2 * GiB))
+        check "o9 xfs_quota agrees: 2G" test "$(quota_limit o9)" -eq $((2 * GiB))
+        check "o9 a 1.5G write fits" D exec o9 dd if=/dev/zero of=/big bs=1M count=1536 conv=fsync
+        D exec o9 rm -f /big
+        check "o9 data intact" test "$(data_sum o9)" = "$sum"
+        R resize o9 1G
+        check "o9 a shrink is refused (exit 3)" test "$RC" -eq 3
+        check "o9 the refusal changed nothing" test "$(quota_limit o9)" -eq $((2 * GiB))
+        R resize o9s 3G
+        check "o9 stopped resize through the agent's container: exit 0" test "$RC" -eq 0
+        check "o9 stopped one still stopped" test "$(D inspect -f '{{.State.Running}}' o9s)" = false
+        check "o9 stopped one starts" D start o9s
+        check "o9 stopped one's df 3G" df_is "$(df_bytes o9s)" $((3 * GiB))
+        check "o9 stopped one's data intact" test "$(data_sum o9s)" = "$sum_s"
+    else
+        fail "o9 the agent's container answers" "$(D logs --tail 20 "$AGENT_CONTAINER" 2>&1)"
+    fi
+    D logs "$AGENT_CONTAINER" >"$ROOMY_VM_OUT/agent-container-overlay2.log" 2>&1
+    D rm -f "$AGENT_CONTAINER" o9 o9s >/dev/null 2>&1
+    dockerd_stop "$NAME"
+    umount "$dir/root" 2>/dev/null
+    umount -l "$dir" 2>/dev/null
+    NAME=$keep
+    dockerd_use "$NAME"
+}
+
 # C1. Docker's containerd image store (Docker 26 opt-in, 29 default): its
 # overlayfs snapshotter accepts --storage-opt size and ignores it. The agent
 # says so, and what to do, for every call; nothing is changed.
@@ -246,7 +306,7 @@ group_overlay() {
     agent_start || { fail "group overlay: agent starts"; return 1; }
     check "overlay: agent picked the overlay2 backend" grep -q "backend=Overlay2" "$LAB/ov/agent.log"
     scenarios o1_running o2_survives o3_stopped o4_refusals o5_concurrent o6_killed_agent o8_backing_grows \
-        o4_no_prjquota c1_containerd_store s16_lost_events
+        o4_no_prjquota o9_agent_container c1_containerd_store s16_lost_events
     agent_stop
     dockerd_stop ov
 }
