@@ -228,9 +228,10 @@ impl Inventory {
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(host.to_string())
                 .or_default()[usize::from(msg.changes_only)] += 1;
-            // The stream's list is the kept one, shared, not a second copy
-            // of it (at 10,000 hosts the copies were 150 MiB): changes are
-            // applied to a copy taken only then, a whole list replaces it.
+            // The stream's list is the kept one, shared, not a second
+            // copy of it (at 10,000 hosts the copies cost 80 MiB of RSS):
+            // changes are applied to a copy taken only then, a whole list
+            // replaces it.
             let mut list = if msg.changes_only {
                 rows.take().map(Arc::unwrap_or_clone)
             } else {
