@@ -212,20 +212,10 @@ impl ViewCache {
         s.full_at = Some(started);
     }
 
-    /// Keep the containers re-read (`None`: gone) and answer the list from
-    /// the cache. `None` when the stream ended since the plan: the caller
-    /// reads everything instead.
-    pub fn store_some(
-        &self,
-        epoch: u64,
-        read: Vec<(String, Option<ContainerView>)>,
-    ) -> Option<Vec<ContainerView>> {
-        self.keep_some(epoch, read)
-            .then(|| self.views_where(|_| true))
-    }
-
-    /// [`store_some`](Self::store_some) without copying the views out:
-    /// whether they were kept (`false`: the stream ended since the plan).
+    /// Keep the containers re-read (`None`: gone): whether they were kept
+    /// (`false`: the stream ended since the plan, and the caller reads
+    /// everything instead). The views stay in the cache: callers copy out
+    /// what they need (`views_where`) or look in place (`with_views`).
     pub fn keep_some(&self, epoch: u64, read: Vec<(String, Option<ContainerView>)>) -> bool {
         let mut s = self.state();
         if s.epoch != epoch {
@@ -413,6 +403,19 @@ pub async fn watch(docker: Docker, cache: Weak<ViewCache>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ViewCache {
+        /// The tests' shorthand: keep a read and copy every view out, as
+        /// `DockerClient::update` and a list of them do.
+        fn store_some(
+            &self,
+            epoch: u64,
+            read: Vec<(String, Option<ContainerView>)>,
+        ) -> Option<Vec<ContainerView>> {
+            self.keep_some(epoch, read)
+                .then(|| self.views_where(|_| true))
+        }
+    }
 
     fn view(id: &str, running: bool) -> ContainerView {
         ContainerView {
