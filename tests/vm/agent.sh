@@ -1220,6 +1220,14 @@ group_lvm() {
 # them live under $LAB/$NAME, so one rslave bind of it, at the same path,
 # carries them, and the agent's flags are agent_start's.
 AGENT_CONTAINER=roomy-agent
+# make_shared DIR: DIR a shared mount of its own, made before dockerd
+# mounts anything under it. Docker refuses rslave over a private mount; /
+# is shared on a systemd host, in this VM it is not.
+make_shared() {
+    mkdir -p "$1"
+    mountpoint -q "$1" || mount --bind "$1" "$1"
+    mount --make-rshared "$1"
+}
 # scripts/image.sh: in the repository over the host's root, else where
 # boot.sh snapshotted it for a guest on its own root (the Docker 26 tier).
 IMAGE_SH=${ROOMY_IMAGE_SH:-../../scripts/image.sh}
@@ -1339,12 +1347,7 @@ k6_compose() {
 group_container() {
     NAME=container
     local dir=$LAB/$NAME
-    # Docker refuses rslave over a private mount. / is shared on a systemd
-    # host; in this VM it is not, so the lab's directory becomes a shared
-    # mount of its own before dockerd mounts anything under it.
-    mkdir -p "$dir"
-    mountpoint -q "$dir" || mount --bind "$dir" "$dir"
-    mount --make-rshared "$dir"
+    make_shared "$dir"
     dockerd_start container xfs || { fail "group container: dockerd starts"; return 1; }
     image_import
     check "container: scripts/image.sh agent" "$IMAGE_SH" agent "$BIN"

@@ -218,16 +218,13 @@ o8_backing_grows() {
 # agent.sh's agent_container_start): it picks overlay2 by itself, grows a
 # running container's quota online and a stopped one's, and a refusal
 # exits 3 and changes nothing. Its own dockerd, on a lab directory made a
-# shared mount before anything is mounted under it: the agent's rslave
-# bind must see what dockerd mounts later (Docker refuses rslave over a
-# private mount; this VM's / is not shared, a systemd host's is).
+# shared mount (agent.sh's make_shared): the agent's rslave bind must see
+# what dockerd mounts later.
 o9_agent_container() {
     local keep=$NAME dir sum sum_s
     NAME=ovimg
     dir=$LAB/$NAME
-    mkdir -p "$dir"
-    mountpoint -q "$dir" || mount --bind "$dir" "$dir"
-    mount --make-rshared "$dir"
+    make_shared "$dir"
     if ! xfs_quota_root "$NAME" 6G >/dev/null || ! dockerd_launch "$NAME" --storage-driver overlay2 >/dev/null; then
         fail "o9 dockerd on overlay2 with prjquota" "did not start"
         NAME=$keep
